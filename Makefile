@@ -1,0 +1,91 @@
+# Dynoserve: `make run` and `make test` are all a newcomer needs; each sets up what it lacks.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BASE ?= python3
+VENV        := .venv
+GW_VENV     := .venv-gateway
+PY          := $(VENV)/bin/python
+GW_PY       := $(GW_VENV)/bin/python
+PIP_FLAGS   := --disable-pip-version-check --quiet
+APT_PACKAGES := chromium siege
+
+EXPORT_DIR  ?= exports
+MODEL_BASE_PATH ?= var/models
+PYTEST_ARGS ?=
+
+export PYTHONPATH := $(CURDIR)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: help setup run test lint export publish bench clean demo-model bench-model apt-deps fmt
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
+
+setup: $(VENV)/.stamp $(GW_VENV)/.stamp gateway/_proto/.stamp ## Create both virtualenvs with pinned packages and generate code (idempotent)
+
+$(VENV)/.stamp: requirements/dev.txt requirements/dev-lock.txt requirements/model.txt requirements/model-nodeps.txt requirements/gateway.txt
+	$(PYTHON_BASE) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip==26.3
+	$(PY) -m pip install $(PIP_FLAGS) -r requirements/dev.txt -c requirements/dev-lock.txt
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps -r requirements/model-nodeps.txt
+	$(PY) -m pip check
+	touch $@
+
+# The gateway's own environment: the dyno's Python processes, provably without TensorFlow.
+$(GW_VENV)/.stamp: requirements/gateway.txt
+	$(PYTHON_BASE) -m venv $(GW_VENV)
+	$(GW_PY) -m pip install $(PIP_FLAGS) --upgrade pip==26.3
+	$(GW_PY) -m pip install $(PIP_FLAGS) -r requirements/gateway.txt
+	touch $@
+
+gateway/_proto/.stamp: $(VENV)/.stamp $(wildcard gateway/protos/*/*/*/*.proto gateway/protos/*/*/*.proto) gateway/protogen.py
+	$(PY) -m gateway.protogen
+	touch $@
+
+apt-deps: ## Install the Debian packages tests and benchmarks use (chromium, siege)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+demo-model: $(EXPORT_DIR)/shapes/.stamp ## Train the demo classifier on generated images and export two versions
+
+$(EXPORT_DIR)/shapes/.stamp: $(VENV)/.stamp $(wildcard export/*.py)
+	$(PY) -m export.demo --export-dir $(EXPORT_DIR)
+	touch $@
+
+bench-model: $(VENV)/.stamp ## Export the benchmark model (MobileNet v1 224, 40 classes, random weights)
+	$(PY) -m export.benchmodel --export-dir $(EXPORT_DIR)
+
+run: setup demo-model ## Serve the demo model locally: sync, model server and gateway under supervisord
+	$(GW_PY) -m supervisor.supervisord -n -c supervisord.conf
+
+test: setup apt-deps demo-model lint ## Lint, then run every test (slow end-to-end ones included)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: setup ## Format the code with ruff
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+export: setup ## Export a checkpoint: make export CHECKPOINT=path NAME=model [VERSION=n] [LABELS=file] [ARGS="..."]
+	@test -n "$(CHECKPOINT)" -a -n "$(NAME)" || { echo "usage: make export CHECKPOINT=<path> NAME=<model> [VERSION=<n>] [LABELS=<labels.txt>] [ARGS='...']"; exit 2; }
+	$(PY) -m export "$(CHECKPOINT)" --name "$(NAME)" --export-dir "$(EXPORT_DIR)" \
+	  $(if $(VERSION),--version "$(VERSION)") $(if $(LABELS),--labels "$(LABELS)") $(ARGS)
+
+publish: setup ## Upload an exported version to S3: make publish NAME=model [VERSION=n]
+	@test -n "$(NAME)" || { echo "usage: make publish NAME=<model> [VERSION=<n>]"; exit 2; }
+	$(GW_PY) -m sync.publish --name "$(NAME)" --export-dir "$(EXPORT_DIR)" $(if $(VERSION),--version "$(VERSION)") $(ARGS)
+
+bench: setup apt-deps ## Benchmarks: numbers in bench/results, plot in bench/results
+	$(PY) -m bench
+
+clean: ## Remove virtualenvs, generated code, exports and runtime state
+	rm -rf $(VENV) $(GW_VENV) gateway/_proto var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(EXPORT_DIR)
