@@ -1,0 +1,99 @@
+"""The export package's one error hierarchy: every failure the CLI reports is one of these.
+
+Foreign exceptions (TensorFlow, h5py, OS errors) are translated where they arise, with
+`raise ... from exc`, so the CLI maps errors to exit codes in one place.
+"""
+
+from __future__ import annotations
+
+
+class ExportError(Exception):
+    """Base of every export failure; `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+    code = "export_error"
+
+
+class UsageError(ExportError):
+    """The command line or call was malformed (bad flag value, missing option)."""
+
+    exit_code = 2
+    code = "usage_error"
+
+
+class InvalidVersion(UsageError):
+    """A version that is not a positive integer."""
+
+    code = "invalid_version"
+
+
+class InvalidModelName(UsageError):
+    """A model name that is not a safe single directory name."""
+
+    code = "invalid_model_name"
+
+
+class InvalidPreprocessing(UsageError):
+    """An unknown normalisation, a bad input size or bad mean/std values."""
+
+    code = "invalid_preprocessing"
+
+
+class InvalidLabels(UsageError):
+    """Labels that are empty, duplicated, or contain line breaks."""
+
+    code = "invalid_labels"
+
+
+class CheckpointNotFound(ExportError):
+    """The checkpoint path (or a file it needs) does not exist."""
+
+    code = "checkpoint_not_found"
+
+
+class UnknownCheckpointKind(ExportError):
+    """The path is none of the checkpoint kinds the exporter reads."""
+
+    code = "unknown_checkpoint_kind"
+
+
+class UnreadableCheckpoint(ExportError):
+    """The checkpoint exists but cannot be read as the kind it claims to be."""
+
+    code = "unreadable_checkpoint"
+
+
+class BadTensorName(ExportError):
+    """A TF1 input or output tensor name that the graph does not contain."""
+
+    code = "bad_tensor_name"
+
+
+class LabelsMismatch(ExportError):
+    """The number of labels differs from the classifier's output size."""
+
+    code = "labels_mismatch"
+
+
+class BadClassifierOutput(ExportError):
+    """The classifier does not map [N, H, W, 3] float32 to [N, C] float32."""
+
+    code = "bad_classifier_output"
+
+
+class VersionExists(ExportError):
+    """The target version directory already exists and overwriting was not asked for."""
+
+    code = "version_exists"
+
+
+class VerificationFailed(ExportError):
+    """The reloaded export does not reproduce the source model's outputs."""
+
+    code = "verification_failed"
+
+
+class WriteFailed(ExportError):
+    """Saving or moving the servable on disk failed."""
+
+    code = "write_failed"
