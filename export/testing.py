@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from export.preprocessing import Preprocessing
-from export.servable import write_servable
+from export.servable import check_labels, write_servable
 
 TINY_NORMALIZATION = "minus_one_to_one"
 # How strongly the mean colour drives the logits, against the small random conv path.
@@ -53,6 +53,7 @@ def write_tiny_model(
     seed: int = 0,
 ) -> Path:
     """Write a tiny servable at base/name/version and return that directory."""
+    labels = check_labels(labels)
     target = Path(base) / name / str(version)
     write_servable(
         TinyConvNet(len(labels), seed),
