@@ -1,0 +1,90 @@
+"""`python -m sync`: boot sync, then watch; exit codes and log lines made for supervisord.
+
+Exit codes: 0 done (`--once`) or stopped by SIGTERM; 64 bad arguments; 69 source unreachable
+with no local copy; 77 credentials refused; 78 configuration error (bad setting, no such bucket).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from sync.errors import SyncError
+from sync.local import LocalSource
+from sync.s3 import S3Source
+from sync.settings import Settings
+from sync.source import Source
+from sync.syncer import Syncer
+
+log = logging.getLogger("sync")
+
+
+def build_source(settings: Settings) -> Source:
+    """The bucket when one is configured, else the local export folder."""
+    if settings.s3 is not None:
+        return S3Source(settings.s3)
+    return LocalSource(settings.export_dir)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    # One line per event on stderr: supervisord stamps and rotates it.
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s sync %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    logging.getLogger("s3transfer").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m sync",
+        description="Sync models from S3 (or the export folder) into the model repository.",
+    )
+    parser.add_argument("--once", action="store_true", help="boot sync only, then exit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        settings = Settings.from_env(os.environ)
+        source = build_source(settings)
+    except SyncError as exc:
+        log.error("configuration error: %s", exc)
+        return exc.exit_code
+    log.info("syncing %s -> %s", settings.describe_source(), settings.model_base_path)
+    try:
+        return _run(Syncer(settings, source), once=args.once)
+    finally:
+        source.close()
+
+
+def _run(syncer: Syncer, once: bool) -> int:
+    try:
+        syncer.boot()
+    except SyncError as exc:
+        log.error("boot sync failed and there is no local copy to serve: %s", exc)
+        return exc.exit_code
+    if once:
+        return 0
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping after the current pass", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    syncer.watch(stop)
+    return 0

@@ -1,0 +1,85 @@
+"""One error hierarchy for sync and publish; each error knows the process exit code it maps to.
+
+Exit codes follow sysexits(3) so supervisord logs and shell scripts can tell "fix your config"
+from "the bucket is down".
+"""
+
+from __future__ import annotations
+
+EX_SOFTWARE = 70
+EX_USAGE = 64
+EX_UNAVAILABLE = 69
+EX_NOPERM = 77
+EX_CONFIG = 78
+EX_CANTCREAT = 73
+
+
+class SyncError(Exception):
+    """Base of every error sync and publish raise on purpose."""
+
+    exit_code = EX_SOFTWARE
+    code = "sync_error"
+
+
+class ConfigError(SyncError):
+    """A setting is missing or malformed."""
+
+    exit_code = EX_CONFIG
+    code = "config"
+
+
+class SourceUnavailable(SyncError):
+    """The bucket (or S3 endpoint) cannot be reached."""
+
+    exit_code = EX_UNAVAILABLE
+    code = "source_unavailable"
+
+
+class CredentialsError(SyncError):
+    """The bucket refused our credentials."""
+
+    exit_code = EX_NOPERM
+    code = "credentials"
+
+
+class BucketNotFound(SyncError):
+    """The configured bucket does not exist."""
+
+    exit_code = EX_CONFIG
+    code = "no_such_bucket"
+
+
+class SourceError(SyncError):
+    """Any other failure talking to the source."""
+
+    exit_code = EX_UNAVAILABLE
+    code = "source_error"
+
+
+class VersionError(SyncError):
+    """One version could not be installed (bad marker, checksum mismatch, missing files).
+
+    Never fatal for the process: the version is skipped and the previous one keeps serving.
+    """
+
+    code = "version"
+
+
+class ChecksumMismatch(VersionError):
+    """A downloaded file's SHA-256 differs from the completion marker's, after retries."""
+
+    code = "checksum_mismatch"
+
+
+class ManifestError(SyncError):
+    """A model manifest (dynoserve-model.json) is malformed; that model keeps its last state."""
+
+    exit_code = EX_CONFIG
+    code = "manifest"
+
+
+class PublishError(SyncError):
+    """`make publish` cannot go ahead (nothing to publish, already published, ...)."""
+
+    exit_code = EX_CANTCREAT
+    code = "publish"

@@ -1,0 +1,210 @@
+"""One sync pass, the boot sequence and the watch loop: source, staging, repository, config."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from sync.errors import SyncError
+from sync.files import atomic_write_text
+from sync.installer import Installer
+from sync.marker import Marker
+from sync.modelconfig import ServedModel, read_previous, render
+from sync.planner import ModelInputs, ModelPlan, plan_model, wanted_versions
+from sync.repository import Repository
+from sync.server_status import ServerStatus
+from sync.settings import Settings
+from sync.source import Listing, Source
+from sync.status import ModelStatus, StatusBook
+
+log = logging.getLogger(__name__)
+
+Installed = dict[str, dict[int, Marker]]
+
+
+class Syncer:
+    """Keeps the local repository and models.config in step with the source."""
+
+    def __init__(
+        self, settings: Settings, source: Source, server: ServerStatus | None = None
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.repository = Repository(settings.model_base_path)
+        self.installer = Installer(source, self.repository, settings.checksum_retries)
+        self.server = server or ServerStatus(settings.model_server_rest_url)
+        self.status = StatusBook(settings.status_file, source.describe())
+
+    def boot(self) -> None:
+        """First pass. Without the source, fall back on an earlier boot's copy or raise."""
+        removed = self.repository.clean_staging()
+        if removed:
+            log.warning("removed %d unfinished staging folder(s) from an interrupted sync", removed)
+        try:
+            self.run_pass()
+        except SyncError as exc:
+            installed = self.repository.installed()
+            if not installed:
+                raise
+            self._serve_local_copy(installed, exc)
+        finally:
+            self.status.mode = "watch"
+
+    def watch(self, stop: threading.Event) -> None:
+        """Pass after pass every poll interval until `stop` is set; errors never end the loop."""
+        log.info("watching %s every %gs", self.source.describe(), self.settings.poll_interval)
+        while not stop.wait(self.settings.poll_interval):
+            try:
+                self.run_pass()
+            except SyncError as exc:
+                log.warning("sync pass failed, keeping what is served: %s", exc)
+            except Exception:
+                log.exception("unexpected error in a sync pass; trying again next interval")
+
+    def run_pass(self) -> dict[str, ModelPlan]:
+        """Scan, install what the policies want, write models.config, delete what is released."""
+        started = time.monotonic()
+        try:
+            listing = self.source.scan()
+        except SyncError as exc:
+            self.status.record_pass(time.monotonic() - started, [str(exc)])
+            self.status.write()
+            raise
+        errors = [f"{key}: {why}" for key, why in sorted(listing.problems.items())]
+        failed = self._install_wanted(listing, self.repository.installed(), errors)
+        plans = self._plan(listing, self.repository.installed(), failed)
+        self._write_config(plans)
+        self._delete_released(plans)
+        self._record(listing, plans, errors, time.monotonic() - started)
+        return plans
+
+    def _install_wanted(
+        self, listing: Listing, installed: Installed, errors: list[str]
+    ) -> dict[str, set[int]]:
+        failed: dict[str, set[int]] = {}
+        for model, complete in sorted(listing.complete.items()):
+            local = installed.get(model, {})
+            for version in sorted(wanted_versions(set(complete), listing.manifests.get(model))):
+                if not self._needs_install(complete[version], local.get(version)):
+                    continue
+                try:
+                    result = self.installer.install(complete[version], local)
+                except SyncError as exc:
+                    log.error("skipping %s/%s, keeping what serves now: %s", model, version, exc)
+                    errors.append(str(exc))
+                    failed.setdefault(model, set()).add(version)
+                    continue
+                self.status.versions_installed_total += 1
+                self.status.bytes_downloaded_total += result.fetched_bytes
+        return failed
+
+    def _needs_install(self, remote: Marker, local: Marker | None) -> bool:
+        if local is None:
+            return True
+        if not local.same_content(remote):
+            log.warning("%s/%s changed in the source; fetching again", remote.model, remote.version)
+            return True
+        if not self.repository.intact(local):
+            log.warning("%s/%s is damaged on disk; repairing it", remote.model, remote.version)
+            return True
+        return False
+
+    def _plan(
+        self, listing: Listing, installed: Installed, failed: Mapping[str, set[int]]
+    ) -> dict[str, ModelPlan]:
+        previous = read_previous(self.settings.config_file)
+        names = sorted(set(listing.complete) | set(installed) | set(previous))
+        plans = {}
+        for name in names:
+            inputs = ModelInputs(
+                name=name,
+                base_path=self._base_path(name),
+                complete=set(listing.complete.get(name, {})),
+                manifest=listing.manifests.get(name),
+                installed=set(installed.get(name, {})),
+                failed=failed.get(name, set()),
+                previous=previous.get(name),
+                states=self.server.states(name),
+            )
+            plans[name] = plan_model(inputs, self.settings.labels_for_unavailable)
+        return plans
+
+    def _base_path(self, model: str) -> Path:
+        return (self.settings.model_base_path / model).resolve()
+
+    def _write_config(self, plans: Mapping[str, ModelPlan]) -> None:
+        text = render(plan.served for plan in plans.values())
+        path = self.settings.config_file
+        try:
+            if path.read_text(encoding="utf-8") == text:
+                return
+        except OSError:
+            pass
+        atomic_write_text(path, text)
+        self.status.config_writes_total += 1
+        served = {n: p.served.versions for n, p in plans.items() if p.served.versions}
+        log.info("wrote %s: %s", path, _describe(plans) or "no models")
+        if not served:
+            log.warning("nothing to serve: no complete version in %s", self.source.describe())
+
+    def _delete_released(self, plans: Mapping[str, ModelPlan]) -> None:
+        for name, plan in plans.items():
+            for version in sorted(plan.deletable):
+                self.repository.remove(name, version)
+                self.status.versions_removed_total += 1
+                log.info("removed %s/%s from disk: no longer served", name, version)
+
+    def _record(
+        self, listing: Listing, plans: Mapping[str, ModelPlan], errors: list[str], seconds: float
+    ) -> None:
+        self.status.models = {
+            name: ModelStatus(
+                served=list(plan.served.versions),
+                labels=dict(plan.served.labels),
+                pending_labels=plan.pending_labels,
+                available_in_source=sorted(listing.complete.get(name, {})),
+                incomplete_in_source=sorted(listing.incomplete.get(name, [])),
+                waiting_removal=sorted(plan.waiting_removal),
+                problems=plan.notes + [e for e in errors if e.startswith(f"{name}")],
+            )
+            for name, plan in plans.items()
+        }
+        self.status.record_pass(seconds, errors)
+        self.status.write()
+
+    def _serve_local_copy(self, installed: Installed, exc: SyncError) -> None:
+        banner = "!" * 72
+        log.error(banner)
+        log.error("SOURCE UNREACHABLE AT BOOT: %s", exc)
+        log.error("SERVING THE LOCAL COPY OF AN EARLIER BOOT (%s), maybe stale", _local(installed))
+        log.error(banner)
+        previous = read_previous(self.settings.config_file)
+        plans = {}
+        for name, versions in sorted(installed.items()):
+            before = previous.get(name) or ServedModel(
+                name, self._base_path(name), (max(versions),)
+            )
+            inputs = ModelInputs(
+                name, self._base_path(name), set(), None, set(versions), set(), before,
+                self.server.states(name),
+            )  # fmt: skip
+            plans[name] = plan_model(inputs, self.settings.labels_for_unavailable)
+        self._write_config(plans)
+        self.status.degraded = f"serving a local copy from an earlier boot: {exc}"
+        self._record(Listing(), plans, [str(exc)], 0.0)
+
+
+def _describe(plans: Mapping[str, ModelPlan]) -> str:
+    parts = []
+    for name, plan in sorted(plans.items()):
+        if plan.served.versions:
+            labels = "".join(f" {k}={v}" for k, v in sorted(plan.served.labels.items()))
+            parts.append(f"{name} {list(plan.served.versions)}{labels}")
+    return "; ".join(parts)
+
+
+def _local(installed: Installed) -> str:
+    return ", ".join(f"{m} {sorted(v)}" for m, v in sorted(installed.items()))
