@@ -1,0 +1,179 @@
+"""From a checkpoint on disk to a verified servable version: the work behind `make export`.
+
+Knows nothing of argparse: the CLI fills an ExportRequest; tests can call `export` directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from export.checkpoints import Kind, LoadedModel, LoadOptions, detect_kind, load_checkpoint
+from export.errors import (
+    BadClassifierOutput,
+    InvalidLabels,
+    LabelsMismatch,
+    UsageError,
+    VersionExists,
+)
+from export.preprocessing import Preprocessing
+from export.repository import next_version, read_labels_file
+from export.servable import ServableSummary, check_model_name, check_version, write_servable
+from export.signatures import Classifier, run_classifier
+
+Progress = Callable[[str], None]
+
+# Rows of a probability output sum to 1 within this; anything else is probably logits.
+_PROBABILITY_SUM_SLACK = 1e-3
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """One export, as the command line describes it."""
+
+    checkpoint: Path
+    name: str
+    export_dir: Path
+    version: int | None = None
+    labels_file: Path | None = None
+    kind: Kind | None = None
+    load: LoadOptions = field(default_factory=LoadOptions)
+    normalization: str = "minus_one_to_one"
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    softmax: bool = False
+    warmup_image: Path | None = None
+    force: bool = False
+    tolerance: float = 1e-4
+
+
+def export(request: ExportRequest, progress: Progress | None = None) -> ServableSummary:
+    """Run one export; returns the ServableSummary. Raises ExportError subclasses only."""
+    say = progress or (lambda _message: None)
+    check_model_name(request.name)
+    model_dir = request.export_dir / request.name
+    version = check_version(request.version or next_version(model_dir))
+    target = model_dir / str(version)
+    if target.exists() and not request.force:  # fail before the slow part
+        raise VersionExists(f"{target} already exists; pass --force to replace it")
+    labels = read_labels_file(request.labels_file) if request.labels_file else None
+    kind, path = _detect(request)
+    say(f"loading {kind} checkpoint {path}")
+    loaded = load_checkpoint(kind, path, request.load)
+    return _write(request, loaded, labels, target, version, say)
+
+
+def _detect(request: ExportRequest) -> tuple[Kind, Path]:
+    detected, path = detect_kind(request.checkpoint)
+    if request.kind is None or request.kind == detected:
+        return detected, path
+    # Only the ambiguous prefix case may be overridden: a .meta beside a TF2-style prefix.
+    if {request.kind, detected} == {Kind.TF1, Kind.TF2}:
+        return request.kind, path
+    raise UsageError(f"{request.checkpoint} looks like a {detected} checkpoint, not {request.kind}")
+
+
+def _write(
+    request: ExportRequest,
+    loaded: LoadedModel,
+    labels: list[str] | None,
+    target: Path,
+    version: int,
+    say: Progress,
+) -> ServableSummary:
+    preprocessing = Preprocessing(
+        input_size=_input_size(request, loaded),
+        normalization=request.normalization,
+        mean=request.mean,
+        std=request.std,
+    )
+    classifier = _with_softmax(loaded.classifier) if request.softmax else loaded.classifier
+    outputs = _probe_outputs(classifier, preprocessing)
+    if not request.softmax and not _looks_like_probabilities(outputs):
+        say("warning: outputs are not probabilities (rows do not sum to 1); --softmax if logits")
+    if labels is None:
+        labels = [f"class_{i}" for i in range(outputs.shape[1])]
+        say(f"warning: no --labels given; naming the classes class_0..class_{len(labels) - 1}")
+    _check_label_count(labels, outputs.shape[1], request.labels_file)
+    return write_servable(
+        classifier,
+        labels,
+        preprocessing,
+        target,
+        name=request.name,
+        version=version,
+        source={"kind": str(loaded.kind), "path": str(loaded.path)},
+        warmup_image=_read_warmup(request.warmup_image),
+        overwrite=request.force,
+        tolerance=request.tolerance,
+        progress=say,
+    )
+
+
+def _input_size(request: ExportRequest, loaded: LoadedModel) -> tuple[int, int]:
+    given, declared = request.load.input_size, loaded.input_size
+    if given and declared and given != declared:
+        raise UsageError(
+            f"--input-size {given[0]}x{given[1]} differs from the model's fixed input "
+            f"{declared[0]}x{declared[1]}"
+        )
+    size = given or declared
+    if size is None:
+        raise UsageError("the model's input size is dynamic: pass --input-size HxW")
+    return size
+
+
+def _probe_outputs(classifier: Classifier, preprocessing: Preprocessing) -> np.ndarray:
+    height, width = preprocessing.input_size
+    batch = np.zeros((1, height, width, 3), np.float32)
+    try:
+        outputs = np.asarray(run_classifier(classifier, batch))
+    except (tf.errors.OpError, ValueError, TypeError) as exc:
+        raise BadClassifierOutput(
+            f"the model cannot run on a {height}x{width} image: {exc}"
+        ) from exc
+    if outputs.ndim != 2:
+        raise BadClassifierOutput(f"the model returns shape {outputs.shape}, not [N, classes]")
+    return outputs
+
+
+def _looks_like_probabilities(outputs: np.ndarray) -> bool:
+    sums = outputs.sum(axis=1)
+    return bool((outputs >= 0).all() and (abs(sums - 1) <= _PROBABILITY_SUM_SLACK).all())
+
+
+def _check_label_count(labels: Sequence[str], classes: int, source: Path | None) -> None:
+    if len(labels) != classes:
+        raise LabelsMismatch(
+            f"{source or 'labels'} has {len(labels)} labels but the model has {classes} outputs"
+        )
+    if not labels:
+        raise InvalidLabels("no labels given")
+
+
+def _with_softmax(classifier: Classifier) -> tf.Module:
+    return WithSoftmax(classifier)
+
+
+class WithSoftmax(tf.Module):
+    """A logits model followed by softmax; the model stays an attribute, so it is saved."""
+
+    def __init__(self, inner: Classifier) -> None:
+        super().__init__(name="with_softmax")
+        self.inner = inner
+
+    def __call__(self, batch: tf.Tensor) -> tf.Tensor:
+        return tf.nn.softmax(run_classifier(self.inner, batch), axis=-1)
+
+
+def _read_warmup(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"warmup image {path} is not readable: {exc}") from exc
