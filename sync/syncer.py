@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 Installed = dict[str, dict[int, Marker]]
 
+# A version that failed verification is retried after this long, not on every pass: versions
+# are immutable, so it only heals if someone re-uploads its objects.
+RETRY_FAILED_AFTER = 300.0
+
 
 class Syncer:
     """Keeps the local repository and models.config in step with the source."""
@@ -37,6 +41,7 @@ class Syncer:
         self.installer = Installer(source, self.repository, settings.checksum_retries)
         self.server = server or ServerStatus(settings.model_server_rest_url)
         self.status = StatusBook(settings.status_file, source.describe())
+        self._failed_at: dict[tuple[str, int], float] = {}
 
     def boot(self) -> None:
         """First pass. Without the source, fall back on an earlier boot's copy or raise."""
@@ -84,22 +89,50 @@ class Syncer:
     def _install_wanted(
         self, listing: Listing, installed: Installed, errors: list[str]
     ) -> dict[str, set[int]]:
+        """Install what each policy wants; a version that fails is treated as absent, so the
+        policy falls back on the next one (latest 1 with a corrupt v2 serves v1)."""
         failed: dict[str, set[int]] = {}
         for model, complete in sorted(listing.complete.items()):
+            bad = failed.setdefault(model, self._cooling(model))
             local = installed.get(model, {})
-            for version in sorted(wanted_versions(set(complete), listing.manifests.get(model))):
-                if not self._needs_install(complete[version], local.get(version)):
-                    continue
-                try:
-                    result = self.installer.install(complete[version], local)
-                except SyncError as exc:
-                    log.error("skipping %s/%s, keeping what serves now: %s", model, version, exc)
-                    errors.append(str(exc))
-                    failed.setdefault(model, set()).add(version)
-                    continue
-                self.status.versions_installed_total += 1
-                self.status.bytes_downloaded_total += result.fetched_bytes
+            while True:
+                usable = set(complete) - bad
+                wanted = wanted_versions(usable, listing.manifests.get(model))
+                todo = [v for v in sorted(wanted) if self._needs_install(complete[v], local.get(v))]
+                if not todo or not self._install_all(model, complete, todo, local, errors, bad):
+                    break
         return failed
+
+    def _install_all(
+        self,
+        model: str,
+        complete: Mapping[int, Marker],
+        todo: list[int],
+        local: Mapping[int, Marker],
+        errors: list[str],
+        bad: set[int],
+    ) -> bool:
+        """Install `todo`; return True when one failed (and was added to `bad`)."""
+        any_failed = False
+        for version in todo:
+            try:
+                result = self.installer.install(complete[version], local)
+            except SyncError as exc:
+                log.error("skipping %s/%s, keeping what serves now: %s", model, version, exc)
+                errors.append(str(exc))
+                bad.add(version)
+                self._failed_at[(model, version)] = time.monotonic()
+                any_failed = True
+                continue
+            self.status.versions_installed_total += 1
+            self.status.bytes_downloaded_total += result.fetched_bytes
+        return any_failed
+
+    def _cooling(self, model: str) -> set[int]:
+        """Versions that failed recently: not fetched again before RETRY_FAILED_AFTER seconds."""
+        now = time.monotonic()
+        wait = max(RETRY_FAILED_AFTER, self.settings.poll_interval)
+        return {v for (m, v), at in self._failed_at.items() if m == model and now - at < wait}
 
     def _needs_install(self, remote: Marker, local: Marker | None) -> bool:
         if local is None:
@@ -122,7 +155,7 @@ class Syncer:
             inputs = ModelInputs(
                 name=name,
                 base_path=self._base_path(name),
-                complete=set(listing.complete.get(name, {})),
+                complete=set(listing.complete.get(name, {})) - failed.get(name, set()),
                 manifest=listing.manifests.get(name),
                 installed=set(installed.get(name, {})),
                 failed=failed.get(name, set()),

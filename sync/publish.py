@@ -1,0 +1,194 @@
+"""`python -m sync.publish` (`make publish`): upload one exported version, completion marker last.
+
+Files go up in parallel through boto3's transfer manager with a progress bar; the marker (the
+file list with sizes and SHA-256) is written only after every file is in the bucket with the
+right size, and with `If-None-Match: *`, so a published version is never overwritten, even by
+two publishers racing. Sync ignores a version until its marker exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from boto3.s3.transfer import create_transfer_manager
+from botocore.exceptions import ClientError
+
+from sync.cli import configure_logging
+from sync.errors import EX_USAGE, ConfigError, PublishError, SyncError
+from sync.marker import MARKER_NAME, Marker, build_marker, check_layout
+from sync.progress import Progress
+from sync.s3 import ProgressSubscriber, make_client, s3_errors, transfer_config
+from sync.settings import S3Settings, Settings
+from sync.source import MODEL_NAME, parse_version
+
+log = logging.getLogger("sync.publish")
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    """What to publish: one local version folder."""
+
+    name: str
+    version: int
+    folder: Path
+
+
+def pick_version(export_dir: Path, name: str, version: int | None) -> PublishRequest:
+    """The requested version, or the newest exported one (the one `make export` wrote last)."""
+    if not MODEL_NAME.match(name):
+        raise ConfigError(f"model name {name!r}: use letters, digits, '_', '.', '-'")
+    model_dir = export_dir / name
+    if version is None:
+        found = [parse_version(p.name) for p in model_dir.glob("*") if p.is_dir()]
+        versions = sorted(v for v in found if v is not None)
+        if not versions:
+            raise PublishError(f"no exported version in {model_dir}; run `make export` first")
+        version = versions[-1]
+    folder = model_dir / str(version)
+    if not (folder / "saved_model.pb").is_file():
+        raise PublishError(f"{folder} is not an exported version (no saved_model.pb)")
+    return PublishRequest(name, version, folder)
+
+
+class Publisher:
+    """Uploads versions to `s3://<bucket>/<prefix>/<model>/<version>/`."""
+
+    def __init__(self, settings: S3Settings, client: Any = None, bar: bool = False) -> None:
+        self.settings = settings
+        self.client = client if client is not None else make_client(settings)
+        self.bar = bar
+        root = f"{settings.prefix}/" if settings.prefix else ""
+        self._root = root
+
+    def publish(self, request: PublishRequest) -> Marker:
+        marker = build_marker(request.name, request.version, request.folder)
+        check_layout(marker)
+        prefix = f"{self._root}{request.name}/{request.version}/"
+        self._refuse_published(prefix, request)
+        started = time.monotonic()
+        self._upload(marker, request.folder, prefix)
+        self._check_uploaded(marker, prefix)
+        self._put_marker(marker, prefix)
+        log.info(
+            "published %s/%s: %d files, %.1f MB in %.1f s to %s%s",
+            request.name, request.version, len(marker.files), marker.total_bytes / 2**20,
+            time.monotonic() - started, self.settings.describe(), f"/{request.name}",
+        )  # fmt: skip
+        return marker
+
+    def _existing(self, prefix: str) -> dict[str, int]:
+        found: dict[str, int] = {}
+        with s3_errors(self.settings, "listing"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.settings.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    found[item["Key"][len(prefix) :]] = int(item["Size"])
+        return found
+
+    def _refuse_published(self, prefix: str, request: PublishRequest) -> None:
+        existing = self._existing(prefix)
+        if MARKER_NAME in existing:
+            raise PublishError(
+                f"{request.name}/{request.version} is already published and versions are "
+                "immutable; export a new version (make export ...) and publish that"
+            )
+        if existing:
+            log.warning(
+                "%s/%s: %d objects from an unfinished publish (no completion marker); replacing",
+                request.name, request.version, len(existing),
+            )  # fmt: skip
+
+    def _upload(self, marker: Marker, folder: Path, prefix: str) -> None:
+        what = f"{marker.model}/{marker.version}"
+        progress = Progress(what, marker.total_bytes, log, bar=self.bar)
+        subscriber = ProgressSubscriber(progress)
+        with (
+            s3_errors(self.settings, f"uploading {what} to"),
+            create_transfer_manager(self.client, transfer_config(self.settings)) as manager,
+        ):
+            bucket = self.settings.bucket
+            futures = [
+                manager.upload(str(folder / e.path), bucket, prefix + e.path, None, [subscriber])
+                for e in marker.files
+            ]
+            for future in futures:
+                future.result()
+        progress.finish(f"{len(marker.files)} files uploaded")
+
+    def _check_uploaded(self, marker: Marker, prefix: str) -> None:
+        existing = self._existing(prefix)
+        for entry in marker.files:
+            if existing.get(entry.path) != entry.size:
+                raise PublishError(
+                    f"{marker.model}/{marker.version}: {entry.path} did not arrive whole; "
+                    "nothing was published, run make publish again"
+                )
+
+    def _put_marker(self, marker: Marker, prefix: str) -> None:
+        try:
+            with s3_errors(self.settings, "writing the completion marker to"):
+                self.client.put_object(
+                    Bucket=self.settings.bucket,
+                    Key=prefix + MARKER_NAME,
+                    Body=marker.to_json().encode(),
+                    ContentType="application/json",
+                    IfNoneMatch="*",
+                )
+        except SyncError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and _is_precondition(cause):
+                raise PublishError(
+                    f"{marker.model}/{marker.version} was published by someone else meanwhile"
+                ) from exc
+            raise
+
+
+def _is_precondition(exc: ClientError) -> bool:
+    error = exc.response.get("Error", {})
+    return str(error.get("Code")) in ("PreconditionFailed", "412", "ConditionalRequestConflict")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m sync.publish",
+        description="Upload an exported model version to the bucket (completion marker last).",
+    )
+    parser.add_argument("--name", required=True, help="model name (folder under the export dir)")
+    parser.add_argument("--export-dir", type=Path, help="default: DYNOSERVE_EXPORT_DIR or exports")
+    parser.add_argument("--version", type=int, default=None, help="default: the newest export")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        return EX_USAGE if exc.code else 0
+    configure_logging()
+    try:
+        settings = Settings.from_env(os.environ)
+        if settings.s3 is None:
+            raise ConfigError(
+                "no bucket configured: set BUCKETEER_BUCKET_NAME and the BUCKETEER_AWS_* "
+                "credentials (heroku config -s >> .env) to publish"
+            )
+        request = pick_version(args.export_dir or settings.export_dir, args.name, args.version)
+        Publisher(settings.s3, bar=sys.stderr.isatty()).publish(request)
+    except SyncError as exc:
+        log.error("publish failed: %s", exc)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

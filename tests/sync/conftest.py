@@ -1,0 +1,67 @@
+"""Fixtures for the sync tests: a real S3 API server (moto in server mode) on loopback, a bucket
+per test, stand-in model versions and a fake model-server status endpoint."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.support import VENV_PYTHON, ManagedProcess, free_port, port_open, python_env
+from tests.sync.helpers import FakeModelServer
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a moto S3 server shared by the session (buckets keep tests apart)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    argv = [str(VENV_PYTHON), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with ManagedProcess(argv, log, env=python_env()) as server:
+        server.wait_ready(lambda: port_open(port))
+        yield f"http://127.0.0.1:{port}"
+
+
+def s3_client(endpoint: str, key: str = "testing", secret: str = "testing") -> Any:
+    return boto3.session.Session(
+        aws_access_key_id=key, aws_secret_access_key=secret, region_name="us-east-1"
+    ).client("s3", endpoint_url=endpoint)
+
+
+@pytest.fixture
+def s3(moto_endpoint: str) -> Iterator[Any]:
+    client = s3_client(moto_endpoint)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    name = f"dynoserve-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def model_server() -> Iterator[FakeModelServer]:
+    with FakeModelServer() as server:
+        yield server
+
+
+@pytest.fixture
+def env(tmp_path: Path, moto_endpoint: str, bucket: str, model_server: FakeModelServer) -> dict:
+    """Environment for a sync against this test's bucket, as Heroku would set it."""
+    return {
+        "BUCKETEER_BUCKET_NAME": bucket,
+        "BUCKETEER_AWS_ACCESS_KEY_ID": "testing",
+        "BUCKETEER_AWS_SECRET_ACCESS_KEY": "testing",
+        "DYNOSERVE_S3_ENDPOINT_URL": moto_endpoint,
+        "DYNOSERVE_MODEL_BASE_PATH": str(tmp_path / "models"),
+        "DYNOSERVE_EXPORT_DIR": str(tmp_path / "exports"),
+        "DYNOSERVE_MODEL_SERVER_REST_URL": model_server.url,
+        "DYNOSERVE_SYNC_INTERVAL": "0.2",
+    }

@@ -1,0 +1,130 @@
+"""Test helpers: stand-in model versions, publishing them, and a fake model-server status API.
+
+The stand-in versions are not real SavedModels (sync never loads models, it only moves and
+verifies files): random bytes named like a SavedModel's files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sync.manifest import MANIFEST_NAME
+from sync.modelconfig import read_previous
+from sync.publish import Publisher, PublishRequest
+from sync.settings import Settings
+
+
+def make_version(
+    root: Path, model: str, version: int, size: int = 4096, labels: str = "cat\ndog\n"
+) -> Path:
+    """A stand-in version folder: saved_model.pb, variables/, assets/ with random bytes."""
+    folder = root / model / str(version)
+    (folder / "variables").mkdir(parents=True)
+    (folder / "assets").mkdir()
+    (folder / "saved_model.pb").write_bytes(os.urandom(256) + str(version).encode())
+    (folder / "variables" / "variables.index").write_bytes(os.urandom(64))
+    (folder / "variables" / "variables.data-00000-of-00001").write_bytes(os.urandom(size))
+    (folder / "assets" / "labels.txt").write_text(labels)
+    return folder
+
+
+def publish(env: Mapping[str, str], model: str, version: int, size: int = 4096) -> Path:
+    """Export a stand-in version under the export dir and publish it for real to the bucket."""
+    settings = Settings.from_env(env)
+    assert settings.s3 is not None
+    folder = make_version(settings.export_dir, model, version, size)
+    Publisher(settings.s3).publish(PublishRequest(model, version, folder))
+    return folder
+
+
+def put_manifest(s3: Any, env: Mapping[str, str], model: str, body: dict[str, Any]) -> None:
+    key = f"models/{model}/{MANIFEST_NAME}"
+    s3.put_object(Bucket=env["BUCKETEER_BUCKET_NAME"], Key=key, Body=json.dumps(body).encode())
+
+
+def served(env: Mapping[str, str]) -> dict[str, tuple[tuple[int, ...], dict[str, int]]]:
+    """What the written models.config serves: model -> (versions, labels)."""
+    path = Path(env["DYNOSERVE_MODEL_BASE_PATH"]) / "models.config"
+    return {n: (m.versions, dict(m.labels)) for n, m in read_previous(path).items()}
+
+
+def version_dirs(env: Mapping[str, str], model: str) -> list[int]:
+    folder = Path(env["DYNOSERVE_MODEL_BASE_PATH"]) / model
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+class FakeModelServer:
+    """A fake of TF Serving's REST model status API (`GET /v1/models/<name>`) on loopback.
+
+    Tests set `states[model] = {version: "AVAILABLE", ...}`; unknown models answer 404 as TF
+    Serving does. `serve_config()` makes it follow models.config like a well-behaved server.
+    """
+
+    def __init__(self) -> None:
+        self.states: dict[str, dict[int, str]] = {}
+        self.requests = 0
+        handler = self._handler()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def serve_config(self, env: Mapping[str, str]) -> None:
+        """Load exactly what models.config lists, as TF Serving would after its next poll."""
+        self.states = {
+            name: dict.fromkeys(versions, "AVAILABLE")
+            for name, (versions, _labels) in served(env).items()
+        }
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                fake.requests += 1
+                match = re.fullmatch(r"/v1/models/([^/]+)", self.path)
+                states = fake.states.get(match.group(1)) if match else None
+                if not states:
+                    self._reply(404, {"error": "Could not find any versions of model"})
+                    return
+                items = [
+                    {"version": str(v), "state": s, "status": {"error_code": "OK"}}
+                    for v, s in sorted(states.items())
+                ]
+                self._reply(200, {"model_version_status": items})
+
+            def _reply(self, code: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def __enter__(self) -> FakeModelServer:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,217 @@
+"""Sync against a real S3 API (moto server on loopback): boot, increments, labels, failures."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sync.cli import build_source
+from sync.errors import BucketNotFound
+from sync.marker import MARKER_NAME
+from sync.settings import Settings
+from sync.syncer import Syncer
+from tests.sync.helpers import FakeModelServer, publish, put_manifest, served, version_dirs
+
+
+def make_syncer(env: Mapping[str, str]) -> Syncer:
+    settings = Settings.from_env(env)
+    return Syncer(settings, build_source(settings))
+
+
+def status(env: Mapping[str, str]) -> dict[str, Any]:
+    path = Path(env["DYNOSERVE_MODEL_BASE_PATH"]) / "sync-status.json"
+    return json.loads(path.read_text())
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    files_a = {p.relative_to(a): p.read_bytes() for p in a.rglob("*") if p.is_file()}
+    files_b = {
+        p.relative_to(b): p.read_bytes()
+        for p in b.rglob("*")
+        if p.is_file() and p.name != MARKER_NAME
+    }
+    return files_a == files_b
+
+
+def test_fresh_sync_installs_versions_and_writes_config(env: dict) -> None:
+    exported = publish(env, "cats", 1)
+    publish(env, "dogs", 3)
+    make_syncer(env).boot()
+    base = Path(env["DYNOSERVE_MODEL_BASE_PATH"])
+    assert same_tree(exported, base / "cats" / "1")
+    assert (base / "dogs" / "3" / "variables").is_dir()
+    assert served(env) == {"cats": ((1,), {}), "dogs": ((3,), {})}
+    assert not any((base / ".staging").iterdir())
+    report = status(env)
+    assert report["last_success_at"] and report["versions_served"] == 2
+    assert report["models"]["cats"]["served"] == [1]
+
+
+def test_second_pass_fetches_nothing_and_new_version_reuses_files(
+    env: dict, model_server: FakeModelServer
+) -> None:
+    publish(env, "cats", 1, size=200_000)
+    syncer = make_syncer(env)
+    syncer.boot()
+    model_server.serve_config(env)  # version 1 stays on disk while served
+    first = syncer.status.bytes_downloaded_total
+    syncer.run_pass()
+    assert syncer.status.bytes_downloaded_total == first
+    assert syncer.status.versions_installed_total == 1
+    publish(env, "cats", 2, size=1000)
+    syncer.run_pass()
+    # labels.txt is identical in both versions: linked from version 1, not downloaded again.
+    labels_v1 = Path(env["DYNOSERVE_MODEL_BASE_PATH"]) / "cats" / "1" / "assets" / "labels.txt"
+    labels_v2 = labels_v1.parents[2] / "2" / "assets" / "labels.txt"
+    assert labels_v2.stat().st_ino == labels_v1.stat().st_ino
+    assert syncer.status.bytes_downloaded_total - first < 2000
+
+
+def test_damaged_local_file_is_repaired(env: dict) -> None:
+    publish(env, "cats", 1, size=50_000)
+    syncer = make_syncer(env)
+    syncer.boot()
+    data = Path(env["DYNOSERVE_MODEL_BASE_PATH"]) / "cats/1/variables/variables.data-00000-of-00001"
+    data.write_bytes(b"truncated")
+    syncer.run_pass()
+    assert data.stat().st_size == 50_000
+    assert same_tree(Path(env["DYNOSERVE_EXPORT_DIR"]) / "cats" / "1", data.parents[1])
+
+
+def test_new_version_is_served_and_old_one_deleted_once_unloaded(
+    env: dict, model_server: FakeModelServer
+) -> None:
+    publish(env, "cats", 1)
+    syncer = make_syncer(env)
+    syncer.boot()
+    model_server.serve_config(env)
+    publish(env, "cats", 2)
+    syncer.run_pass()
+    assert served(env) == {"cats": ((2,), {})}
+    # The server still holds version 1 until it rereads models.config: the files must stay.
+    assert version_dirs(env, "cats") == [1, 2]
+    assert status(env)["models"]["cats"]["waiting_removal"] == [1]
+    model_server.states["cats"] = {1: "END", 2: "AVAILABLE"}
+    syncer.run_pass()
+    assert version_dirs(env, "cats") == [2]
+
+
+def test_version_without_completion_marker_is_ignored(env: dict, s3: Any) -> None:
+    publish(env, "cats", 1)
+    # Half a publish: files of version 2 are there, the marker is not.
+    for key in ("saved_model.pb", "variables/variables.index"):
+        s3.put_object(Bucket=env["BUCKETEER_BUCKET_NAME"], Key=f"models/cats/2/{key}", Body=b"x")
+    make_syncer(env).boot()
+    assert served(env) == {"cats": ((1,), {})}
+    assert version_dirs(env, "cats") == [1]
+    assert status(env)["models"]["cats"]["incomplete_in_source"] == [2]
+
+
+def test_checksum_mismatch_skips_version_and_keeps_previous(
+    env: dict, s3: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    publish(env, "cats", 1)
+    publish(env, "cats", 2, size=5000)
+    key = "models/cats/2/variables/variables.data-00000-of-00001"
+    s3.put_object(Bucket=env["BUCKETEER_BUCKET_NAME"], Key=key, Body=b"\0" * 5000)
+    syncer = make_syncer(env)
+    syncer.boot()
+    assert served(env) == {"cats": ((1,), {})}
+    assert version_dirs(env, "cats") == [1]
+    assert "checksum mismatch" in caplog.text and "attempt 3 of 3" in caplog.text
+    report = status(env)
+    assert "does not match" in report["last_error"]
+    assert report["consecutive_failures"] == 1
+    assert not any((Path(env["DYNOSERVE_MODEL_BASE_PATH"]) / ".staging").iterdir())
+
+
+def test_empty_listing_does_not_wipe_the_repository(
+    env: dict, s3: Any, model_server: FakeModelServer
+) -> None:
+    publish(env, "cats", 1)
+    syncer = make_syncer(env)
+    syncer.boot()
+    model_server.serve_config(env)
+    listed = s3.list_objects_v2(Bucket=env["BUCKETEER_BUCKET_NAME"])["Contents"]
+    for item in listed:
+        s3.delete_object(Bucket=env["BUCKETEER_BUCKET_NAME"], Key=item["Key"])
+    model_server.states.clear()  # even a server that holds nothing must not trigger deletion
+    syncer.run_pass()
+    assert served(env) == {"cats": ((1,), {})}
+    assert version_dirs(env, "cats") == [1]
+
+
+def test_failing_listing_keeps_everything(env: dict, s3: Any) -> None:
+    publish(env, "cats", 1)
+    syncer = make_syncer(env)
+    syncer.boot()
+    config = (Path(env["DYNOSERVE_MODEL_BASE_PATH"]) / "models.config").read_text()
+    bucket = env["BUCKETEER_BUCKET_NAME"]
+    for item in s3.list_objects_v2(Bucket=bucket)["Contents"]:
+        s3.delete_object(Bucket=bucket, Key=item["Key"])
+    s3.delete_bucket(Bucket=bucket)
+    with pytest.raises(BucketNotFound, match="BUCKETEER_BUCKET_NAME"):
+        syncer.run_pass()
+    assert (Path(env["DYNOSERVE_MODEL_BASE_PATH"]) / "models.config").read_text() == config
+    assert version_dirs(env, "cats") == [1]
+    assert status(env)["consecutive_failures"] == 1
+
+
+def test_policy_and_labels_follow_the_manifest(
+    env: dict, s3: Any, model_server: FakeModelServer
+) -> None:
+    publish(env, "cats", 1)
+    publish(env, "cats", 2)
+    manifest = {
+        "model_version_policy": {"specific": {"versions": [1, 2]}},
+        "version_labels": {"stable": 1, "canary": 2},
+    }
+    put_manifest(s3, env, "cats", manifest)
+    syncer = make_syncer(env)
+    syncer.boot()
+    # Nothing is loaded yet: stock TF Serving would refuse the labels, so they wait.
+    assert served(env) == {"cats": ((1, 2), {})}
+    assert status(env)["models"]["cats"]["pending_labels"] == {"stable": 1, "canary": 2}
+    model_server.serve_config(env)
+    syncer.run_pass()
+    assert served(env) == {"cats": ((1, 2), {"stable": 1, "canary": 2})}
+    put_manifest(s3, env, "cats", {**manifest, "version_labels": {"stable": 2, "canary": 2}})
+    syncer.run_pass()
+    assert served(env) == {"cats": ((1, 2), {"stable": 2, "canary": 2})}
+
+
+def test_label_moves_only_once_the_new_version_is_loaded(
+    env: dict, s3: Any, model_server: FakeModelServer
+) -> None:
+    publish(env, "cats", 1)
+    put_manifest(s3, env, "cats", {"model_version_policy": {"latest": {"num_versions": 2}},
+                                   "version_labels": {"stable": 1}})  # fmt: skip
+    syncer = make_syncer(env)
+    syncer.boot()
+    model_server.serve_config(env)
+    syncer.run_pass()
+    publish(env, "cats", 2)
+    put_manifest(s3, env, "cats", {"model_version_policy": {"latest": {"num_versions": 2}},
+                                   "version_labels": {"stable": 2}})  # fmt: skip
+    syncer.run_pass()
+    assert served(env) == {"cats": ((1, 2), {"stable": 1})}
+    assert status(env)["models"]["cats"]["pending_labels"] == {"stable": 2}
+    model_server.states["cats"][2] = "AVAILABLE"
+    syncer.run_pass()
+    assert served(env) == {"cats": ((1, 2), {"stable": 2})}
+    assert status(env)["models"]["cats"]["pending_labels"] == {}
+
+
+def test_bad_manifest_keeps_the_model_as_it_was(env: dict, s3: Any) -> None:
+    publish(env, "cats", 1)
+    syncer = make_syncer(env)
+    syncer.boot()
+    publish(env, "cats", 2)
+    put_manifest(s3, env, "cats", {"model_version_policy": {"newest": {}}})
+    syncer.run_pass()
+    assert served(env) == {"cats": ((1,), {})}
+    assert "unknown model_version_policy" in status(env)["last_error"]
