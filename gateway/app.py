@@ -1,0 +1,178 @@
+"""The application factory: wires settings, predictor, metrics, auth, shedding and errors."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from flask import Flask, Response, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import HTTPException
+
+from gateway.errors import BadRequest as GatewayBadRequest
+from gateway.errors import GatewayError, MethodNotAllowed, NotFound, Overloaded, Unauthorized
+from gateway.errors import PayloadTooLarge as GatewayPayloadTooLarge
+from gateway.logs import request_id_var
+from gateway.metrics import Metrics
+from gateway.predictor import ModelServerPredictor
+from gateway.results import Predictor
+from gateway.routes import bp
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.access")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# Probes, the docs and the demo page stay reachable without a key; the page asks for one.
+PUBLIC_ENDPOINTS = {"gateway.healthz", "gateway.readyz", "gateway.openapi", "gateway.demo_page"}
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob: https: http:; "
+        "style-src 'self'; script-src 'self'; frame-ancestors 'none'"
+    ),
+}
+
+
+def create_app(
+    settings: Settings | None = None,
+    predictor: Predictor | None = None,
+    metrics: Metrics | None = None,
+) -> Flask:
+    """Build the gateway app; tests pass their own settings and (fake) predictor."""
+    settings = settings or Settings()
+    metrics = metrics or Metrics(settings.sync_status_file)
+    predictor = predictor or ModelServerPredictor(settings, metrics=metrics)
+    app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["dynoserve.settings"] = settings
+    app.extensions["dynoserve.predictor"] = predictor
+    app.extensions["dynoserve.metrics"] = metrics
+    app.register_blueprint(bp)
+    slots = threading.BoundedSemaphore(settings.max_in_flight)
+    _install_hooks(app, settings, predictor, metrics, slots)
+    _install_error_handlers(app, settings)
+
+    @app.get("/metrics")
+    def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _install_hooks(
+    app: Flask,
+    settings: Settings,
+    predictor: Predictor,
+    metrics: Metrics,
+    slots: threading.BoundedSemaphore,
+) -> None:
+    @app.before_request
+    def start_request() -> None:
+        g.start = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id_var.set(g.request_id)
+        if settings.api_keys and request.endpoint not in PUBLIC_ENDPOINTS:
+            _authenticate(settings.api_keys)
+        view = app.view_functions.get(request.endpoint or "")
+        if getattr(view, "sheddable", False):
+            if not slots.acquire(blocking=False):
+                metrics.shed.inc()
+                raise Overloaded(f"more than {settings.max_in_flight} requests in flight")
+            g.slot = True
+            metrics.in_flight.inc()
+
+    @app.after_request
+    def finish_request(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        for name, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        _record(metrics, predictor, response.status_code)
+        return response
+
+    @app.teardown_request
+    def release_slot(_exc: BaseException | None) -> None:
+        if g.pop("slot", False):
+            metrics.in_flight.dec()
+            slots.release()
+
+
+def _authenticate(keys: tuple[str, ...]) -> None:
+    """Accept `Authorization: Bearer <key>` or `X-API-Key: <key>`, compared in constant time."""
+    header = request.headers.get("Authorization", "")
+    offered = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    offered = offered or request.headers.get("X-API-Key", "")
+    if not offered:
+        raise Unauthorized("an API key is required (Authorization: Bearer <key> or X-API-Key)")
+    candidate = offered.encode()
+    # Compare against every key so the time taken does not reveal which one matched.
+    matches = [hmac.compare_digest(candidate, key.encode()) for key in keys]
+    if not any(matches):
+        raise Unauthorized("the API key is not valid")
+
+
+def _record(metrics: Metrics, predictor: Predictor, status: int) -> None:
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    elapsed = time.perf_counter() - g.get("start", time.perf_counter())
+    model = g.get("model", "")
+    if model and model not in predictor.known_models():
+        model = "other"  # names come from strangers: keep label cardinality bounded
+    version = g.get("served_version")
+    metrics.requests.labels(route, model, "" if version is None else str(version), status).inc()
+    metrics.latency.labels(route).observe(elapsed)
+    log.info(
+        "%s %s %s",
+        request.method,
+        request.path,
+        status,
+        extra={"status": status, "duration_ms": round(elapsed * 1000, 2), "route": route},
+    )
+
+
+def _install_error_handlers(app: Flask, settings: Settings) -> None:
+    @app.errorhandler(GatewayError)
+    def gateway_error(error: GatewayError) -> tuple[Response, int, dict[str, str]]:
+        headers = {}
+        if error.retry_after is not None:
+            headers["Retry-After"] = str(settings.retry_after_s)
+        if error.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="dynoserve"'
+        return jsonify(error.to_json()), error.status, headers
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> tuple[Response, int, dict[str, str]]:
+        body, status, headers = gateway_error(_from_werkzeug(error))
+        allow = getattr(error, "valid_methods", None)
+        if status == 405 and allow:
+            headers["Allow"] = ", ".join(sorted(allow))
+        return body, status, headers
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> tuple[Response, int, dict[str, str]]:
+        logging.getLogger("gateway").exception("unhandled error")
+        return gateway_error(GatewayError("internal error; see the gateway log"))
+
+
+def _from_werkzeug(error: HTTPException) -> GatewayError:
+    """Routing and body-size errors raised by Flask itself, in our error format."""
+    message = error.description or error.name
+    if error.code == 404:
+        return NotFound("no such endpoint")
+    if error.code == 405:
+        return MethodNotAllowed(f"method {request.method} is not allowed here")
+    if error.code == 413:
+        return GatewayPayloadTooLarge(message, code="request_too_large")
+    if error.code == 400:
+        return GatewayBadRequest(message)
+    generic = GatewayError(message, code=(error.name or "error").lower().replace(" ", "_"))
+    generic.status = error.code or 500
+    return generic

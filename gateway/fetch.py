@@ -1,0 +1,240 @@
+"""SSRF-safe image fetching: the gateway downloads URLs chosen by strangers.
+
+Per hop: parse and vet the URL, resolve the name once, vet every address, connect to exactly
+the vetted address (TLS still verifies the certificate against the name), read at most the byte
+cap within a total time budget, and vet redirects the same way. Proxy variables are never read.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import time
+import zlib
+from dataclasses import dataclass
+from urllib.parse import SplitResult, quote, urljoin, urlsplit
+
+from gateway import __version__
+from gateway.errors import (
+    ForbiddenImageUrl,
+    GatewayError,
+    ImageHostError,
+    InvalidImageUrl,
+    PayloadTooLarge,
+)
+from gateway.netguard import IPAddress, Resolver, host_allowed, pick_address, system_resolver
+from gateway.settings import Settings
+
+MAX_URL_LENGTH = 2048
+_REDIRECTS = {301, 302, 303, 307, 308}
+_CHUNK = 64 * 1024
+_URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """Limits for one fetch, taken from the settings."""
+
+    max_bytes: int
+    connect_timeout_s: float
+    read_timeout_s: float
+    total_timeout_s: float
+    max_redirects: int
+    allow_hosts: tuple[str, ...]
+    allow_private: bool
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FetchPolicy:
+        return cls(
+            max_bytes=settings.max_image_bytes,
+            connect_timeout_s=settings.fetch_connect_timeout_s,
+            read_timeout_s=settings.fetch_read_timeout_s,
+            total_timeout_s=settings.fetch_total_timeout_s,
+            max_redirects=settings.fetch_max_redirects,
+            allow_hosts=settings.fetch_allow_hosts,
+            allow_private=settings.fetch_allow_private,
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    """A vetted URL: where to connect and what to ask for."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """The bytes of a fetched image and where they finally came from."""
+
+    data: bytes
+    url: str
+    elapsed_s: float
+
+
+def parse_target(url: str, allow_hosts: tuple[str, ...] = ()) -> Target:
+    """Vet a URL's syntax, scheme, credentials and host; no network access."""
+    if not isinstance(url, str) or not url:
+        raise InvalidImageUrl("image_url must be a non-empty string")
+    if len(url) > MAX_URL_LENGTH or any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise InvalidImageUrl("image_url is too long or contains spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidImageUrl(f"image_url is not a valid URL: {exc}") from exc
+    if parts.scheme not in ("http", "https"):
+        raise ForbiddenImageUrl("image_url must use http or https")
+    if parts.username is not None or parts.password is not None:
+        raise ForbiddenImageUrl("image_url must not contain credentials")
+    host = _ascii_host(parts)
+    if not host_allowed(host, allow_hosts):
+        raise ForbiddenImageUrl(f"image host {host!r} is not on the allow-list")
+    path = quote(parts.path or "/", safe=_URL_SAFE)
+    if parts.query:
+        path += "?" + quote(parts.query, safe=_URL_SAFE)
+    default_port = 443 if parts.scheme == "https" else 80
+    return Target(parts.scheme, host, port or default_port, path)
+
+
+def _ascii_host(parts: SplitResult) -> str:
+    host = parts.hostname
+    if not host:
+        raise InvalidImageUrl("image_url has no host")
+    try:
+        return host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError as exc:
+        raise InvalidImageUrl("image_url has an invalid host name") from exc
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection to a pre-vetted address, whatever the Host header says."""
+
+    def __init__(self, address: IPAddress, target: Target, timeout: float) -> None:
+        super().__init__(target.host, target.port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((str(self.address), self.port), self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _PinnedHTTPSConnection(_PinnedHTTPConnection):
+    """HTTPS to the vetted address; the certificate is still checked against the host name."""
+
+    _context = ssl.create_default_context()
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
+
+
+class ImageFetcher:
+    """Downloads images over http(s) under a FetchPolicy; one instance serves all threads."""
+
+    def __init__(self, policy: FetchPolicy, resolver: Resolver = system_resolver) -> None:
+        self.policy = policy
+        self.resolver = resolver
+
+    def fetch(self, url: str) -> Fetched:
+        """The image bytes at `url`, or a GatewayError saying why not."""
+        start = time.monotonic()
+        deadline = start + self.policy.total_timeout_s
+        for _hop in range(self.policy.max_redirects + 1):
+            target = parse_target(url, self.policy.allow_hosts)
+            location = self._fetch_hop(target, deadline)
+            if isinstance(location, bytes):
+                return Fetched(location, url, time.monotonic() - start)
+            url = urljoin(url, location)
+        raise ImageHostError(f"image host redirected more than {self.policy.max_redirects} times")
+
+    def _fetch_hop(self, target: Target, deadline: float) -> bytes | str:
+        """One request: the body, or the Location of a redirect."""
+        address = pick_address(target.host, target.port, self.resolver, self.policy.allow_private)
+        conn = self._connection(address, target, deadline)
+        try:
+            response = self._request(conn, target)
+            if response.status in _REDIRECTS:
+                location = response.getheader("Location")
+                if not location:
+                    raise ImageHostError("image host sent a redirect without a Location")
+                return location
+            if response.status != 200:
+                raise ImageHostError(f"image host answered HTTP {response.status}")
+            return self._read_body(conn, response, deadline)
+        except GatewayError:
+            raise
+        except TimeoutError as exc:
+            raise ImageHostError("image host timed out", code="image_host_timeout") from exc
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise ImageHostError(f"image host failed: {type(exc).__name__}") from exc
+        finally:
+            conn.close()
+
+    def _connection(
+        self, address: IPAddress, target: Target, deadline: float
+    ) -> _PinnedHTTPConnection:
+        timeout = min(self.policy.connect_timeout_s, _remaining(deadline))
+        cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
+        return cls(address, target, timeout)
+
+    def _request(self, conn: _PinnedHTTPConnection, target: Target) -> http.client.HTTPResponse:
+        conn.putrequest("GET", target.path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", target.host_header)
+        conn.putheader("Accept", "image/*")
+        conn.putheader("Accept-Encoding", "identity")
+        conn.putheader("User-Agent", f"dynoserve-gateway/{__version__}")
+        conn.endheaders()
+        if conn.sock is not None:
+            conn.sock.settimeout(self.policy.read_timeout_s)
+        return conn.getresponse()
+
+    def _read_body(
+        self, conn: _PinnedHTTPConnection, response: http.client.HTTPResponse, deadline: float
+    ) -> bytes:
+        """Read at most max_bytes (after decompression), within the deadline."""
+        cap = self.policy.max_bytes
+        length = response.getheader("Content-Length")
+        if length is not None and length.isdigit() and int(length) > cap:
+            raise PayloadTooLarge(f"image is larger than {cap} bytes")
+        decoder = _decoder(response.getheader("Content-Encoding"))
+        body = bytearray()
+        while True:
+            if conn.sock is not None:
+                conn.sock.settimeout(min(self.policy.read_timeout_s, _remaining(deadline)))
+            chunk = response.read1(_CHUNK)
+            if not chunk:
+                break
+            body += decoder.decompress(chunk, cap + 1 - len(body)) if decoder else chunk
+            if len(body) > cap or (decoder is not None and decoder.unconsumed_tail):
+                raise PayloadTooLarge(f"image is larger than {cap} bytes")
+        return bytes(body)
+
+
+def _decoder(encoding: str | None) -> zlib._Decompress | None:
+    """A bounded decompressor for hosts that compress although we asked for identity."""
+    name = (encoding or "identity").strip().lower()
+    if name == "identity":
+        return None
+    if name in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if name == "deflate":
+        return zlib.decompressobj()
+    raise ImageHostError(f"image host used an unsupported Content-Encoding {name!r}")
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ImageHostError("image fetch exceeded its time budget", code="image_host_timeout")
+    return left

@@ -1,0 +1,90 @@
+"""Prometheus metrics of one gateway app, in their own registry so tests can build many apps."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BYTES_BUCKETS = (1e3, 1e4, 1e5, 5e5, 1e6, 2e6, 4e6, 8e6, 16e6)
+
+
+class Metrics:
+    """Counters and histograms the app and the predictor update."""
+
+    def __init__(self, sync_status_file: Path | None = None) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "dynoserve_gateway_requests",
+            "HTTP requests answered, by route pattern, model, served version and status.",
+            ["route", "model", "version", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "dynoserve_gateway_request_duration_seconds",
+            "HTTP request latency by route pattern.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "dynoserve_gateway_inference_duration_seconds",
+            "gRPC Predict call latency by model.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fetch = Histogram(
+            "dynoserve_gateway_fetch_duration_seconds",
+            "Image fetch latency (redirects included), by outcome.",
+            ["outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fetch_bytes = Histogram(
+            "dynoserve_gateway_fetch_bytes",
+            "Size of fetched images in bytes.",
+            buckets=_BYTES_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "dynoserve_gateway_in_flight_requests",
+            "Prediction requests being processed now.",
+            registry=r,
+        )
+        self.shed = Counter(
+            "dynoserve_gateway_shed_requests",
+            "Prediction requests refused with 503 because too many were in flight.",
+            registry=r,
+        )
+        if sync_status_file is not None:
+            r.register(SyncStatusCollector(sync_status_file))
+
+
+class SyncStatusCollector(Collector):
+    """Exports the numbers in sync's status file, read at scrape time (absent file: nothing)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            status = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(status, dict):
+            return
+        numbers = {
+            k: float(v)
+            for k, v in status.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        for key, value in sorted(numbers.items()):
+            name = "dynoserve_sync_" + "".join(c if c.isalnum() else "_" for c in key)
+            yield GaugeMetricFamily(name, f"sync status field {key!r}", value=value)

@@ -1,0 +1,123 @@
+"""Which network addresses the gateway may connect to when it fetches a stranger's image URL.
+
+The rule is decided on the resolved address, once per hop; fetch.py then connects to exactly
+that address, so a name cannot resolve to something else between the check and the connect.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable
+
+from gateway.errors import ForbiddenImageUrl, ImageHostError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], list[str]]
+
+# Cloud instance-metadata endpoints: refused even when private addresses are allowed.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean
+        "169.254.170.2",  # AWS ECS task metadata
+        "169.254.169.253",  # AWS DNS
+        "100.100.100.200",  # Alibaba Cloud
+        "192.0.0.192",  # Oracle Cloud (classic)
+        "fd00:ec2::254",  # AWS IPv6
+    )
+)
+
+# IPv6 ranges that carry an IPv4 address inside; the embedded address would dodge the v4 rules.
+_EMBEDS_IPV4 = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "::ffff:0:0/96",  # IPv4-mapped
+        "::/96",  # IPv4-compatible (deprecated)
+        "64:ff9b::/96",  # NAT64 well-known prefix
+        "64:ff9b:1::/48",  # NAT64 local-use
+        "2002::/16",  # 6to4
+        "2001::/32",  # Teredo
+        "::ffff:0:0:0/96",  # SIIT IPv4-translated
+    )
+)
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+
+
+def refusal_reason(address: IPAddress, allow_private: bool = False) -> str | None:
+    """Why the gateway must not connect to `address`, or None if it may."""
+    if address in METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    if address.is_unspecified:
+        return "an unspecified address"
+    if address.is_multicast:
+        return "a multicast address"
+    if isinstance(address, ipaddress.IPv6Address) and any(address in n for n in _EMBEDS_IPV4):
+        if address.ipv4_mapped is not None and address.ipv4_mapped.is_loopback and allow_private:
+            return None
+        return "an IPv6 address with an embedded IPv4 address"
+    if allow_private:
+        return None
+    return _private_reason(address)
+
+
+def _private_reason(address: IPAddress) -> str | None:
+    checks = (
+        (address.is_loopback, "a loopback address"),
+        (address.is_link_local, "a link-local address"),
+        (isinstance(address, ipaddress.IPv4Address) and address in _CGNAT, "a CGNAT address"),
+        (address.is_private, "a private address"),
+        (address.is_reserved, "a reserved address"),
+        (not address.is_global, "not a public address"),
+    )
+    return next((reason for hit, reason in checks if hit), None)
+
+
+def host_allowed(host: str, allow_hosts: Iterable[str]) -> bool:
+    """True if `host` is on the allow-list (".example.com" also matches its subdomains)."""
+    patterns = [p.lower().rstrip(".") for p in allow_hosts]
+    if not patterns:
+        return True
+    name = host.lower().rstrip(".")
+    for pattern in patterns:
+        if pattern.startswith(".") and (name.endswith(pattern) or name == pattern[1:]):
+            return True
+        if name == pattern:
+            return True
+    return False
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """Resolve with the system resolver (TCP addresses only, in its preferred order)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    return [str(info[4][0]) for info in infos]
+
+
+def pick_address(host: str, port: int, resolver: Resolver, allow_private: bool) -> IPAddress:
+    """Resolve `host` once and return the address to connect to, or raise.
+
+    Every resolved address must pass: a name that mixes public and internal addresses is
+    refused outright rather than trusting the order the resolver returns them in.
+    """
+    literal = _ip_literal(host)
+    if literal is not None:
+        candidates = [literal]
+    else:
+        try:
+            candidates = [ipaddress.ip_address(a.split("%", 1)[0]) for a in resolver(host, port)]
+        except (OSError, UnicodeError, ValueError) as exc:
+            raise ImageHostError(f"cannot resolve image host {host!r}") from exc
+        if not candidates:
+            raise ImageHostError(f"image host {host!r} has no address")
+    for address in candidates:
+        reason = refusal_reason(address, allow_private)
+        if reason is not None:
+            raise ForbiddenImageUrl(f"image host {host!r} resolves to {reason}")
+    return candidates[0]
+
+
+def _ip_literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None

@@ -1,0 +1,357 @@
+"""The OpenAPI 3.0 description of the gateway's HTTP API, served at /openapi.json.
+
+Kept by hand beside routes.py; tests run schemathesis against it, so a route or a response
+shape that drifts from this document fails the build.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway import __version__
+from gateway.settings import Settings
+
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": _ref("Error")}}}
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+_ERRORS = {
+    "400": _error("Malformed request, image URL or parameter"),
+    "401": _error("Missing or wrong API key (only when keys are configured)"),
+    "404": _error("Unknown model, version or label"),
+    "413": _error("Image or request body too large"),
+    "415": _error("Not an image, unsupported image format, or unsupported request body type"),
+    "422": _error("The image could not be decoded"),
+    "502": _error("The image host or the model server failed"),
+    "503": _error("Model not ready or gateway overloaded; see Retry-After"),
+    "504": _error("Deadline exceeded"),
+}
+
+
+def _errors(*codes: str) -> dict[str, Any]:
+    return {code: _ERRORS[code] for code in codes}
+
+
+_PREDICT_ERRORS = ("400", "401", "404", "413", "415", "422", "502", "503", "504")
+_MODEL_PARAM = {
+    "name": "model",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-]{0,127}$"},
+}
+_SELECTOR_PARAMS = [
+    {
+        "name": "version",
+        "in": "query",
+        "description": "Pin a version number; without version or label the latest is used.",
+        "schema": {"type": "integer", "minimum": 1},
+    },
+    {
+        "name": "label",
+        "in": "query",
+        "description": "Pin a version label from models.config (e.g. stable, canary).",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-]{0,63}$"},
+    },
+    {
+        "name": "top_k",
+        "in": "query",
+        "description": "How many classes to return, best first.",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+    },
+]
+
+
+def _schemas(settings: Settings) -> dict[str, Any]:
+    score = {
+        "type": "object",
+        "required": ["label", "class_id", "score"],
+        "properties": {
+            "label": {"type": "string"},
+            "class_id": {"type": "integer", "minimum": 0},
+            "score": {"type": "number"},
+        },
+    }
+    timings = {
+        "type": "object",
+        "description": "Milliseconds spent fetching images, in the Predict call, and in total.",
+        "required": ["fetch", "inference", "total"],
+        "properties": {k: {"type": "number"} for k in ("fetch", "inference", "total")},
+    }
+    url = {
+        "type": "string",
+        "format": "uri",
+        "maxLength": 2048,
+        "example": "https://example.com/cat.jpg",
+    }
+    b64 = {"type": "string", "format": "byte", "description": "Base64 image (data: URL allowed)"}
+    image = {
+        "type": "object",
+        "description": "Exactly one of image_url or image_b64.",
+        "properties": {"image_url": url, "image_b64": b64},
+    }
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                }
+            },
+        },
+        "Score": score,
+        "Timings": timings,
+        "Image": image,
+        "BatchRequest": {
+            "type": "object",
+            "required": ["images"],
+            "properties": {
+                "images": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": settings.max_batch,
+                    "items": _ref("Image"),
+                }
+            },
+        },
+        "Prediction": {
+            "type": "object",
+            "required": ["model", "version", "predictions", "timings_ms"],
+            "properties": {
+                "model": {"type": "string"},
+                "version": {"type": "integer", "description": "The version that served it"},
+                "predictions": {"type": "array", "items": _ref("Score")},
+                "timings_ms": _ref("Timings"),
+            },
+        },
+        "BatchPrediction": {
+            "type": "object",
+            "required": ["model", "version", "results", "timings_ms"],
+            "properties": {
+                "model": {"type": "string"},
+                "version": {"type": "integer", "nullable": True},
+                "results": {"type": "array", "items": _ref("BatchItem")},
+                "timings_ms": _ref("Timings"),
+            },
+        },
+        "BatchItem": {
+            "type": "object",
+            "description": "Per image, in request order: its predictions, or its error.",
+            "properties": {
+                "predictions": {"type": "array", "items": _ref("Score")},
+                "error": {"$ref": "#/components/schemas/Error/properties/error"},
+                "status": {"type": "integer", "description": "HTTP status of this item's error"},
+            },
+        },
+        "VersionStatus": {
+            "type": "object",
+            "required": ["version", "state"],
+            "properties": {
+                "version": {"type": "integer"},
+                "state": {
+                    "type": "string",
+                    "description": "UNKNOWN, START, LOADING, AVAILABLE, UNLOADING or END",
+                },
+                "error": {"type": "string"},
+            },
+        },
+        "Model": {
+            "type": "object",
+            "required": ["name", "versions", "labels"],
+            "properties": {
+                "name": {"type": "string"},
+                "versions": {"type": "array", "items": _ref("VersionStatus")},
+                "labels": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "signature": {"type": "object", "description": "Inputs and outputs served"},
+                "num_classes": {"type": "integer", "nullable": True},
+            },
+        },
+    }
+
+
+def _predict_post() -> dict[str, Any]:
+    single = {"oneOf": [_ref("Image"), _ref("BatchRequest")]}
+    form = {
+        "type": "object",
+        "properties": {
+            "image": {"type": "string", "format": "binary"},
+            "image_url": {"type": "string"},
+        },
+    }
+    return {
+        "summary": "Classify an image by URL, base64 or upload, or a batch of them",
+        "operationId": "predict",
+        "parameters": [_MODEL_PARAM, *_SELECTOR_PARAMS],
+        "requestBody": {
+            "required": True,
+            "content": {_JSON: {"schema": single}, "multipart/form-data": {"schema": form}},
+        },
+        "responses": {
+            "200": _json(
+                "Top-k classes (a batch answers one entry per image)",
+                {"oneOf": [_ref("Prediction"), _ref("BatchPrediction")]},
+            ),
+            **_errors(*_PREDICT_ERRORS),
+        },
+    }
+
+
+def _predict_get() -> dict[str, Any]:
+    url_param = {
+        "name": "image_url",
+        "in": "query",
+        "required": True,
+        "schema": {"type": "string", "maxLength": 2048},
+    }
+    return {
+        "summary": "Classify an image by URL (for curl, browsers and load tools)",
+        "operationId": "predictGet",
+        "parameters": [_MODEL_PARAM, url_param, *_SELECTOR_PARAMS],
+        "responses": {
+            "200": _json("Top-k classes", _ref("Prediction")),
+            **_errors(*_PREDICT_ERRORS),
+        },
+    }
+
+
+def _predict_legacy() -> dict[str, Any]:
+    body = {
+        "type": "object",
+        "required": ["image_url", "model"],
+        "properties": {
+            "image_url": {"type": "string"},
+            "model": {"type": "string"},
+            "version": {"type": "integer", "minimum": 1},
+            "top_k": {"type": "integer", "minimum": 1, "maximum": 100},
+        },
+    }
+    return {
+        "summary": "The original API: image_url and model as form fields or JSON",
+        "operationId": "predictLegacy",
+        "requestBody": {
+            "required": True,
+            "content": {
+                _JSON: {"schema": body},
+                "application/x-www-form-urlencoded": {"schema": body},
+            },
+        },
+        "responses": {
+            "200": _json("Top-k classes", _ref("Prediction")),
+            **_errors(*_PREDICT_ERRORS),
+        },
+    }
+
+
+def _simple(summary: str, op: str, response: dict[str, Any], *errors: str) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "operationId": op,
+            "responses": {"200": response, **_errors(*errors)},
+        }
+    }
+
+
+def openapi_spec(settings: Settings) -> dict[str, Any]:
+    """The full document; limits in it follow the running settings."""
+    status = {"type": "object", "properties": {"status": {"type": "string"}}}
+    ready = {
+        "type": "object",
+        "required": ["ready", "models"],
+        "properties": {
+            "ready": {"type": "boolean"},
+            "models": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    }
+    models = {
+        "type": "object",
+        "required": ["models"],
+        "properties": {"models": {"type": "array", "items": _ref("Model")}},
+    }
+    spec: dict[str, Any] = {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Dynoserve gateway",
+            "version": __version__,
+            "description": "Image classification over TF Serving. Errors are "
+            '`{"error": {"code", "message"}}` with a stable code.',
+        },
+        "paths": {
+            "/healthz": _simple("The process is up", "healthz", _json("Up", status)),
+            "/readyz": {
+                "get": {
+                    "summary": "Every configured model has an AVAILABLE version",
+                    "operationId": "readyz",
+                    "responses": {"200": _json("Ready", ready), "503": _json("Not ready", ready)},
+                }
+            },
+            "/metrics": _simple(
+                "Prometheus metrics",
+                "metrics",
+                {
+                    "description": "Prometheus text format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "401",
+            ),
+            "/openapi.json": _simple(
+                "This document", "openapi", _json("OpenAPI 3.0", {"type": "object"})
+            ),
+            "/": _simple(
+                "Demo page",
+                "demo",
+                {
+                    "description": "HTML page",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                },
+            ),
+            "/v1/models": _simple(
+                "Every model with its versions, states and labels",
+                "listModels",
+                _json("Models", models),
+                "401",
+                "502",
+                "503",
+                "504",
+            ),
+            "/v1/models/{model}": {
+                "get": {
+                    "summary": "One model: versions, labels, input signature, number of classes",
+                    "operationId": "describeModel",
+                    "parameters": [_MODEL_PARAM],
+                    "responses": {
+                        "200": _json("Model", _ref("Model")),
+                        **_errors("400", "401", "404", "502", "503", "504"),
+                    },
+                }
+            },
+            "/v1/models/{model}:predict": {"post": _predict_post(), "get": _predict_get()},
+            "/predict": {"post": _predict_legacy()},
+        },
+        "components": {"schemas": _schemas(settings), "securitySchemes": _security_schemes()},
+    }
+    if settings.api_keys:
+        spec["security"] = [{"bearer": []}, {"apiKey": []}]
+        for path in ("/healthz", "/readyz", "/openapi.json", "/"):
+            spec["paths"][path]["get"]["security"] = []
+    return spec
+
+
+def _security_schemes() -> dict[str, Any]:
+    return {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }

@@ -1,0 +1,364 @@
+"""The request path: resolve the version, get the images ready, one Predict call, rank the scores.
+
+Implements results.Predictor against a TF-Serving-compatible model server. Knows nothing of
+Flask; every failure is a GatewayError (per image for batches, so one bad URL spoils nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from gateway.catalog import ModelCatalog
+from gateway.client import (
+    ModelServerClient,
+    PredictOutput,
+    Signature,
+    VersionMetadata,
+    float_tensor,
+    string_tensor,
+)
+from gateway.errors import (
+    GatewayError,
+    InvalidArgument,
+    LabelNotFound,
+    ModelNotFound,
+    ModelNotReady,
+    ModelServerError,
+    NotFound,
+    VersionNotFound,
+)
+from gateway.fetch import FetchPolicy, ImageFetcher
+from gateway.images import check_image, encoded_for_graph, pixels_for_graph
+from gateway.metrics import Metrics
+from gateway.results import (
+    ImageInput,
+    ItemResult,
+    ModelInfo,
+    PredictRequest,
+    PredictResult,
+    Readiness,
+    Score,
+    VersionInfo,
+)
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# How long "latest" or a label maps to the same version before we ask the server again.
+ALIAS_TTL_S = 5.0
+READINESS_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """How to feed a signature: encoded bytes to a string input, or resized float pixels."""
+
+    key: str
+    kind: str  # "encoded" or "pixels"
+    height: int = 0
+    width: int = 0
+
+
+def input_plan(signature: Signature) -> InputPlan:
+    """Decide from the signature's single input what the gateway must send."""
+    if len(signature.inputs) != 1:
+        raise ModelServerError(
+            f"signature {signature.name!r} takes {len(signature.inputs)} inputs; "
+            "the gateway feeds exactly one image input",
+            code="unsupported_model",
+        )
+    key, spec = next(iter(signature.inputs.items()))
+    if spec.dtype == "DT_STRING":
+        return InputPlan(key, "encoded")
+    shape = spec.shape or ()
+    if spec.dtype == "DT_FLOAT" and len(shape) == 4 and shape[3] == 3 and min(shape[1:3]) > 0:
+        return InputPlan(key, "pixels", height=shape[1], width=shape[2])
+    raise ModelServerError(
+        f"signature {signature.name!r} input {key!r} is {spec.dtype} {shape}; "
+        "expected DT_STRING images or DT_FLOAT [-1, H, W, 3] pixels",
+        code="unsupported_model",
+    )
+
+
+def top_k(scores: list[float], classes: list[str] | None, k: int) -> list[Score]:
+    """The k best classes, best first (ties keep class order)."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
+    return [
+        Score(label=classes[i] if classes and i < len(classes) else str(i), class_id=i, score=s)
+        for i, s in ((i, float(scores[i])) for i in order)
+    ]
+
+
+class VersionResolver:
+    """Caches GetModelMetadata: pinned versions for good, latest/labels for ALIAS_TTL_S."""
+
+    def __init__(self, client: ModelServerClient, max_entries: int = 256) -> None:
+        self.client = client
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._versions: OrderedDict[tuple[str, int], VersionMetadata] = OrderedDict()
+        self._aliases: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def resolve(
+        self, model: str, version: int | None, label: str | None, request_id: str = ""
+    ) -> VersionMetadata:
+        if version is None:
+            alias = (model, label or "")
+            with self._lock:
+                hit = self._aliases.get(alias)
+                if hit is not None and time.monotonic() - hit[0] < ALIAS_TTL_S:
+                    version = hit[1]
+        if version is not None:
+            with self._lock:
+                cached = self._versions.get((model, version))
+                if cached is not None:
+                    self._versions.move_to_end((model, version))
+                    return cached
+        meta = self.client.metadata(model, version, None if version else label, request_id)
+        self._store(meta, None if version else (model, label or ""))
+        return meta
+
+    def _store(self, meta: VersionMetadata, alias: tuple[str, str] | None) -> None:
+        with self._lock:
+            self._versions[(meta.model, meta.version)] = meta
+            while len(self._versions) > self.max_entries:
+                self._versions.popitem(last=False)
+            if alias is not None:
+                self._aliases[alias] = (time.monotonic(), meta.version)
+
+    def forget(self, model: str) -> None:
+        """Drop what we know of `model` (its versions changed under us)."""
+        with self._lock:
+            for key in [k for k in self._versions if k[0] == model]:
+                del self._versions[key]
+            for alias in [a for a in self._aliases if a[0] == model]:
+                del self._aliases[alias]
+
+
+class ModelServerPredictor:
+    """The real Predictor; thread-safe, one per process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: ModelServerClient | None = None,
+        fetcher: ImageFetcher | None = None,
+        catalog: ModelCatalog | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client = client or ModelServerClient.from_settings(settings)
+        self.fetcher = fetcher or ImageFetcher(FetchPolicy.from_settings(settings))
+        self.catalog = catalog or ModelCatalog(settings.models, settings.model_config_file)
+        self.metrics = metrics
+        self.versions = VersionResolver(self.client)
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+    def known_models(self) -> set[str]:
+        return set(self.catalog.entries())
+
+    def predict(self, request: PredictRequest) -> PredictResult:
+        start = time.perf_counter()
+        meta = self._resolve(request)
+        plan = input_plan(self._signature(meta))
+        fetch_start = time.perf_counter()
+        items, payloads = self._prepare_all(request.images, plan)
+        fetch_s = time.perf_counter() - fetch_start
+        result = PredictResult(request.model, meta.version, items, fetch_ms=fetch_s * 1000)
+        if payloads:
+            output, infer_s = self._infer(request, meta, plan, [p for _, p in payloads])
+            result.version = output.version or meta.version
+            result.inference_ms = infer_s * 1000
+            self._rank(output, [i for i, _ in payloads], items, request.top_k)
+        result.total_ms = (time.perf_counter() - start) * 1000
+        return result
+
+    def _resolve(self, request: PredictRequest) -> VersionMetadata:
+        try:
+            return self.versions.resolve(
+                request.model, request.version, request.label, request.request_id
+            )
+        except NotFound as exc:
+            raise self._not_found(request.model, request.version, request.label) from exc
+        except InvalidArgument as exc:
+            if request.label is not None and "label" in exc.message.lower():
+                raise LabelNotFound(
+                    f"model {request.model!r} has no version labelled {request.label!r}"
+                ) from exc
+            raise
+
+    def _not_found(self, model: str, version: int | None, label: str | None) -> GatewayError:
+        """Tell apart an unknown model, an unknown version and a model still loading."""
+        try:
+            statuses = self.client.status(model)
+        except NotFound:
+            statuses = []
+        if statuses and version is not None:
+            return VersionNotFound(f"model {model!r} has no version {version}")
+        if statuses and label is not None:
+            return LabelNotFound(f"model {model!r} has no version labelled {label!r}")
+        if statuses or model in self.known_models():
+            return ModelNotReady(f"model {model!r} has no AVAILABLE version yet")
+        return ModelNotFound(f"no model named {model!r}")
+
+    def _signature(self, meta: VersionMetadata) -> Signature:
+        name = self.settings.signature_name
+        if name not in meta.signatures:
+            raise ModelServerError(
+                f"model {meta.model!r} version {meta.version} has no signature {name!r}",
+                code="unsupported_model",
+            )
+        return meta.signatures[name]
+
+    def _prepare_all(
+        self, images: tuple[ImageInput, ...], plan: InputPlan
+    ) -> tuple[list[ItemResult], list[tuple[int, bytes]]]:
+        """Fetch and vet every image (in parallel); per-image errors stay with their item."""
+        if len(images) == 1:
+            outcomes = [self._prepare(images[0], plan)]
+        else:
+            outcomes = list(self._pool.map(lambda im: self._prepare(im, plan), images))
+        items: list[ItemResult] = []
+        payloads: list[tuple[int, bytes]] = []
+        for index, (item, payload) in enumerate(outcomes):
+            items.append(item)
+            if payload is not None:
+                payloads.append((index, payload))
+        return items, payloads
+
+    def _prepare(self, image: ImageInput, plan: InputPlan) -> tuple[ItemResult, bytes | None]:
+        item = ItemResult()
+        try:
+            data = image.data if image.data is not None else self._fetch(image.url or "", item)
+            checked = check_image(data, self.settings.max_image_pixels)
+            if plan.kind == "encoded":
+                return item, encoded_for_graph(checked)
+            return item, pixels_for_graph(checked, plan.height, plan.width)
+        except GatewayError as exc:
+            item.error = exc
+            return item, None
+
+    def _fetch(self, url: str, item: ItemResult) -> bytes:
+        start = time.perf_counter()
+        outcome = "error"
+        try:
+            fetched = self.fetcher.fetch(url)
+            outcome = "ok"
+            if self.metrics is not None:
+                self.metrics.fetch_bytes.observe(len(fetched.data))
+            return fetched.data
+        finally:
+            elapsed = time.perf_counter() - start
+            item.fetch_ms = elapsed * 1000
+            if self.metrics is not None:
+                self.metrics.fetch.labels(outcome).observe(elapsed)
+
+    def _infer(
+        self, request: PredictRequest, meta: VersionMetadata, plan: InputPlan, payloads: list[bytes]
+    ) -> tuple[PredictOutput, float]:
+        tensor = (
+            string_tensor(payloads)
+            if plan.kind == "encoded"
+            else float_tensor(payloads, plan.height, plan.width)
+        )
+        signature = self.settings.signature_name
+        try:
+            output, elapsed = self.client.predict(
+                meta.model, meta.version, signature, {plan.key: tensor}, request.request_id
+            )
+        except NotFound as exc:
+            # The version we resolved was unloaded meanwhile: forget it; a retry resolves anew.
+            self.versions.forget(meta.model)
+            raise ModelNotReady(
+                f"model {meta.model!r} version {meta.version} was unloaded"
+            ) from exc
+        if self.metrics is not None:
+            self.metrics.inference.labels(meta.model).observe(elapsed)
+        return output, elapsed
+
+    def _rank(
+        self, output: PredictOutput, indices: list[int], items: list[ItemResult], k: int
+    ) -> None:
+        if len(output.scores) != len(indices):
+            raise ModelServerError(
+                f"model answered {len(output.scores)} rows for {len(indices)} images"
+            )
+        for row, index in enumerate(indices):
+            classes = output.classes[row] if output.classes else None
+            items[index].predictions = top_k(output.scores[row], classes, k)
+
+    def list_models(self, request_id: str = "") -> list[ModelInfo]:
+        infos = []
+        for name, entry in sorted(self.catalog.entries().items()):
+            infos.append(ModelInfo(name, self._versions(name, request_id), entry.labels))
+        return infos
+
+    def describe(self, model: str, request_id: str = "") -> ModelInfo:
+        versions = self._versions(model, request_id)
+        entry = self.catalog.get(model)
+        if not versions and entry is None:
+            raise ModelNotFound(f"no model named {model!r}")
+        info = ModelInfo(model, versions, entry.labels if entry else {})
+        if any(v.state == "AVAILABLE" for v in versions):
+            meta = self.versions.resolve(model, None, None, request_id)
+            info.extra["signature_version"] = meta.version
+            info.signature, info.num_classes = describe_signature(self._signature(meta))
+        return info
+
+    def _versions(self, model: str, request_id: str) -> list[VersionInfo]:
+        try:
+            statuses = self.client.status(model, request_id)
+        except NotFound:
+            return []
+        return [
+            VersionInfo(s.version, s.state, s.error_message)
+            for s in sorted(statuses, key=lambda s: -s.version)
+        ]
+
+    def readiness(self) -> Readiness:
+        """Ready when every configured model has an AVAILABLE version (per GetModelStatus)."""
+        names = sorted(self.known_models())
+        states = {name: self._model_state(name) for name in names}
+        ready = bool(states) and all(s == "AVAILABLE" for s in states.values())
+        return Readiness(ready, states)
+
+    def _model_state(self, model: str) -> str:
+        try:
+            statuses = self.client.status(model, timeout=READINESS_TIMEOUT_S)
+        except GatewayError as exc:
+            return f"{exc.code}: {exc.message}"
+        if any(s.state == "AVAILABLE" for s in statuses):
+            return "AVAILABLE"
+        return ",".join(f"{s.version}:{s.state}" for s in statuses) or "no versions"
+
+
+def describe_signature(signature: Signature) -> tuple[dict[str, object], int | None]:
+    """A JSON-ready view of a signature, and the number of classes it ranks."""
+
+    def tensors(specs: dict[str, object]) -> dict[str, object]:
+        return {
+            k: {"dtype": s.dtype, "shape": list(s.shape) if s.shape is not None else None}  # type: ignore[attr-defined]
+            for k, s in sorted(specs.items())
+        }
+
+    plan = input_plan(signature)
+    scores = signature.outputs.get("probabilities")
+    num_classes = scores.shape[-1] if scores and scores.shape and scores.shape[-1] > 0 else None
+    view: dict[str, object] = {
+        "name": signature.name,
+        "input_kind": plan.kind,
+        "inputs": tensors(dict(signature.inputs)),
+        "outputs": tensors(dict(signature.outputs)),
+    }
+    if plan.kind == "pixels":
+        view["input_size"] = [plan.height, plan.width]
+    return view, num_classes

@@ -1,0 +1,99 @@
+"""What the views hand to a predictor and get back: plain data, no Flask, no gRPC.
+
+`Predictor` is the interface routes.py depends on; predictor.py implements it against the model
+server, and tests may pass a fake that implements the same methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.errors import GatewayError
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One image to classify: a URL to fetch or bytes already in hand."""
+
+    url: str | None = None
+    data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """A parsed prediction request."""
+
+    model: str
+    images: tuple[ImageInput, ...]
+    version: int | None = None
+    label: str | None = None
+    top_k: int = 5
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Score:
+    label: str
+    class_id: int
+    score: float
+
+
+@dataclass
+class ItemResult:
+    """One image's outcome: its top-k, or the error that stopped it."""
+
+    predictions: list[Score] | None = None
+    error: GatewayError | None = None
+    fetch_ms: float = 0.0
+
+
+@dataclass
+class PredictResult:
+    model: str
+    version: int | None
+    items: list[ItemResult]
+    fetch_ms: float = 0.0
+    inference_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    state: str
+    error: str = ""
+
+
+@dataclass
+class ModelInfo:
+    """A model as /v1/models describes it; `signature` only in the single-model view."""
+
+    name: str
+    versions: list[VersionInfo]
+    labels: dict[str, int]
+    signature: dict[str, Any] | None = None
+    num_classes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    models: dict[str, str]
+
+
+class Predictor(Protocol):
+    """The work behind the routes."""
+
+    def predict(self, request: PredictRequest) -> PredictResult: ...
+
+    def list_models(self, request_id: str = "") -> list[ModelInfo]: ...
+
+    def describe(self, model: str, request_id: str = "") -> ModelInfo: ...
+
+    def readiness(self) -> Readiness: ...
+
+    def known_models(self) -> set[str]: ...
+
+    def close(self) -> None: ...

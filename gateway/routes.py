@@ -1,0 +1,268 @@
+"""HTTP routes: parse the request, call the predictor, render JSON. No work happens here."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, send_from_directory
+from werkzeug.datastructures import FileStorage
+
+from gateway.errors import BadRequest, GatewayError, InvalidParameter, PayloadTooLarge
+from gateway.errors import UnsupportedMediaType as UnsupportedContent
+from gateway.openapi import openapi_spec
+from gateway.results import (
+    ImageInput,
+    ItemResult,
+    ModelInfo,
+    Predictor,
+    PredictRequest,
+    PredictResult,
+)
+from gateway.settings import Settings
+
+bp = Blueprint("gateway", __name__)
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+MAX_TOP_K = 100
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions["dynoserve.settings"]
+    return settings
+
+
+def _predictor() -> Predictor:
+    predictor: Predictor = current_app.extensions["dynoserve.predictor"]
+    return predictor
+
+
+def sheddable(view: Any) -> Any:
+    """Mark a view as prediction work: counted against the in-flight bound, shed beyond it."""
+    view.sheddable = True
+    return view
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int, dict[str, str]] | Response:
+    readiness = _predictor().readiness()
+    body = jsonify(ready=readiness.ready, models=readiness.models)
+    if readiness.ready:
+        return body
+    return body, 503, {"Retry-After": str(_settings().retry_after_s)}
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_spec(_settings()))
+
+
+@bp.get("/")
+def demo_page() -> Response:
+    response = send_from_directory(current_app.static_folder or "", "index.html")
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+@bp.get("/v1/models")
+def list_models() -> Response:
+    models = _predictor().list_models(g.request_id)
+    return jsonify(models=[render_model(m) for m in models])
+
+
+@bp.get("/v1/models/<model>")
+def describe_model(model: str) -> Response:
+    return jsonify(render_model(_predictor().describe(check_model_name(model), g.request_id)))
+
+
+@bp.post("/v1/models/<model>:predict")
+@sheddable
+def predict(model: str) -> Response:
+    images, batch = parse_images(_settings())
+    return run_prediction(check_model_name(model), images, batch, request.args)
+
+
+@bp.get("/v1/models/<model>:predict")
+@sheddable
+def predict_get(model: str) -> Response:
+    url = request.args.get("image_url")
+    if not url:
+        raise BadRequest("query parameter image_url is required", code="missing_image")
+    return run_prediction(check_model_name(model), (ImageInput(url=url),), False, request.args)
+
+
+@bp.post("/predict")
+@sheddable
+def predict_legacy() -> Response:
+    """The original blog's endpoint: `image_url` and `model` as form fields or JSON."""
+    fields = _json_object() if request.is_json else request.form
+    model, url = fields.get("model"), fields.get("image_url")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("field model is required", code="missing_model")
+    if not isinstance(url, str) or not url:
+        raise BadRequest("field image_url is required", code="missing_image")
+    params = {"version": fields.get("version"), "top_k": fields.get("top_k")}
+    params = {k: str(v) for k, v in params.items() if v is not None}
+    return run_prediction(check_model_name(model), (ImageInput(url=url),), False, params)
+
+
+def run_prediction(
+    model: str, images: tuple[ImageInput, ...], batch: bool, params: Any
+) -> Response:
+    version, label, k = parse_selector(params, _settings().default_top_k)
+    g.model = model
+    req = PredictRequest(model, images, version, label, k, g.request_id)
+    result = _predictor().predict(req)
+    g.served_version = result.version
+    if not batch and result.items[0].error is not None:
+        raise result.items[0].error
+    return jsonify(render_result(result, batch))
+
+
+def check_model_name(model: str) -> str:
+    if not MODEL_NAME.match(model):
+        raise InvalidParameter("model names are 1-128 letters, digits, '_', '-' or '.'")
+    return model
+
+
+def parse_selector(params: Any, default_k: int) -> tuple[int | None, str | None, int]:
+    """version / label / top_k from query parameters (or legacy form fields)."""
+    version_raw, label = params.get("version"), params.get("label")
+    if version_raw not in (None, "") and label not in (None, ""):
+        raise InvalidParameter("give either version or label, not both")
+    version = _positive_int("version", version_raw, upper=2**63 - 1)
+    if label in ("",):
+        label = None
+    if label is not None and not LABEL.match(label):
+        raise InvalidParameter("label must be 1-64 letters, digits, '_', '-' or '.'")
+    k = _positive_int("top_k", params.get("top_k"), upper=MAX_TOP_K)
+    return version, label, k or default_k
+
+
+def _positive_int(name: str, raw: Any, upper: int) -> int | None:
+    if raw is None or raw == "":
+        return None
+    text = str(raw)
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= upper:
+        raise InvalidParameter(f"{name} must be an integer from 1 to {upper}")
+    return int(text)
+
+
+def parse_images(settings: Settings) -> tuple[tuple[ImageInput, ...], bool]:
+    """Images from a JSON body (image_url, image_b64 or images[]) or a multipart upload."""
+    if request.is_json:
+        body = _json_object()
+        if "images" in body:
+            return _parse_batch(body["images"], settings), True
+        return (_parse_item(body, settings),), False
+    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return (_parse_form(settings),), False
+    raise UnsupportedContent(
+        "send application/json or multipart/form-data", code="unsupported_media_type"
+    )
+
+
+def _json_object() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", code="malformed_json")
+    return body
+
+
+def _parse_batch(items: Any, settings: Settings) -> tuple[ImageInput, ...]:
+    if not isinstance(items, list) or not items:
+        raise BadRequest("images must be a non-empty list", code="invalid_batch")
+    if len(items) > settings.max_batch:
+        raise BadRequest(f"at most {settings.max_batch} images per request", code="batch_too_large")
+    return tuple(_parse_item(item, settings) for item in items)
+
+
+def _parse_item(item: Any, settings: Settings) -> ImageInput:
+    if not isinstance(item, dict):
+        raise BadRequest("each image must be an object", code="invalid_batch")
+    present = [k for k in ("image_url", "image_b64") if item.get(k) is not None]
+    if len(present) != 1:
+        raise BadRequest("give exactly one of image_url or image_b64", code="missing_image")
+    value = item[present[0]]
+    if not isinstance(value, str):
+        raise BadRequest(f"{present[0]} must be a string", code="missing_image")
+    if present[0] == "image_url":
+        return ImageInput(url=value)
+    return ImageInput(data=decode_b64(value, settings.max_image_bytes))
+
+
+def decode_b64(text: str, max_bytes: int) -> bytes:
+    """Standard base64, with or without a data: URL prefix."""
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    if len(text) > (max_bytes + 2) // 3 * 4 + 4:
+        raise PayloadTooLarge(f"image is larger than {max_bytes} bytes")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidParameter("image_b64 is not valid base64", code="invalid_base64") from exc
+
+
+def _parse_form(settings: Settings) -> ImageInput:
+    upload: FileStorage | None = request.files.get("image")
+    if upload is not None:
+        data = upload.read(settings.max_image_bytes + 1)
+        if len(data) > settings.max_image_bytes:
+            raise PayloadTooLarge(f"image is larger than {settings.max_image_bytes} bytes")
+        return ImageInput(data=data)
+    url = request.form.get("image_url")
+    if url:
+        return ImageInput(url=url)
+    raise BadRequest("form field image (a file) or image_url is required", code="missing_image")
+
+
+def render_result(result: PredictResult, batch: bool) -> dict[str, Any]:
+    timings = {
+        "fetch": round(result.fetch_ms, 2),
+        "inference": round(result.inference_ms, 2),
+        "total": round(result.total_ms, 2),
+    }
+    head: dict[str, Any] = {"model": result.model, "version": result.version}
+    if not batch:
+        return {**head, "predictions": _scores(result.items[0]), "timings_ms": timings}
+    return {**head, "results": [_item(i) for i in result.items], "timings_ms": timings}
+
+
+def _item(item: ItemResult) -> dict[str, Any]:
+    if item.error is not None:
+        return render_error(item.error) | {"status": item.error.status}
+    return {"predictions": _scores(item)}
+
+
+def _scores(item: ItemResult) -> list[dict[str, Any]]:
+    return [
+        {"label": s.label, "class_id": s.class_id, "score": round(s.score, 6)}
+        for s in item.predictions or []
+    ]
+
+
+def render_error(error: GatewayError) -> dict[str, Any]:
+    return error.to_json()
+
+
+def render_model(info: ModelInfo) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": info.name,
+        "versions": [
+            {"version": v.version, "state": v.state, **({"error": v.error} if v.error else {})}
+            for v in info.versions
+        ],
+        "labels": info.labels,
+    }
+    if info.signature is not None:
+        body["signature"] = info.signature
+        body["num_classes"] = info.num_classes
+    return body
