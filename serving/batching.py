@@ -1,0 +1,242 @@
+"""Server-side batching: concurrent Predict calls on one signature run as one padded batch.
+
+Mirrors TF Serving's BatchingSession over a BasicBatchScheduler: tasks queue up; a batch thread
+takes queued tasks up to max_batch_size as soon as the batch is full or the oldest task has
+waited batch_timeout_micros, pads to the next allowed_batch_sizes entry, runs once and splits.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serving.errors import DeadlineExceeded, Internal, InvalidArgument, ServingError, Unavailable
+
+log = logging.getLogger("serving.batching")
+
+Arrays = dict[str, np.ndarray]
+RunBatch = Callable[[Arrays], Arrays]
+BatchObserver = Callable[[int, int], None]  # (input size, padded size)
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """BatchingParameters with TF Serving's defaults for the fields a file leaves unset."""
+
+    max_batch_size: int = 1000
+    batch_timeout_micros: int = 0
+    max_enqueued_batches: int = 10
+    num_batch_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    allowed_batch_sizes: tuple[int, ...] = ()
+    thread_pool_name: str = "batch_threads"
+
+    @classmethod
+    def from_proto(cls, proto: Any | None) -> BatchingOptions:
+        """Options from a BatchingParameters message; ValueError as TF Serving rejects it."""
+        if proto is None:
+            return cls()
+        values: dict[str, Any] = {}
+        for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches"):
+            if proto.HasField(name):
+                values[name] = getattr(proto, name).value
+        if proto.HasField("num_batch_threads"):
+            values["num_batch_threads"] = proto.num_batch_threads.value
+        if proto.HasField("thread_pool_name"):
+            values["thread_pool_name"] = proto.thread_pool_name.value
+        values["allowed_batch_sizes"] = tuple(proto.allowed_batch_sizes)
+        options = cls(**values)
+        options.validate()
+        return options
+
+    def validate(self) -> None:
+        sizes = self.allowed_batch_sizes
+        if self.max_batch_size <= 0 or self.num_batch_threads <= 0:
+            raise ValueError("max_batch_size and num_batch_threads must be positive")
+        if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)):
+            raise ValueError("allowed_batch_sizes entries must be monotonically increasing")
+        if sizes and sizes[-1] != self.max_batch_size:
+            raise ValueError("final entry in allowed_batch_sizes must equal max_batch_size")
+
+    def padded_size(self, size: int) -> int:
+        if not self.allowed_batch_sizes:
+            return size
+        return self.allowed_batch_sizes[bisect.bisect_left(self.allowed_batch_sizes, size)]
+
+
+@dataclass
+class _Task:
+    inputs: Arrays
+    size: int
+    enqueued_at: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    outputs: Arrays | None = None
+    error: ServingError | None = None
+    abandoned: bool = False
+
+
+def task_size(inputs: Arrays) -> int:
+    """The shared 0th dimension of the inputs, checked as BatchingSession checks it."""
+    sizes = set()
+    for array in inputs.values():
+        if array.ndim == 0:
+            raise InvalidArgument("Batching Run() input tensors must have at least one dimension")
+        sizes.add(array.shape[0])
+    if len(sizes) != 1:
+        raise InvalidArgument("Batching Run() input tensors must have equal 0th-dimension size")
+    return sizes.pop()
+
+
+class BatchScheduler:
+    """One queue and its batch threads, for one (servable, signature, outputs) combination."""
+
+    def __init__(
+        self, options: BatchingOptions, run: RunBatch, observe: BatchObserver, name: str
+    ) -> None:
+        self.options = options
+        self._run = run
+        self._observe = observe
+        self._tasks: deque[_Task] = deque()
+        self._queued = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
+            for i in range(options.num_batch_threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, inputs: Arrays, timeout: float | None) -> Arrays:
+        """Queue one request and wait for its slice of a batch's outputs."""
+        task = _Task(inputs, task_size(inputs))
+        limit = self.options.max_batch_size
+        if task.size > limit:
+            raise InvalidArgument(
+                f"Task size {task.size} is larger than maximum input batch size {limit}"
+            )
+        with self._cond:
+            if self._closed:
+                raise Unavailable("The batch scheduler is shutting down")
+            batches = math.ceil((self._queued + task.size) / limit)
+            if batches > self.options.max_enqueued_batches:
+                raise Unavailable(
+                    "The batch scheduling queue to which this task was submitted is full"
+                )
+            self._tasks.append(task)
+            self._queued += task.size
+            self._cond.notify()
+        return self._await(task, timeout)
+
+    def _await(self, task: _Task, timeout: float | None) -> Arrays:
+        if not task.done.wait(timeout):
+            task.abandoned = True
+            raise DeadlineExceeded("Deadline Exceeded")
+        if task.error is not None:
+            raise task.error
+        assert task.outputs is not None
+        return task.outputs
+
+    def close(self) -> None:
+        """Finish queued work, then stop the threads."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._process(batch)
+
+    def _next_batch(self) -> list[_Task] | None:
+        timeout = self.options.batch_timeout_micros / 1e6
+        limit = self.options.max_batch_size
+        with self._cond:
+            while not self._tasks and not self._closed:
+                self._cond.wait()
+            if not self._tasks:
+                return None
+            while self._queued < limit and not self._closed:
+                remaining = self._tasks[0].enqueued_at + timeout - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return self._take(limit)
+
+    def _take(self, limit: int) -> list[_Task]:
+        batch: list[_Task] = []
+        size = 0
+        while self._tasks and size + self._tasks[0].size <= limit:
+            task = self._tasks.popleft()
+            self._queued -= task.size
+            if task.abandoned:
+                continue
+            batch.append(task)
+            size += task.size
+        return batch
+
+    def _process(self, batch: list[_Task]) -> None:
+        if not batch:
+            return
+        try:
+            merged, size, padded = self._merge(batch)
+            outputs = self._run(merged)
+            self._observe(size, padded)
+            self._split(batch, outputs, padded)
+        except ServingError as exc:
+            for task in batch:
+                task.error = exc
+        except Exception as exc:  # a batch thread must never die
+            log.exception("batch failed")
+            for task in batch:
+                task.error = Internal(f"Batch failed: {exc}")
+        finally:
+            for task in batch:
+                task.done.set()
+
+    def _merge(self, batch: list[_Task]) -> tuple[Arrays, int, int]:
+        size = sum(task.size for task in batch)
+        padded = self.options.padded_size(size)
+        merged: Arrays = {}
+        for key in batch[0].inputs:
+            parts = [task.inputs[key] for task in batch]
+            if padded > size:
+                # BatchingSession pads with copies of the first row of the batch.
+                parts.append(np.repeat(parts[0][:1], padded - size, axis=0))
+            try:
+                merged[key] = np.concatenate(parts, axis=0)
+            except ValueError as exc:
+                raise InvalidArgument(
+                    "Tensors with name '"
+                    + key
+                    + "' from different tasks have different shapes and padding is turned off."
+                    " Set pad_variable_length_inputs to true, or ensure that all tensors with "
+                    "the same name have equal dimensions starting with the first dim."
+                ) from exc
+        return merged, size, padded
+
+    def _split(self, batch: list[_Task], outputs: Arrays, padded: int) -> None:
+        for key, array in outputs.items():
+            if array.ndim == 0 or array.shape[0] != padded:
+                raise Internal(
+                    f"Batched output tensor's 0th dimension does not equal the sum of the "
+                    f"0th dimension sizes of the input tensors (output {key})"
+                )
+        offset = 0
+        for task in batch:
+            end = offset + task.size
+            task.outputs = {key: array[offset:end] for key, array in outputs.items()}
+            offset = end

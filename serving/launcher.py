@@ -1,0 +1,74 @@
+"""`python -m serving [TF Serving flags]`: run stock tensorflow_model_server if there is one,
+else the local server, with the same flags.
+
+It first waits (bounded) for --model_config_file to exist, because sync writes that file at boot
+and stock TF Serving exits at once when it is missing. The stock binary gets the flags in its
+own `--name=value` form; the process is replaced (exec), so supervisord signals the server itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+
+from serving import flags
+from serving.settings import Settings
+
+log = logging.getLogger("serving.launcher")
+
+STOCK_BINARY = "tensorflow_model_server"
+EXIT_CONFIG_MISSING = 3
+
+
+def find_stock_binary(settings: Settings) -> str | None:
+    """DYNOSERVE_MODEL_SERVER_BIN, else tensorflow_model_server on PATH, else None."""
+    if settings.use_local_server:
+        return None
+    if settings.model_server_bin:
+        if os.access(settings.model_server_bin, os.X_OK):
+            return settings.model_server_bin
+        log.warning("DYNOSERVE_MODEL_SERVER_BIN=%s is not executable", settings.model_server_bin)
+        return None
+    return shutil.which(STOCK_BINARY)
+
+
+def wait_for_file(path: str, timeout: float, interval: float = 0.2) -> bool:
+    """True once `path` exists; False after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def command(argv: Sequence[str], settings: Settings) -> list[str]:
+    """The argv to exec: the stock binary with canonical flags, or the local server."""
+    binary = find_stock_binary(settings)
+    if binary is not None:
+        return [binary, *flags.canonical_argv(argv)]
+    return [sys.executable, "-m", "serving.local", *argv]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s] %(message)s")
+    args = list(sys.argv[1:] if argv is None else argv)
+    settings = Settings.from_env()
+    options = flags.parse_or_exit(args, "python -m serving")
+    if options.model_config_file and not os.path.exists(options.model_config_file):
+        log.info(
+            "waiting up to %.0fs for %s", settings.config_wait_seconds, options.model_config_file
+        )
+        if not wait_for_file(options.model_config_file, settings.config_wait_seconds):
+            log.error("%s did not appear; not starting the model server", options.model_config_file)
+            return EXIT_CONFIG_MISSING
+    argv_to_run = command(args, settings)
+    log.info("starting %s", " ".join(argv_to_run))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv_to_run[0], argv_to_run)
+    return 0  # not reached

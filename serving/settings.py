@@ -1,0 +1,31 @@
+"""Environment settings of the serving processes (launcher and local server), read once in main()."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the environment says; TF Serving's own flags carry everything else."""
+
+    model_server_bin: str = ""
+    """Path of stock tensorflow_model_server; empty means look it up on PATH."""
+    use_local_server: bool = False
+    """Force the local server even when a stock binary is found."""
+    config_wait_seconds: float = 120.0
+    """How long the launcher waits for --model_config_file to appear (sync writes it at boot)."""
+    bind_host: str = "127.0.0.1"
+    """Interface the local server binds its gRPC and REST ports to."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        return cls(
+            model_server_bin=env.get("DYNOSERVE_MODEL_SERVER_BIN", ""),
+            use_local_server=env.get("DYNOSERVE_MODEL_SERVER_LOCAL", "") in ("1", "true", "yes"),
+            config_wait_seconds=float(env.get("DYNOSERVE_MODEL_CONFIG_WAIT_SECONDS", "120")),
+            bind_host=env.get("DYNOSERVE_MODEL_SERVER_HOST", "127.0.0.1"),
+        )
