@@ -26,7 +26,7 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
-def s3_client(endpoint: str, key: str = "testing", secret: str = "testing") -> Any:
+def s3_client(endpoint: str, key: str = "testing", secret: str = "testing") -> Any:  # noqa: S107
     return boto3.session.Session(
         aws_access_key_id=key, aws_secret_access_key=secret, region_name="us-east-1"
     ).client("s3", endpoint_url=endpoint)

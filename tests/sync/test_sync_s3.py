@@ -47,7 +47,8 @@ def test_fresh_sync_installs_versions_and_writes_config(env: dict) -> None:
     assert served(env) == {"cats": ((1,), {}), "dogs": ((3,), {})}
     assert not any((base / ".staging").iterdir())
     report = status(env)
-    assert report["last_success_at"] and report["versions_served"] == 2
+    assert report["last_success_at"]
+    assert report["versions_served"] == 2
     assert report["models"]["cats"]["served"] == [1]
 
 
@@ -122,7 +123,8 @@ def test_checksum_mismatch_skips_version_and_keeps_previous(
     syncer.boot()
     assert served(env) == {"cats": ((1,), {})}
     assert version_dirs(env, "cats") == [1]
-    assert "checksum mismatch" in caplog.text and "attempt 3 of 3" in caplog.text
+    assert "checksum mismatch" in caplog.text
+    assert "attempt 3 of 3" in caplog.text
     report = status(env)
     assert "does not match" in report["last_error"]
     assert report["consecutive_failures"] == 1

@@ -1,0 +1,157 @@
+"""The pure parts: manifest parsing, policy selection, label and removal rules, config text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sync.errors import ManifestError, VersionError
+from sync.manifest import ModelManifest, VersionPolicy, parse_manifest
+from sync.marker import build_marker, parse_marker
+from sync.modelconfig import ServedModel, read_previous, render
+from sync.planner import ModelInputs, plan_model
+from tests.sync.helpers import make_version
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ({"latest": {}}, {5}),
+        ({"latest": {"num_versions": 2}}, {4, 5}),
+        ({"all": {}}, {1, 4, 5}),
+        ({"specific": {"versions": [1, "4", 9]}}, {1, 4}),
+    ],
+)
+def test_policies_select_like_tf_serving(policy: dict, expected: set[int]) -> None:
+    manifest = parse_manifest(f'{{"model_version_policy": {_json(policy)}}}', "m")
+    assert manifest.policy.select({1, 4, 5}) == expected
+
+
+def _json(value: object) -> str:
+    return json.dumps(value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[]", "JSON object"),
+        ("{", "not JSON"),
+        ('{"model_version_policy": {"latest": {"num_versions": 0}}}', "positive"),
+        ('{"model_version_policy": {"specific": {"versions": []}}}', "non-empty"),
+        ('{"model_version_policy": {"all": {}, "latest": {}}}', "one of"),
+        ('{"version_labels": {"stable": -1}}', "positive version"),
+        ('{"version_labels": {"bad label": 1}}', "bad label"),
+        ('{"labels": {}}', "unknown keys"),
+    ],
+)
+def test_bad_manifests_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ManifestError, match=message):
+        parse_manifest(text, "m")
+
+
+def test_marker_round_trip_and_unsafe_paths(tmp_path: Path) -> None:
+    folder = make_version(tmp_path, "m", 3)
+    marker = build_marker("m", 3, folder)
+    assert parse_marker(marker.to_json(), "m", 3).same_content(marker)
+    assert {"variables", "assets"} <= set(marker.directories)
+    evil = marker.to_json().replace('"saved_model.pb"', '"../../etc/passwd"')
+    with pytest.raises(VersionError, match="unsafe path"):
+        parse_marker(evil, "m", 3)
+    with pytest.raises(VersionError, match="another version"):
+        parse_marker(marker.to_json(), "m", 4)
+
+
+def inputs(**overrides: object) -> ModelInputs:
+    base: dict[str, object] = {
+        "name": "m",
+        "base_path": Path("/models/m"),
+        "complete": {1, 2},
+        "manifest": ModelManifest(VersionPolicy("all"), {"stable": 2}),
+        "installed": {1, 2},
+        "failed": set(),
+        "previous": ServedModel("m", Path("/models/m"), (1,), {"stable": 1}),
+        "states": {1: "AVAILABLE"},
+    }
+    base.update(overrides)
+    return ModelInputs(**base)  # type: ignore[arg-type]
+
+
+def test_label_stays_until_new_target_is_available() -> None:
+    plan = plan_model(inputs(), labels_for_unavailable=False)
+    assert plan.served.versions == (1, 2)
+    assert plan.served.labels == {"stable": 1}
+    assert plan.pending_labels == {"stable": 2}
+    plan = plan_model(inputs(states={1: "AVAILABLE", 2: "AVAILABLE"}), False)
+    assert plan.served.labels == {"stable": 2}
+
+
+def test_labels_at_boot_need_the_server_flag() -> None:
+    fresh = inputs(previous=None, states=None)
+    assert plan_model(fresh, labels_for_unavailable=False).served.labels == {}
+    # With --allow_version_labels_for_unavailable_models a new label may go first...
+    assert plan_model(fresh, labels_for_unavailable=True).served.labels == {"stable": 2}
+    # ...but moving an existing label still waits for the target to load (TF Serving's rule).
+    moving = inputs(states={1: "AVAILABLE"})
+    assert plan_model(moving, labels_for_unavailable=True).served.labels == {"stable": 1}
+
+
+def test_label_to_a_version_the_policy_does_not_serve_is_ignored() -> None:
+    manifest = ModelManifest(VersionPolicy("latest", 1), {"stable": 1})
+    plan = plan_model(inputs(manifest=manifest, states={1: "AVAILABLE", 2: "AVAILABLE"}), False)
+    assert plan.served.versions == (2,)
+    assert plan.served.labels == {}
+    assert any("not served" in note for note in plan.notes)
+
+
+def test_removal_waits_for_the_server_to_let_go() -> None:
+    manifest = ModelManifest(VersionPolicy("latest", 1))
+    plan = plan_model(inputs(manifest=manifest, states={1: "AVAILABLE", 2: "AVAILABLE"}), False)
+    assert plan.waiting_removal == {1}
+    assert not plan.deletable
+    assert plan_model(inputs(manifest=manifest, states=None), False).deletable == set()
+    plan = plan_model(inputs(manifest=manifest, states={1: "END", 2: "AVAILABLE"}), False)
+    assert plan.deletable == {1}
+
+
+def test_empty_or_unreadable_listing_freezes_the_model() -> None:
+    for frozen in (inputs(complete=set()), inputs(manifest=None)):
+        plan = plan_model(frozen, False)
+        assert plan.served.versions == (1,)
+        assert not plan.deletable
+        assert not plan.waiting_removal
+
+
+def test_config_text_round_trips_and_tf_serving_parses_it() -> None:
+    models = [
+        ServedModel("b", Path("/models/b"), (3,)),
+        ServedModel("a", Path('/models/"a"'), (1, 2), {"stable": 1, "canary": 2}),
+        ServedModel("empty", Path("/models/empty"), ()),
+    ]
+    text = render(models)
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    parsed = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    configs = {c.name: c for c in parsed.model_config_list.config}
+    assert set(configs) == {"a", "b"}
+    assert list(configs["a"].model_version_policy.specific.versions) == [1, 2]
+    assert dict(configs["a"].version_labels) == {"stable": 1, "canary": 2}
+    assert configs["a"].base_path == '/models/"a"'
+    assert configs["b"].model_platform == "tensorflow"
+
+
+def test_previous_config_is_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "models.config"
+    models = [
+        ServedModel("a", Path("/m/a"), (1, 2), {"stable": 1}),
+        ServedModel("b", Path("/m/b"), (7,)),
+    ]
+    path.write_text(render(models))
+    previous = read_previous(path)
+    assert previous["a"].versions == (1, 2)
+    assert dict(previous["a"].labels) == {"stable": 1}
+    assert previous["b"].versions == (7,)
+    assert previous["b"].base_path == Path("/m/b")
+    assert read_previous(tmp_path / "missing") == {}
