@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, send_from_directory
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.datastructures import FileStorage
 
 from gateway.errors import BadRequest, GatewayError, InvalidParameter, PayloadTooLarge
@@ -67,9 +68,8 @@ def openapi() -> Response:
 
 @bp.get("/")
 def demo_page() -> Response:
-    response = send_from_directory(current_app.static_folder or "", "index.html")
-    response.headers["Cache-Control"] = "no-cache"
-    return response
+    page = Path(current_app.static_folder or "", "index.html").read_bytes()
+    return Response(page, mimetype="text/html", headers={"Cache-Control": "no-cache"})
 
 
 @bp.get("/v1/models")

@@ -1,0 +1,218 @@
+"""Gateway fixtures: a fake predictor, test images, a loopback image server, a socket guard."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from gateway.app import create_app
+from gateway.errors import GatewayError, ModelNotFound, NotFound
+from gateway.images import check_image
+from gateway.results import (
+    ItemResult,
+    ModelInfo,
+    PredictRequest,
+    PredictResult,
+    Readiness,
+    Score,
+    VersionInfo,
+)
+from gateway.settings import Settings
+
+
+def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (8, 8), color: str = "red") -> bytes:
+    """A small solid image in the given Pillow format."""
+    out = io.BytesIO()
+    mode = "RGBA" if fmt == "WEBP" else "RGB"
+    Image.new(mode, size, color).save(out, format=fmt)
+    return out.getvalue()
+
+
+def animated_gif(frames: int = 3, size: tuple[int, int] = (8, 8)) -> bytes:
+    images = [Image.new("P", size, i * 40) for i in range(frames)]
+    out = io.BytesIO()
+    images[0].save(out, format="GIF", save_all=True, append_images=images[1:], duration=50)
+    return out.getvalue()
+
+
+@dataclass
+class FakePredictor:
+    """Stands in for the model server in routing tests: it vets images but runs no model."""
+
+    models: dict[str, list[int]] = field(default_factory=lambda: {"shapes": [1, 2]})
+    labels: dict[str, dict[str, int]] = field(default_factory=lambda: {"shapes": {"stable": 1}})
+    ready: bool = True
+    fail_with: GatewayError | None = None
+    gate: threading.Event | None = None
+    calls: list[PredictRequest] = field(default_factory=list)
+
+    def predict(self, request: PredictRequest) -> PredictResult:
+        self.calls.append(request)
+        if self.gate is not None:
+            self.gate.wait(10)
+        if self.fail_with is not None:
+            raise self.fail_with
+        if request.model not in self.models:
+            raise ModelNotFound(f"no model named {request.model!r}")
+        version = self._version(request)
+        items = [self._item(image.data, request.top_k) for image in request.images]
+        return PredictResult(request.model, version, items, 1.0, 2.0, 3.0)
+
+    def _version(self, request: PredictRequest) -> int:
+        versions = self.models[request.model]
+        if request.label is not None:
+            if request.label not in self.labels.get(request.model, {}):
+                raise NotFound("no such label", code="label_not_found")
+            return self.labels[request.model][request.label]
+        if request.version is not None and request.version not in versions:
+            raise NotFound("no such version", code="version_not_found")
+        return request.version or max(versions)
+
+    def _item(self, data: bytes | None, k: int) -> ItemResult:
+        try:
+            if data is not None:
+                check_image(data, 40_000_000)
+        except GatewayError as exc:
+            return ItemResult(error=exc)
+        scores = [Score("cat", 0, 0.7), Score("dog", 1, 0.2), Score("bird", 2, 0.1)]
+        return ItemResult(predictions=scores[:k])
+
+    def list_models(self, request_id: str = "") -> list[ModelInfo]:
+        return [self.describe(name) for name in sorted(self.models)]
+
+    def describe(self, model: str, request_id: str = "") -> ModelInfo:
+        if model not in self.models:
+            raise ModelNotFound(f"no model named {model!r}")
+        versions = [VersionInfo(v, "AVAILABLE") for v in sorted(self.models[model], reverse=True)]
+        return ModelInfo(model, versions, self.labels.get(model, {}))
+
+    def readiness(self) -> Readiness:
+        state = "AVAILABLE" if self.ready else "LOADING"
+        return Readiness(self.ready, dict.fromkeys(self.models, state))
+
+    def known_models(self) -> set[str]:
+        return set(self.models)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_predictor() -> FakePredictor:
+    return FakePredictor()
+
+
+@pytest.fixture
+def make_client(fake_predictor: FakePredictor) -> Callable[..., Any]:
+    """Flask test client factory: make_client(api_keys=("k",), ...) overrides settings."""
+
+    def make(predictor: Any = None, **overrides: Any) -> Any:
+        settings = Settings(**overrides)
+        app = create_app(settings, predictor or fake_predictor)
+        return app.test_client()
+
+    return make
+
+
+@pytest.fixture
+def client(make_client: Callable[..., Any]) -> Any:
+    return make_client()
+
+
+# --- a real HTTP image server on loopback -----------------------------------------------------
+
+Route = Callable[[BaseHTTPRequestHandler], None]
+
+
+class ImageServer(ThreadingHTTPServer):
+    """Serves whatever `routes` say; the backlog is sized so bursts do not stall."""
+
+    request_queue_size = 128
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.routes: dict[str, Route] = {}
+        self.hits: list[tuple[str, dict[str, str]]] = []
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def add_bytes(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> str:
+        def route(h: BaseHTTPRequestHandler) -> None:
+            h.send_response(200)
+            for k, v in (headers or {"Content-Type": "application/octet-stream"}).items():
+                h.send_header(k, v)
+            if "Content-Length" not in (headers or {}):
+                h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+
+        self.routes[path] = route
+        return self.base + path
+
+    def add_redirect(self, path: str, location: str, status: int = 302) -> str:
+        def route(h: BaseHTTPRequestHandler) -> None:
+            h.send_response(status)
+            h.send_header("Location", location)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+
+        self.routes[path] = route
+        return self.base + path
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        server: ImageServer = self.server  # type: ignore[assignment]
+        server.hits.append((self.path, dict(self.headers.items())))
+        route = server.routes.get(self.path.split("?", 1)[0])
+        if route is None:
+            self.send_error(404)
+            return
+        try:
+            route(self)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def image_server() -> Iterator[ImageServer]:
+    server = ImageServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+# --- nothing leaves loopback ------------------------------------------------------------------
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_only(sock: socket.socket, address: Any) -> Any:
+    host = address[0] if isinstance(address, tuple) else ""
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "::1"):
+        raise AssertionError(f"test tried to connect to {address!r}: only loopback is allowed")
+    return _real_connect(sock, address)
+
+
+@pytest.fixture(autouse=True)
+def loopback_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Python-level connect in gateway tests must target loopback; others fail loudly."""
+    monkeypatch.setattr(socket.socket, "connect", _loopback_only)
