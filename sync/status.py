@@ -40,7 +40,7 @@ class StatusBook:
 
     path: Path
     source: str
-    mode: str = "boot"
+    boot_completed_at: str | None = None
     degraded: str | None = None
     started_at: str = field(default_factory=_now)
     last_attempt_at: str | None = None
@@ -72,10 +72,20 @@ class StatusBook:
         self.last_success_at = self.last_attempt_at
         self.last_success_unix = time.time()
 
+    def boot_done(self) -> None:
+        self.boot_completed_at = _now()
+        self.write()
+
     def to_dict(self) -> dict[str, Any]:
         body = {k: v for k, v in vars(self).items() if k not in ("path", "models")}
         body["format"] = STATUS_FORMAT
-        body["versions_served"] = sum(len(m.served) for m in self.models.values())
+        models = self.models.values()
+        # Flat numbers at the top level: the gateway turns each into a dynoserve_sync_* gauge.
+        body["versions_served"] = sum(len(m.served) for m in models)
+        body["versions_in_source"] = sum(len(m.available_in_source) for m in models)
+        body["labels_pending"] = sum(len(m.pending_labels) for m in models)
+        body["versions_waiting_removal"] = sum(len(m.waiting_removal) for m in models)
+        body["degraded_flag"] = 1 if self.degraded else 0
         body["models"] = {name: vars(model) for name, model in sorted(self.models.items())}
         return body
 

@@ -55,8 +55,7 @@ class Syncer:
             if not installed:
                 raise
             self._serve_local_copy(installed, exc)
-        finally:
-            self.status.mode = "watch"
+        self.status.boot_done()
 
     def watch(self, stop: threading.Event) -> None:
         """Pass after pass every poll interval until `stop` is set; errors never end the loop."""
