@@ -60,7 +60,15 @@ $(EXPORT_DIR)/shapes/.stamp: $(VENV)/.stamp $(wildcard export/*.py)
 bench-model: $(VENV)/.stamp ## Export the benchmark model (MobileNet v1 224, 40 classes, random weights)
 	$(PY) -m export.benchmodel --export-dir $(EXPORT_DIR)
 
-run: setup demo-model ## Serve the demo model locally: sync, model server and gateway under supervisord
+run: setup demo-model ## Serve the demo model on http://127.0.0.1:8080 (PORT): sync, model server, gateway
+	mkdir -p var/run $(MODEL_BASE_PATH)
+	PORT=$${PORT:-8080} \
+	DYNOSERVE_RUNTIME_PYTHON=$(CURDIR)/$(GW_PY) \
+	DYNOSERVE_MODEL_PYTHON=$(CURDIR)/$(PY) \
+	DYNOSERVE_MODEL_BASE_PATH=$${DYNOSERVE_MODEL_BASE_PATH:-$(MODEL_BASE_PATH)} \
+	DYNOSERVE_RUN_DIR=$(CURDIR)/var/run \
+	DYNOSERVE_MODEL_SERVER_GRPC_PORT=$${DYNOSERVE_MODEL_SERVER_GRPC_PORT:-8500} \
+	DYNOSERVE_MODEL_SERVER_REST_PORT=$${DYNOSERVE_MODEL_SERVER_REST_PORT:-8501} \
 	$(GW_PY) -m supervisor.supervisord -n -c supervisord.conf
 
 test: setup apt-deps demo-model lint ## Lint, then run every test (slow end-to-end ones included)

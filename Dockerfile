@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+# One image for Heroku: stock TensorFlow Serving (CPU) beside the thin Python gateway and the
+# S3 sync, all under supervisord. Nothing here imports TensorFlow in Python.
+#
+# Not built on the development machines (no Docker engine there): tests and CI run the same
+# supervisord.conf with the project's TF-Serving-compatible local server instead.
+
+ARG TF_SERVING_VERSION=2.19.0
+
+FROM tensorflow/serving:${TF_SERVING_VERSION} AS tfserving
+
+FROM python:3.11-slim-bookworm
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONPATH=/app \
+    DYNOSERVE_RUNTIME_PYTHON=/opt/venv/bin/python \
+    DYNOSERVE_MODEL_PYTHON=/opt/venv/bin/python \
+    DYNOSERVE_MODEL_BASE_PATH=/models \
+    DYNOSERVE_RUN_DIR=/tmp/dynoserve \
+    DYNOSERVE_MODEL_SERVER_BIN=/usr/local/bin/tensorflow_model_server
+
+# The stock model server binary; the launcher (python -m serving) finds it and passes it the
+# same flags and config files the local server gets in development.
+COPY --from=tfserving /usr/bin/tensorflow_model_server /usr/local/bin/tensorflow_model_server
+
+WORKDIR /app
+COPY requirements/gateway.txt requirements/gateway.txt
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r requirements/gateway.txt \
+ && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check grpcio-tools==1.85.1
+
+COPY gateway gateway
+COPY serving serving
+COPY sync sync
+COPY supervisord.conf supervisord.conf
+# Generate the gateway's protobuf classes, then drop the generator: it is a build-time tool.
+RUN /opt/venv/bin/python -m gateway.protogen \
+ && /opt/venv/bin/pip uninstall -y grpcio-tools \
+ && mkdir -p /models /tmp/dynoserve \
+ && useradd --create-home --uid 10001 dyno \
+ && chmod 1777 /models /tmp/dynoserve
+
+# Heroku runs containers as a non-root user (not necessarily this one) and sets $PORT;
+# only the gateway binds it. /models and the run dir are world-writable for that reason.
+USER dyno
+CMD ["/opt/venv/bin/supervisord", "-n", "-c", "/app/supervisord.conf"]
