@@ -1,0 +1,186 @@
+"""Version lifecycle against real server processes: polling, policies, failures, reloads, warmup."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from tensorflow_serving.apis import model_management_pb2
+
+from serving.config import read_model_server_config
+from tests.serving.helpers import (
+    RED,
+    Server,
+    copy_versions,
+    jpeg,
+    model_entry,
+    predict_request,
+    running_server,
+    write_config,
+)
+from tests.support import wait_for
+
+pytestmark = pytest.mark.slow
+
+FAST_POLL = ["--file_system_poll_wait_seconds=1", "--max_num_load_retries=0"]
+
+
+def _version_answering(server: Server, model: str) -> int:
+    response = server.predict.Predict(predict_request(model, jpeg(RED)), timeout=30)
+    return int(response.model_spec.version.value)
+
+
+def _stage_version(source: Path, base: Path, version: int, as_version: int) -> None:
+    """Copy a version in beside the model and rename it into place, as sync does."""
+    staging = base / f".staging-{as_version}"
+    shutil.copytree(source / str(version), staging)
+    staging.rename(base / str(as_version))
+
+
+def test_new_version_replaces_old_under_load_without_failed_requests(
+    tmp_path: Path, tiny_repo: Path
+) -> None:
+    base = copy_versions(tiny_repo, tmp_path / "tiny", [1])
+    args = ["--model_name=tiny", f"--model_base_path={base}", *FAST_POLL]
+    with running_server(tmp_path / "server.log", args) as server:
+        answered: list[int] = []
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            stub = server.predict
+            while not stop.is_set():
+                try:
+                    response = stub.Predict(predict_request("tiny", jpeg(RED)), timeout=30)
+                    answered.append(response.model_spec.version.value)
+                except grpc.RpcError as exc:
+                    failures.append(f"{exc.code()}: {exc.details()}")
+
+        callers = [threading.Thread(target=load) for _ in range(4)]
+        for caller in callers:
+            caller.start()
+        try:
+            wait_for(lambda: len(answered) > 5, 30, what="requests before the new version")
+            _stage_version(tiny_repo, base, 2, 2)
+            wait_for(lambda: server.status("tiny").get(1, ("",))[0] == "END", 60, what="v1 END")
+            count = len(answered)
+            wait_for(lambda: len(answered) > count + 5, 30, what="requests after the swap")
+        finally:
+            stop.set()
+            for caller in callers:
+                caller.join()
+        assert failures == []
+        assert answered[0] == 1 and answered[-1] == 2
+        assert server.status("tiny") == {2: ("AVAILABLE", ""), 1: ("END", "")}
+        log = server.process.log()
+        # Availability preserving: version 2 became AVAILABLE before version 1 started unloading.
+        assert log.index("Successfully loaded servable version {name: tiny version: 2}") < log.index(
+            "Unloading servable version {name: tiny version: 1}"
+        )
+
+
+def test_corrupt_version_is_reported_and_old_keeps_serving(tmp_path: Path, tiny_repo: Path) -> None:
+    base = copy_versions(tiny_repo, tmp_path / "tiny", [1])
+    args = ["--model_name=tiny", f"--model_base_path={base}", *FAST_POLL]
+    with running_server(tmp_path / "server.log", args) as server:
+        broken = tmp_path / "broken"
+        shutil.copytree(tiny_repo / "1", broken)
+        (broken / "saved_model.pb").write_bytes(b"\x08this is not a SavedModel")
+        broken.rename(base / "3")
+        wait_for(lambda: server.status("tiny").get(3, ("",))[0] == "END", 30, what="v3 END")
+        state, error = server.status("tiny")[3]
+        assert error, "the failed version must carry its error"
+        assert server.status("tiny")[1] == ("AVAILABLE", "")
+        assert _version_answering(server, "tiny") == 1
+        status, body = server.rest("GET", "/v1/models/tiny/versions/3")
+        assert body["model_version_status"][0]["status"]["error_code"] != "OK"
+        assert "Loading servable: {name: tiny version: 3} failed" in server.process.log()
+
+
+def test_half_copied_version_is_not_loaded(tmp_path: Path, tiny_repo: Path) -> None:
+    base = copy_versions(tiny_repo, tmp_path / "tiny", [1])
+    args = ["--model_name=tiny", f"--model_base_path={base}", *FAST_POLL]
+    with running_server(tmp_path / "server.log", args) as server:
+        partial = base / "2"
+        shutil.copytree(tiny_repo / "2" / "variables", partial / "variables")
+        time.sleep(2.5)  # several polls see a version directory without its graph
+        assert 2 not in server.status("tiny")
+        shutil.copy(tiny_repo / "2" / "saved_model.pb", partial / "saved_model.pb")
+        shutil.copytree(tiny_repo / "2" / "assets", partial / "assets")
+        shutil.copytree(tiny_repo / "2" / "assets.extra", partial / "assets.extra")
+        wait_for(lambda: _version_answering(server, "tiny") == 2, 60, what="v2 serving")
+        assert "Loading servable: {name: tiny version: 2} failed" not in server.process.log()
+
+
+def test_version_policies_and_config_file_polling(tmp_path: Path, tiny_repo: Path) -> None:
+    tiny = copy_versions(tiny_repo, tmp_path / "tiny", [1, 2])
+    other = copy_versions(tiny_repo, tmp_path / "other", [1])
+    config = write_config(tmp_path / "models.config", [model_entry("tiny", tiny, "all {}")])
+    args = [
+        f"--model_config_file={config}",
+        "--model_config_file_poll_wait_seconds=1",
+        *FAST_POLL,
+    ]
+    with running_server(tmp_path / "server.log", args) as server:
+        assert server.status("tiny") == {2: ("AVAILABLE", ""), 1: ("AVAILABLE", "")}
+        write_config(
+            config,
+            [
+                model_entry("tiny", tiny, "specific { versions: 1 }", {"stable": 1}),
+                model_entry("other", other),
+            ],
+        )
+        wait_for(lambda: server.status("tiny").get(2, ("",))[0] == "END", 60, what="v2 END")
+        wait_for(lambda: _status_or_none(server, "other") == {1: ("AVAILABLE", "")}, 60)
+        request = predict_request("tiny", jpeg(RED), version_label="stable")
+        assert server.predict.Predict(request, timeout=30).model_spec.version.value == 1
+        write_config(config, [model_entry("tiny", tiny, "specific { versions: 1 }")])
+        wait_for(lambda: server.status("other") == {1: ("END", "")}, 60, what="other removed")
+        with pytest.raises(grpc.RpcError) as info:
+            server.predict.Predict(predict_request("other", jpeg(RED)), timeout=30)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _status_or_none(server: Server, model: str) -> dict[int, tuple[str, str]] | None:
+    try:
+        return server.status(model)
+    except grpc.RpcError:
+        return None
+
+
+def test_reload_config_rpc_adds_a_model_and_enforces_label_availability(
+    tmp_path: Path, tiny_repo: Path
+) -> None:
+    tiny = copy_versions(tiny_repo, tmp_path / "tiny", [1])
+    other = copy_versions(tiny_repo, tmp_path / "other", [1])
+    config = write_config(tmp_path / "models.config", [model_entry("tiny", tiny)])
+    with running_server(tmp_path / "server.log", [f"--model_config_file={config}"]) as server:
+        request = model_management_pb2.ReloadConfigRequest()
+        labelled = [model_entry("tiny", tiny), model_entry("other", other, labels={"stable": 1})]
+        request.config.CopyFrom(read_model_server_config(str(write_config(config, labelled))))
+        with pytest.raises(grpc.RpcError) as info:
+            server.models.HandleReloadConfigRequest(request, timeout=60)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert info.value.details() == (
+            "Request to assign label to version 1 of model other, "
+            "which is not currently available for inference"
+        )
+        plain = [model_entry("tiny", tiny), model_entry("other", other)]
+        request.config.CopyFrom(read_model_server_config(str(write_config(config, plain))))
+        response = server.models.HandleReloadConfigRequest(request, timeout=60)
+        assert response.status.error_code == 0
+        assert server.status("other") == {1: ("AVAILABLE", "")}
+        assert _version_answering(server, "other") == 1
+
+
+def test_warmup_runs_before_available(tmp_path: Path, tiny_repo: Path) -> None:
+    base = copy_versions(tiny_repo, tmp_path / "tiny", [1])
+    args = ["--model_name=tiny", f"--model_base_path={base}"]
+    with running_server(tmp_path / "server.log", args) as server:
+        log = server.process.log()
+    warmed = log.index("Number of warmup records read: 1.")
+    assert warmed < log.index("Successfully loaded servable version {name: tiny version: 1}")
