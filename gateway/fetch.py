@@ -162,24 +162,32 @@ class ImageFetcher:
         """One request: the body, or the Location of a redirect."""
         address = pick_address(target.host, target.port, self.resolver, self.policy.allow_private)
         conn = self._connection(address, target, deadline)
+        response: http.client.HTTPResponse | None = None
         try:
-            response = self._request(conn, target)
-            if response.status in _REDIRECTS:
-                location = response.getheader("Location")
-                if not location:
-                    raise ImageHostError("image host sent a redirect without a Location")
-                return location
-            if response.status != 200:
-                raise ImageHostError(f"image host answered HTTP {response.status}")
-            return self._read_body(conn, response, deadline)
+            response, sock = self._request(conn, target)
+            return self._handle(response, sock, deadline)
         except GatewayError:
             raise
-        except TimeoutError as exc:
+        except (TimeoutError, socket.timeout) as exc:
             raise ImageHostError("image host timed out", code="image_host_timeout") from exc
         except (OSError, http.client.HTTPException, ValueError) as exc:
             raise ImageHostError(f"image host failed: {type(exc).__name__}") from exc
         finally:
+            if response is not None:
+                response.close()
             conn.close()
+
+    def _handle(
+        self, response: http.client.HTTPResponse, sock: socket.socket, deadline: float
+    ) -> bytes | str:
+        if response.status in _REDIRECTS:
+            location = response.getheader("Location")
+            if not location:
+                raise ImageHostError("image host sent a redirect without a Location")
+            return location
+        if response.status != 200:
+            raise ImageHostError(f"image host answered HTTP {response.status}")
+        return self._read_body(sock, response, deadline)
 
     def _connection(
         self, address: IPAddress, target: Target, deadline: float
@@ -188,19 +196,24 @@ class ImageFetcher:
         cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
         return cls(address, target, timeout)
 
-    def _request(self, conn: _PinnedHTTPConnection, target: Target) -> http.client.HTTPResponse:
+    def _request(
+        self, conn: _PinnedHTTPConnection, target: Target
+    ) -> tuple[http.client.HTTPResponse, socket.socket]:
         conn.putrequest("GET", target.path, skip_host=True, skip_accept_encoding=True)
         conn.putheader("Host", target.host_header)
         conn.putheader("Accept", "image/*")
         conn.putheader("Accept-Encoding", "identity")
         conn.putheader("User-Agent", f"dynoserve-gateway/{__version__}")
         conn.endheaders()
-        if conn.sock is not None:
-            conn.sock.settimeout(self.policy.read_timeout_s)
-        return conn.getresponse()
+        # Keep the socket: http.client hands it to the response and forgets it on Connection: close.
+        sock = conn.sock
+        if sock is None:
+            raise ImageHostError("image host closed the connection")
+        sock.settimeout(self.policy.read_timeout_s)
+        return conn.getresponse(), sock
 
     def _read_body(
-        self, conn: _PinnedHTTPConnection, response: http.client.HTTPResponse, deadline: float
+        self, sock: socket.socket, response: http.client.HTTPResponse, deadline: float
     ) -> bytes:
         """Read at most max_bytes (after decompression), within the deadline."""
         cap = self.policy.max_bytes
@@ -210,8 +223,7 @@ class ImageFetcher:
         decoder = _decoder(response.getheader("Content-Encoding"))
         body = bytearray()
         while True:
-            if conn.sock is not None:
-                conn.sock.settimeout(min(self.policy.read_timeout_s, _remaining(deadline)))
+            sock.settimeout(min(self.policy.read_timeout_s, _remaining(deadline)))
             chunk = response.read1(_CHUNK)
             if not chunk:
                 break

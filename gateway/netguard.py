@@ -52,13 +52,19 @@ def refusal_reason(address: IPAddress, allow_private: bool = False) -> str | Non
         return "an unspecified address"
     if address.is_multicast:
         return "a multicast address"
-    if isinstance(address, ipaddress.IPv6Address) and any(address in n for n in _EMBEDS_IPV4):
+    if _embeds_ipv4(address):
         if address.ipv4_mapped is not None and address.ipv4_mapped.is_loopback and allow_private:
             return None
         return "an IPv6 address with an embedded IPv4 address"
     if allow_private:
         return None
     return _private_reason(address)
+
+
+def _embeds_ipv4(address: IPAddress) -> bool:
+    if not isinstance(address, ipaddress.IPv6Address) or address.is_loopback:
+        return False  # ::1 sits inside ::/96 but is plain IPv6 loopback
+    return any(address in network for network in _EMBEDS_IPV4)
 
 
 def _private_reason(address: IPAddress) -> str | None:

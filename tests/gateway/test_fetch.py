@@ -1,0 +1,254 @@
+"""Image fetching against a real loopback HTTP server, with the default (strict) address rules.
+
+A stub resolver gives test host names public addresses, and FakeInternet routes connections to
+those public addresses to the loopback server; any other connection fails the test, so a guard
+that let something through is caught without a packet leaving the machine.
+"""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+import pytest
+
+from gateway.errors import ForbiddenImageUrl, ImageHostError, PayloadTooLarge
+from gateway.fetch import FetchPolicy, ImageFetcher
+from tests.gateway.conftest import ImageServer, image_bytes
+
+PUBLIC = "93.184.216.34"
+PUBLIC_2 = "93.184.216.35"
+PNG = image_bytes("PNG")
+
+
+class FakeInternet:
+    """Replaces socket.create_connection: public test addresses lead to the loopback server."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.attempts: list[tuple[str, int]] = []
+        self.real = socket.create_connection
+
+    def __call__(self, address: tuple[str, int], timeout: Any = None, *args: Any) -> socket.socket:
+        self.attempts.append(address)
+        if address[0] in (PUBLIC, PUBLIC_2):
+            return self.real(("127.0.0.1", self.port), timeout)
+        raise AssertionError(f"fetcher tried to connect to {address!r}")
+
+
+class StubResolver:
+    def __init__(self, table: dict[str, list[list[str]]]) -> None:
+        self.table = table
+        self.calls: list[str] = []
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.calls.append(host)
+        answers = self.table.get(host)
+        if not answers:
+            raise socket.gaierror(socket.EAI_NONAME, "unknown host")
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+
+@pytest.fixture
+def internet(monkeypatch: pytest.MonkeyPatch, image_server: ImageServer) -> FakeInternet:
+    fake = FakeInternet(image_server.server_address[1])
+    monkeypatch.setattr(socket, "create_connection", fake)
+    return fake
+
+
+def policy(**overrides: Any) -> FetchPolicy:
+    values: dict[str, Any] = {
+        "max_bytes": 1_000_000,
+        "connect_timeout_s": 2.0,
+        "read_timeout_s": 2.0,
+        "total_timeout_s": 4.0,
+        "max_redirects": 3,
+        "allow_hosts": (),
+        "allow_private": False,
+    }
+    values.update(overrides)
+    return FetchPolicy(**values)
+
+
+def fetcher(resolver: Any = None, **overrides: Any) -> ImageFetcher:
+    return ImageFetcher(policy(**overrides), resolver or StubResolver({"images.test": [[PUBLIC]]}))
+
+
+def test_fetch_pins_the_resolved_address(image_server: ImageServer, internet: FakeInternet) -> None:
+    image_server.add_bytes("/cat.png", PNG)
+    resolver = StubResolver({"images.test": [[PUBLIC]]})
+    fetched = fetcher(resolver).fetch("http://images.test/cat.png")
+    assert fetched.data == PNG
+    assert internet.attempts == [(PUBLIC, 80)]
+    assert resolver.calls == ["images.test"]
+    path, headers = image_server.hits[-1]
+    assert path == "/cat.png"
+    assert headers["Host"] == "images.test"
+    assert headers["Accept-Encoding"] == "identity"
+
+
+def test_dns_rebinding_cannot_switch_the_address(
+    image_server: ImageServer, internet: FakeInternet
+) -> None:
+    image_server.add_bytes("/rebind.png", PNG)
+    resolver = StubResolver({"rebind.test": [[PUBLIC], ["127.0.0.1"]]})
+    assert fetcher(resolver).fetch("http://rebind.test/rebind.png").data == PNG
+    assert resolver.calls == ["rebind.test"]
+    assert internet.attempts == [(PUBLIC, 80)]
+
+
+def test_redirects_are_followed_and_each_hop_checked(
+    image_server: ImageServer, internet: FakeInternet
+) -> None:
+    image_server.add_bytes("/final.png", PNG)
+    image_server.add_redirect("/hop2", "http://cdn.test/final.png", 301)
+    image_server.add_redirect("/hop1", "/hop2", 307)
+    resolver = StubResolver({"images.test": [[PUBLIC]], "cdn.test": [[PUBLIC_2]]})
+    assert fetcher(resolver).fetch("http://images.test/hop1").data == PNG
+    assert resolver.calls == ["images.test", "images.test", "cdn.test"]
+    assert internet.attempts[-1] == (PUBLIC_2, 80)
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://internal.test/secret",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:10.0.0.1]/",
+        "http://localhost:8500/",
+        "file:///etc/passwd",
+        "http://admin:pw@images.test/",
+    ],
+)
+def test_redirect_to_forbidden_place_is_refused(
+    image_server: ImageServer, internet: FakeInternet, location: str
+) -> None:
+    image_server.add_redirect("/evil", location)
+    resolver = StubResolver(
+        {"images.test": [[PUBLIC]], "internal.test": [["10.0.0.5"]], "localhost": [["127.0.0.1"]]}
+    )
+    with pytest.raises(ForbiddenImageUrl):
+        fetcher(resolver).fetch("http://images.test/evil")
+    assert internet.attempts == [(PUBLIC, 80)]
+
+
+def test_too_many_redirects(image_server: ImageServer, internet: FakeInternet) -> None:
+    image_server.add_redirect("/loop", "/loop")
+    with pytest.raises(ImageHostError, match="redirected"):
+        fetcher(max_redirects=2).fetch("http://images.test/loop")
+    assert len(internet.attempts) == 3
+
+
+def test_content_length_over_the_cap_is_refused_before_reading(
+    image_server: ImageServer, internet: FakeInternet
+) -> None:
+    image_server.add_bytes("/big.png", b"\x89PNG" + b"\0" * 5000)
+    with pytest.raises(PayloadTooLarge):
+        fetcher(max_bytes=1000).fetch("http://images.test/big.png")
+
+
+def _raw_route(body_chunks: Iterator[bytes], headers: dict[str, str]) -> Any:
+    """A response without Content-Length, written as it comes (Content-Length is not trusted)."""
+
+    def route(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        for k, v in headers.items():
+            h.send_header(k, v)
+        h.send_header("Connection", "close")
+        h.end_headers()
+        for chunk in body_chunks:
+            h.wfile.write(chunk)
+            h.wfile.flush()
+        h.close_connection = True
+
+    return route
+
+
+def test_stream_without_length_is_capped_while_reading(
+    image_server: ImageServer, internet: FakeInternet
+) -> None:
+    image_server.routes["/endless"] = _raw_route(iter([b"\0" * 65536] * 64), {})
+    with pytest.raises(PayloadTooLarge):
+        fetcher(max_bytes=100_000).fetch("http://images.test/endless")
+
+
+def test_compressed_bomb_is_bounded(image_server: ImageServer, internet: FakeInternet) -> None:
+    bomb = gzip.compress(b"\0" * 50_000_000, compresslevel=9)
+    image_server.add_bytes("/bomb", bomb, {"Content-Encoding": "gzip"})
+    assert len(bomb) < 100_000
+    with pytest.raises(PayloadTooLarge):
+        fetcher(max_bytes=1_000_000).fetch("http://images.test/bomb")
+
+
+def test_gzip_within_the_cap_is_decoded(image_server: ImageServer, internet: FakeInternet) -> None:
+    image_server.add_bytes("/gz.png", gzip.compress(PNG), {"Content-Encoding": "gzip"})
+    assert fetcher().fetch("http://images.test/gz.png").data == PNG
+
+
+def test_slow_drip_hits_the_total_budget(image_server: ImageServer, internet: FakeInternet) -> None:
+    def drip() -> Iterator[bytes]:
+        for _ in range(40):
+            time.sleep(0.1)
+            yield b"x"
+
+    image_server.routes["/drip"] = _raw_route(drip(), {})
+    start = time.monotonic()
+    with pytest.raises(ImageHostError) as info:
+        fetcher(total_timeout_s=0.6, read_timeout_s=0.5).fetch("http://images.test/drip")
+    assert info.value.code == "image_host_timeout"
+    assert time.monotonic() - start < 2.0
+
+
+def test_silent_host_hits_the_read_timeout(
+    image_server: ImageServer, internet: FakeInternet
+) -> None:
+    image_server.routes["/silent"] = lambda h: time.sleep(1.0)
+    with pytest.raises(ImageHostError) as info:
+        fetcher(read_timeout_s=0.3).fetch("http://images.test/silent")
+    assert info.value.code == "image_host_timeout"
+
+
+def test_error_status_from_host(image_server: ImageServer, internet: FakeInternet) -> None:
+    with pytest.raises(ImageHostError, match="404"):
+        fetcher().fetch("http://images.test/missing.png")
+
+
+def test_unknown_host(internet: FakeInternet) -> None:
+    with pytest.raises(ImageHostError, match="resolve"):
+        fetcher().fetch("http://nowhere.test/x.png")
+    assert internet.attempts == []
+
+
+def test_proxy_variables_are_ignored(
+    image_server: ImageServer, internet: FakeInternet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image_server.add_bytes("/proxied.png", PNG)
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://10.9.9.9:3128")
+    assert fetcher().fetch("http://images.test/proxied.png").data == PNG
+    assert internet.attempts == [(PUBLIC, 80)]
+
+
+def test_loopback_needs_the_opt_in(image_server: ImageServer) -> None:
+    url = image_server.add_bytes("/local.png", PNG)
+    with pytest.raises(ForbiddenImageUrl, match="loopback"):
+        ImageFetcher(policy()).fetch(url)
+    assert ImageFetcher(policy(allow_private=True)).fetch(url).data == PNG
+
+
+def test_tls_is_verified_against_the_host_name(internet: FakeInternet) -> None:
+    # The loopback server speaks plain HTTP: the TLS handshake must fail, not fall back.
+    with pytest.raises(ImageHostError):
+        fetcher().fetch("https://images.test:80/cat.png")
+
+
+def test_connection_refused(image_server: ImageServer) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ImageHostError):
+        ImageFetcher(policy(allow_private=True)).fetch(f"http://127.0.0.1:{port}/x.png")
