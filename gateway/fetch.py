@@ -168,7 +168,7 @@ class ImageFetcher:
             return self._handle(response, sock, deadline)
         except GatewayError:
             raise
-        except (TimeoutError, socket.timeout) as exc:
+        except TimeoutError as exc:
             raise ImageHostError("image host timed out", code="image_host_timeout") from exc
         except (OSError, http.client.HTTPException, ValueError) as exc:
             raise ImageHostError(f"image host failed: {type(exc).__name__}") from exc

@@ -53,8 +53,8 @@ def refusal_reason(address: IPAddress, allow_private: bool = False) -> str | Non
     if address.is_multicast:
         return "a multicast address"
     if _embeds_ipv4(address):
-        if address.ipv4_mapped is not None and address.ipv4_mapped.is_loopback and allow_private:
-            return None
+        # Refused outright: the embedded address would bypass the IPv4 rules, and nothing
+        # legitimate needs an image from one.
         return "an IPv6 address with an embedded IPv4 address"
     if allow_private:
         return None
