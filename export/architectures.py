@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from export.errors import CheckpointNotFound, UnreadableCheckpoint, UsageError
+from export.errors import CheckpointNotFound, UnreadableCheckpoint, UsageError, brief
 
 MOBILENET_V1 = "mobilenet_v1"
 MOBILENET_ALPHAS = (0.25, 0.5, 0.75, 1.0)
@@ -33,12 +33,19 @@ class MobileNetSpec:
             raise UsageError("MobileNet v1 needs an input size >= 32 and at least one class")
 
 
-def build_mobilenet_v1(spec: MobileNetSpec) -> Any:
-    """A Keras 3 MobileNet v1 with random weights and a softmax head of `spec.classes`."""
-    import keras
+def build_mobilenet_v1(spec: MobileNetSpec, *, tf_keras: bool = False) -> Any:
+    """A MobileNet v1 with random weights and a softmax head of `spec.classes`.
+
+    Keras 3 by default; `tf_keras=True` builds the tf.keras 2 one, whose checkpoints name
+    variables differently (layer_with_weights-N rather than _operations/N).
+    """
+    if tf_keras:
+        import tf_keras as keras_module
+    else:
+        import keras as keras_module
 
     height, width = spec.input_size
-    return keras.applications.MobileNet(
+    return keras_module.applications.MobileNet(
         input_shape=(height, width, 3),
         alpha=spec.alpha,
         weights=None,
@@ -47,15 +54,16 @@ def build_mobilenet_v1(spec: MobileNetSpec) -> Any:
     )
 
 
-def load_architecture_file(path: Path) -> Any:
+def load_architecture_file(path: Path, *, tf_keras: bool = False) -> Any:
     """Build the (untrained) Keras model a JSON architecture file describes.
 
     The file is either a Keras model config (`model.to_json()`) or a MobileNet spec:
     {"architecture": "mobilenet_v1", "alpha": 1.0, "input_size": [224, 224], "classes": 40}.
+    `tf_keras` picks the Keras line for a MobileNet spec; a model config says its own.
     """
     document = _read_json(path)
     if document.get("architecture") == MOBILENET_V1:
-        return build_mobilenet_v1(mobilenet_spec_from_json(document))
+        return build_mobilenet_v1(mobilenet_spec_from_json(document), tf_keras=tf_keras)
     if "class_name" in document and "config" in document:
         return _model_from_config(document, path)
     raise UsageError(
@@ -74,7 +82,7 @@ def mobilenet_spec_from_json(document: dict[str, Any]) -> MobileNetSpec:
             classes=int(document["classes"]),
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise UsageError(f"bad MobileNet v1 description {document!r}: {exc}") from exc
+        raise UsageError(f"bad MobileNet v1 description {document!r}: {brief(exc)}") from exc
 
 
 def _model_from_config(document: dict[str, Any], path: Path) -> Any:
@@ -88,7 +96,9 @@ def _model_from_config(document: dict[str, Any], path: Path) -> Any:
 
         return keras.models.model_from_json(text)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise UnreadableCheckpoint(f"{path}: cannot build a Keras model from it: {exc}") from exc
+        raise UnreadableCheckpoint(
+            f"{path}: cannot build a Keras model from it: {brief(exc)}"
+        ) from exc
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -97,3 +97,14 @@ class WriteFailed(ExportError):
     """Saving or moving the servable on disk failed."""
 
     code = "write_failed"
+
+
+# Characters of a foreign exception's message kept in ours: TensorFlow likes to print tensors.
+_MAX_DETAIL = 300
+
+
+def brief(exc: BaseException) -> str:
+    """The first line of a foreign exception's message, cut to a readable length."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= _MAX_DETAIL else line[:_MAX_DETAIL] + "..."

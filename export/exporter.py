@@ -6,7 +6,7 @@ Knows nothing of argparse: the CLI fills an ExportRequest; tests can call `expor
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from export.errors import (
     LabelsMismatch,
     UsageError,
     VersionExists,
+    brief,
 )
 from export.preprocessing import Preprocessing
 from export.repository import next_version, read_labels_file
@@ -62,8 +63,11 @@ def export(request: ExportRequest, progress: Progress | None = None) -> Servable
         raise VersionExists(f"{target} already exists; pass --force to replace it")
     labels = read_labels_file(request.labels_file) if request.labels_file else None
     kind, path = _detect(request)
+    load = request.load
+    if load.classes is None and labels:  # a described architecture's head matches the labels
+        load = replace(load, classes=len(labels))
     say(f"loading {kind} checkpoint {path}")
-    loaded = load_checkpoint(kind, path, request.load)
+    loaded = load_checkpoint(kind, path, load)
     return _write(request, loaded, labels, target, version, say)
 
 
@@ -134,7 +138,7 @@ def _probe_outputs(classifier: Classifier, preprocessing: Preprocessing) -> np.n
         outputs = np.asarray(run_classifier(classifier, batch))
     except (tf.errors.OpError, ValueError, TypeError) as exc:
         raise BadClassifierOutput(
-            f"the model cannot run on a {height}x{width} image: {exc}"
+            f"the model cannot run on a {height}x{width} image: {brief(exc)}"
         ) from exc
     if outputs.ndim != 2:
         raise BadClassifierOutput(f"the model returns shape {outputs.shape}, not [N, classes]")

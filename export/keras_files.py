@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from export.checkpoints import Kind, LoadedModel
-from export.errors import UnreadableCheckpoint
+from export.errors import UnreadableCheckpoint, brief
 
 # What Keras raises for a file that is not (quite) a model: bad archive, bad HDF5, unknown layer.
 _LOAD_ERRORS = (ValueError, OSError, TypeError, KeyError, AttributeError, zipfile.BadZipFile)
@@ -29,7 +29,9 @@ def load_keras_file(kind: Kind, path: Path) -> LoadedModel:
 
             model = keras.models.load_model(str(path), compile=False)
     except _LOAD_ERRORS as exc:
-        raise UnreadableCheckpoint(f"{path}: cannot load it as a {kind} model: {exc}") from exc
+        raise UnreadableCheckpoint(
+            f"{path}: cannot load it as a {kind} model: {brief(exc)}"
+        ) from exc
     return LoadedModel(
         classifier=model, kind=kind, path=Path(path), input_size=keras_input_size(model, path)
     )

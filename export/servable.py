@@ -34,6 +34,7 @@ from export.errors import (
     LabelsMismatch,
     VersionExists,
     WriteFailed,
+    brief,
 )
 from export.preprocessing import NORMALIZATIONS, Preprocessing
 from export.signatures import (
@@ -196,7 +197,7 @@ def _probe(classifier: Classifier, preprocessing: Preprocessing, labels: Sequenc
         expected = np.asarray(run_classifier(classifier, normalised))
     except (tf.errors.OpError, ValueError, TypeError) as exc:
         raise BadClassifierOutput(
-            f"the classifier cannot run on a float32 batch {list(normalised.shape)}: {exc}"
+            f"the classifier cannot run on a float32 batch {list(normalised.shape)}: {brief(exc)}"
         ) from exc
     if expected.ndim != 2 or expected.shape[0] != len(pixels):
         raise BadClassifierOutput(
@@ -220,7 +221,7 @@ def _save(
     try:
         tf.saved_model.save(module, str(staging), signatures=build_signatures(module))
     except (tf.errors.OpError, ValueError, TypeError, OSError, AssertionError) as exc:
-        raise WriteFailed(f"tf.saved_model.save failed: {exc}") from exc
+        raise WriteFailed(f"tf.saved_model.save failed: {brief(exc)}") from exc
 
 
 def _write_extras(

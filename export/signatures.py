@@ -38,6 +38,8 @@ def is_keras_model(obj: object) -> bool:
 
 def run_classifier(classifier: Classifier, batch: tf.Tensor) -> tf.Tensor:
     """Call a classifier on a normalised float32 batch; float32 [N, C] comes back."""
+    # Concrete functions (TF1 graphs) accept tensors only, not numpy arrays.
+    batch = tf.convert_to_tensor(batch, dtype=tf.float32)
     keras = is_keras_model(classifier)
     output = classifier(batch, training=False) if keras else classifier(batch)
     if isinstance(output, dict) and len(output) == 1:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from export.checkpoints import Kind, LoadedModel, LoadOptions
-from export.errors import BadTensorName, UnreadableCheckpoint, UsageError
+from export.errors import BadTensorName, UnreadableCheckpoint, UsageError, brief
 
 # How many candidate names an error message lists.
 _SUGGESTIONS = 8
@@ -46,7 +46,7 @@ def _freeze(prefix: Path, input_name: str, output_name: str) -> tuple[Any, list[
                 saver.restore(session, str(prefix))
         except (tf.errors.OpError, ValueError, KeyError, OSError) as exc:
             raise UnreadableCheckpoint(
-                f"{prefix}: cannot restore the TF1 checkpoint: {exc}"
+                f"{prefix}: cannot restore the TF1 checkpoint: {brief(exc)}"
             ) from exc
         inputs = _lookup(graph, input_name, "input")
         outputs = _lookup(graph, output_name, "output")
@@ -92,7 +92,7 @@ def _wrap(frozen: Any, input_name: str, output_name: str) -> Any:
     wrapped = tf.compat.v1.wrap_function(import_frozen, [])
     graph = wrapped.graph
     return wrapped.prune(
-        feeds=graph.get_tensor_by_name(input_name), fetches=graph.get_tensor_by_name(output_name)
+        feeds=[graph.get_tensor_by_name(input_name)], fetches=graph.get_tensor_by_name(output_name)
     )
 
 

@@ -17,20 +17,33 @@ from export.architectures import (
     load_architecture_file,
 )
 from export.checkpoints import Kind, LoadedModel, LoadOptions
-from export.errors import UnreadableCheckpoint, UsageError
+from export.errors import UnreadableCheckpoint, UsageError, brief
 from export.keras_files import keras_input_size
 
 
 def load_tf2_checkpoint(prefix: Path, options: LoadOptions) -> LoadedModel:
     """Build the described model and restore the checkpoint's weights into it."""
-    model = _build(options)
+    model = _build(options, _written_by_tf_keras(prefix))
     _restore(model, prefix, options.checkpoint_key)
     return LoadedModel(
         classifier=model, kind=Kind.TF2, path=prefix, input_size=keras_input_size(model, prefix)
     )
 
 
-def _build(options: LoadOptions) -> Any:
+def _written_by_tf_keras(prefix: Path) -> bool:
+    """tf.keras 2 tracks layers as layer_with_weights-N / layer-N; Keras 3 as _operations/N."""
+    import tensorflow as tf
+
+    try:
+        names = [name for name, _shape in tf.train.list_variables(str(prefix))]
+    except (tf.errors.OpError, ValueError) as exc:
+        raise UnreadableCheckpoint(
+            f"{prefix}: not a readable TF2 checkpoint: {brief(exc)}"
+        ) from exc
+    return any("/layer_with_weights-" in name or "/layer-" in name for name in names)
+
+
+def _build(options: LoadOptions, tf_keras: bool) -> Any:
     if options.architecture is None:
         raise UsageError(
             "a TF2 checkpoint holds weights only: pass --architecture mobilenet_v1 "
@@ -40,34 +53,32 @@ def _build(options: LoadOptions) -> Any:
         if options.input_size is None or options.classes is None:
             raise UsageError("--architecture mobilenet_v1 needs --input-size and --classes")
         spec = MobileNetSpec(options.alpha, options.input_size, options.classes)
-        return build_mobilenet_v1(spec)
-    return load_architecture_file(Path(options.architecture))
+        return build_mobilenet_v1(spec, tf_keras=tf_keras)
+    return load_architecture_file(Path(options.architecture), tf_keras=tf_keras)
 
 
 def _restore(model: Any, prefix: Path, key: str) -> None:
     import tensorflow as tf
 
-    checkpoint = tf.train.Checkpoint(**{key: model})
     try:
-        status = checkpoint.read(str(prefix))
-        # Every variable of the model must come from the checkpoint; optimizer slots and
-        # other extras in the checkpoint are fine and left alone.
-        status.assert_existing_objects_matched()
-        _assert_all_restored(model, checkpoint, prefix, key)
+        _check_key(prefix, key)
+        status = tf.train.Checkpoint(**{key: model}).read(str(prefix))
+        # Extras in the checkpoint (optimizer slots, step counters) are fine: silence them.
         status.expect_partial()
+        # ...but every variable of the model must come from the checkpoint.
+        status.assert_existing_objects_matched()
     except (tf.errors.OpError, ValueError, AssertionError, KeyError) as exc:
         raise UnreadableCheckpoint(
             f"{prefix}: its weights do not fit the described architecture "
-            f"(saved as tf.train.Checkpoint({key}=model)?): {exc}"
+            f"(saved as tf.train.Checkpoint({key}=model)?): {brief(exc)}"
         ) from exc
 
 
-def _assert_all_restored(model: Any, checkpoint: Any, prefix: Path, key: str) -> None:
-    """A checkpoint with no `key` object restores nothing and raises nothing: catch that."""
+def _check_key(prefix: Path, key: str) -> None:
+    """A checkpoint without a `key` object would restore nothing and not complain."""
     import tensorflow as tf
 
-    names = {name for name, _shape in tf.train.list_variables(str(prefix))}
-    if not any(name.startswith(f"{key}/") for name in names):
-        raise AssertionError(f"the checkpoint has no object named {key!r}")
-    if not model.weights:
-        raise AssertionError("the described model has no weights")
+    roots = {name.split("/", 1)[0] for name, _shape in tf.train.list_variables(str(prefix))}
+    if key not in roots:
+        shown = ", ".join(sorted(r for r in roots if not r.startswith("_"))) or "none"
+        raise KeyError(f"the checkpoint has no object named {key!r} (it has: {shown})")

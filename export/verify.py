@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from export.errors import VerificationFailed
+from export.errors import VerificationFailed, brief
 from export.signatures import (
     CLASSES,
     IMAGES_INPUT,
@@ -56,7 +56,7 @@ def verify_saved_model(
         )
         by_images = serve(**{IMAGES_INPUT: tf.constant(sample.encoded, dtype=tf.string)})
     except (tf.errors.OpError, KeyError, ValueError, OSError) as exc:
-        raise VerificationFailed(f"the reloaded export cannot be run: {exc}") from exc
+        raise VerificationFailed(f"the reloaded export cannot be run: {brief(exc)}") from exc
     worst = 0.0
     for signature, outputs in ((PREDICT_PIXELS, by_pixels), (SERVING_DEFAULT, by_images)):
         worst = max(worst, _compare(signature, outputs, sample.expected, labels, tolerance))
