@@ -27,6 +27,9 @@ Installed = dict[str, dict[int, Marker]]
 # A version that failed verification is retried after this long, not on every pass: versions
 # are immutable, so it only heals if someone re-uploads its objects.
 RETRY_FAILED_AFTER = 300.0
+# Follow-up passes while waiting on the model server: every 2 s, for at most a minute.
+FOLLOW_UP_SECONDS = 2.0
+MAX_FOLLOW_UPS = 30
 
 
 class Syncer:
@@ -42,12 +45,19 @@ class Syncer:
         self.server = server or ServerStatus(settings.model_server_rest_url)
         self.status = StatusBook(settings.status_file, source.describe())
         self._failed_at: dict[tuple[str, int], float] = {}
+        self._listing: Listing | None = None
+        self._scanned_at = 0.0
+        self._plans: dict[str, ModelPlan] = {}
 
     def boot(self) -> None:
         """First pass. Without the source, fall back on an earlier boot's copy or raise."""
         removed = self.repository.clean_staging()
         if removed:
             log.warning("removed %d unfinished staging folder(s) from an interrupted sync", removed)
+        if self.settings.config_file.exists():
+            # An earlier boot's config may carry labels; a model server starting now would refuse
+            # them (nothing is loaded yet) and exit, so make it safe before the bucket is asked.
+            self._write_config(self._plan_local_copy(self.repository.installed()))
         try:
             self.run_pass()
         except SyncError as exc:
@@ -58,21 +68,39 @@ class Syncer:
         self.status.boot_done()
 
     def watch(self, stop: threading.Event) -> None:
-        """Pass after pass every poll interval until `stop` is set; errors never end the loop."""
-        log.info("watching %s every %gs", self.source.describe(), self.settings.poll_interval)
-        while not stop.wait(self.settings.poll_interval):
+        """Pass after pass every poll interval until `stop` is set; errors never end the loop.
+
+        While a label move or a deletion waits on the model server, short follow-up passes
+        (no bucket listing, only the server's status) apply it seconds after the version loads
+        instead of a whole interval later.
+        """
+        interval = self.settings.poll_interval
+        log.info("watching %s every %gs", self.source.describe(), interval)
+        follow_ups = 0
+        while True:
+            follow_up = self._waiting_on_server() and follow_ups < MAX_FOLLOW_UPS
+            if stop.wait(min(FOLLOW_UP_SECONDS, interval) if follow_up else interval):
+                return
+            rescan = time.monotonic() - self._scanned_at >= interval
+            follow_ups = 0 if rescan else follow_ups + 1
             try:
-                self.run_pass()
+                self.run_pass(rescan=rescan)
             except SyncError as exc:
                 log.warning("sync pass failed, keeping what is served: %s", exc)
             except Exception:
                 log.exception("unexpected error in a sync pass; trying again next interval")
 
-    def run_pass(self) -> dict[str, ModelPlan]:
-        """Scan, install what the policies want, write models.config, delete what is released."""
+    def _waiting_on_server(self) -> bool:
+        return any(p.pending_labels or p.waiting_removal for p in self._plans.values())
+
+    def run_pass(self, rescan: bool = True) -> dict[str, ModelPlan]:
+        """Scan, install what the policies want, write models.config, delete what is released.
+
+        `rescan=False` reuses the last listing: only the model server's state is asked again.
+        """
         started = time.monotonic()
         try:
-            listing = self.source.scan()
+            listing = self._scan(rescan)
         except SyncError as exc:
             self.status.record_pass(time.monotonic() - started, [str(exc)])
             self.status.write()
@@ -83,7 +111,14 @@ class Syncer:
         self._write_config(plans)
         self._delete_released(plans)
         self._record(listing, plans, errors, time.monotonic() - started)
+        self._plans = plans
         return plans
+
+    def _scan(self, rescan: bool) -> Listing:
+        if rescan or self._listing is None:
+            self._scanned_at = time.monotonic()
+            self._listing = self.source.scan()
+        return self._listing
 
     def _install_wanted(
         self, listing: Listing, installed: Installed, errors: list[str]
@@ -213,6 +248,13 @@ class Syncer:
         log.error("SOURCE UNREACHABLE AT BOOT: %s", exc)
         log.error("SERVING THE LOCAL COPY OF AN EARLIER BOOT (%s), maybe stale", _local(installed))
         log.error(banner)
+        plans = self._plan_local_copy(installed)
+        self._write_config(plans)
+        self.status.degraded = f"serving a local copy from an earlier boot: {exc}"
+        self._record(Listing(), plans, [str(exc)], 0.0)
+
+    def _plan_local_copy(self, installed: Installed) -> dict[str, ModelPlan]:
+        """Serve what the last config served (or each model's newest version) from disk alone."""
         previous = read_previous(self.settings.config_file)
         plans = {}
         for name, versions in sorted(installed.items()):
@@ -224,9 +266,7 @@ class Syncer:
                 self.server.states(name),
             )  # fmt: skip
             plans[name] = plan_model(inputs, self.settings.labels_for_unavailable)
-        self._write_config(plans)
-        self.status.degraded = f"serving a local copy from an earlier boot: {exc}"
-        self._record(Listing(), plans, [str(exc)], 0.0)
+        return plans
 
 
 def _describe(plans: Mapping[str, ModelPlan]) -> str:

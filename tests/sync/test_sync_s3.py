@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from sync.errors import BucketNotFound
 from sync.marker import MARKER_NAME
 from sync.settings import Settings
 from sync.syncer import Syncer
+from tests.support import free_port, wait_for
 from tests.sync.helpers import FakeModelServer, publish, put_manifest, served, version_dirs
 
 
@@ -217,3 +219,44 @@ def test_bad_manifest_keeps_the_model_as_it_was(env: dict, s3: Any) -> None:
     syncer.run_pass()
     assert served(env) == {"cats": ((1,), {})}
     assert "unknown model_version_policy" in status(env)["last_error"]
+
+
+def test_watch_applies_a_pending_label_seconds_after_the_version_loads(
+    env: dict, s3: Any, model_server: FakeModelServer
+) -> None:
+    publish(env, "cats", 1)
+    put_manifest(s3, env, "cats", {"version_labels": {"stable": 1}})
+    syncer = make_syncer({**env, "DYNOSERVE_SYNC_INTERVAL": "300"})
+    syncer.boot()
+    assert served(env) == {"cats": ((1,), {})}
+    stop = threading.Event()
+    watcher = threading.Thread(target=syncer.watch, args=(stop,))
+    watcher.start()
+    try:
+        model_server.serve_config(env)
+        wait_for(lambda: served(env) == {"cats": ((1,), {"stable": 1})}, timeout=10)
+    finally:
+        stop.set()
+        watcher.join(10)
+    assert not watcher.is_alive()
+
+
+def test_restart_without_bucket_or_model_server_drops_labels_from_the_old_config(
+    env: dict, s3: Any, model_server: FakeModelServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    publish(env, "cats", 1)
+    put_manifest(s3, env, "cats", {"version_labels": {"stable": 1}})
+    syncer = make_syncer(env)
+    syncer.boot()
+    model_server.serve_config(env)
+    syncer.run_pass()
+    assert served(env) == {"cats": ((1,), {"stable": 1})}
+    # The dyno's processes restart: the bucket is unreachable, the model server not up yet.
+    dead = f"http://127.0.0.1:{free_port()}"
+    make_syncer(
+        {**env, "DYNOSERVE_S3_ENDPOINT_URL": dead, "DYNOSERVE_MODEL_SERVER_REST_URL": dead}
+    ).boot()
+    assert "SERVING THE LOCAL COPY" in caplog.text
+    # Stock TF Serving would refuse to start with a label on a version it has not loaded.
+    assert served(env) == {"cats": ((1,), {})}
+    assert status(env)["degraded_flag"] == 1
