@@ -1,7 +1,8 @@
 """`python -m sync`: boot sync, then watch; exit codes and log lines made for supervisord.
 
-Exit codes: 0 done (`--once`) or stopped by SIGTERM; 64 bad arguments; 69 source unreachable
-with no local copy; 77 credentials refused; 78 configuration error (bad setting, no such bucket).
+Exit codes: 0 done (`--once`) or stopped by SIGTERM; 2 bad arguments; 69 source unreachable
+with no local copy; 75 another sync holds the repository; 77 credentials refused;
+78 configuration error (bad setting, no such bucket).
 """
 
 from __future__ import annotations
@@ -71,6 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(syncer: Syncer, once: bool) -> int:
+    try:
+        with syncer.repository.exclusive():
+            return _boot_and_watch(syncer, once)
+    except SyncError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+
+
+def _boot_and_watch(syncer: Syncer, once: bool) -> int:
     try:
         syncer.boot()
     except SyncError as exc:

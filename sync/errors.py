@@ -12,6 +12,7 @@ EX_UNAVAILABLE = 69
 EX_NOPERM = 77
 EX_CONFIG = 78
 EX_CANTCREAT = 73
+EX_TEMPFAIL = 75
 
 
 class SyncError(Exception):
@@ -26,6 +27,13 @@ class ConfigError(SyncError):
 
     exit_code = EX_CONFIG
     code = "config"
+
+
+class AlreadyRunning(SyncError):
+    """Another sync process owns this model repository."""
+
+    exit_code = EX_TEMPFAIL
+    code = "already_running"
 
 
 class SourceUnavailable(SyncError):

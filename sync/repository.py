@@ -7,12 +7,16 @@ folders, so it never sees a half-written or half-deleted version.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+from sync.errors import AlreadyRunning
 from sync.files import atomic_write_text
 from sync.marker import MARKER_NAME, Marker, read_local_marker
 from sync.source import MODEL_NAME, parse_version
@@ -26,6 +30,17 @@ class Repository:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.staging_root = base / ".staging"
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold `<base>/.sync.lock`: a second sync would delete the first one's staging folders."""
+        self.base.mkdir(parents=True, exist_ok=True)
+        with (self.base / ".sync.lock").open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise AlreadyRunning(f"another sync process is using {self.base}") from None
+            yield
 
     def version_dir(self, model: str, version: int) -> Path:
         return self.base / model / str(version)

@@ -83,7 +83,7 @@ class Settings:
 
 
 def _s3_from_env(env: Mapping[str, str]) -> S3Settings | None:
-    bucket = env.get("BUCKETEER_BUCKET_NAME") or env.get("DYNOSERVE_S3_BUCKET")
+    bucket = env.get("BUCKETEER_BUCKET_NAME")
     if not bucket:
         return None
     bandwidth = _number(env, "DYNOSERVE_SYNC_MAX_BANDWIDTH", 0, minimum=0)

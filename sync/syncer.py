@@ -235,7 +235,7 @@ class Syncer:
                 available_in_source=sorted(listing.complete.get(name, {})),
                 incomplete_in_source=sorted(listing.incomplete.get(name, [])),
                 waiting_removal=sorted(plan.waiting_removal),
-                problems=plan.notes + [e for e in errors if e.startswith(f"{name}")],
+                problems=plan.notes + [e for e in errors if e.startswith((f"{name}/", f"{name}:"))],
             )
             for name, plan in plans.items()
         }

@@ -161,3 +161,12 @@ def test_export_folder_is_the_source_without_a_bucket(tmp_path: Path) -> None:
     syncer.run_pass()
     assert syncer.status.versions_installed_total == 1
     assert (tmp_path / "models" / "cats" / "2" / "variables").is_dir()
+
+
+def test_second_sync_on_the_same_repository_exits_75(env: dict) -> None:
+    from sync.repository import Repository
+
+    with Repository(Path(env["DYNOSERVE_MODEL_BASE_PATH"])).exclusive():
+        result = run("sync", env, "--once")
+    assert result.returncode == 75
+    assert "another sync process" in result.stderr
