@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sync.local import LocalSource
+from sync.repository import Repository
 from sync.settings import Settings
 from sync.syncer import Syncer
 from tests.support import (
@@ -164,8 +165,6 @@ def test_export_folder_is_the_source_without_a_bucket(tmp_path: Path) -> None:
 
 
 def test_second_sync_on_the_same_repository_exits_75(env: dict) -> None:
-    from sync.repository import Repository
-
     with Repository(Path(env["DYNOSERVE_MODEL_BASE_PATH"])).exclusive():
         result = run("sync", env, "--once")
     assert result.returncode == 75
