@@ -179,8 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env(os.environ)
         if settings.s3 is None:
             raise ConfigError(
-                "no bucket configured: set BUCKETEER_BUCKET_NAME and the BUCKETEER_AWS_* "
-                "credentials (heroku config -s >> .env) to publish"
+                "no bucket configured: export BUCKETEER_BUCKET_NAME, BUCKETEER_AWS_ACCESS_KEY_ID "
+                "and BUCKETEER_AWS_SECRET_ACCESS_KEY (`heroku config -s` prints them) to publish"
             )
         request = pick_version(args.export_dir or settings.export_dir, args.name, args.version)
         Publisher(settings.s3, bar=sys.stderr.isatty()).publish(request)
