@@ -260,3 +260,24 @@ def test_restart_without_bucket_or_model_server_drops_labels_from_the_old_config
     # Stock TF Serving would refuse to start with a label on a version it has not loaded.
     assert served(env) == {"cats": ((1,), {})}
     assert status(env)["degraded_flag"] == 1
+
+
+def test_version_removed_from_bucket_falls_back_and_is_deleted_after_unload(
+    env: dict, s3: Any, model_server: FakeModelServer
+) -> None:
+    publish(env, "cats", 1)
+    publish(env, "cats", 2)
+    syncer = make_syncer(env)
+    syncer.boot()
+    assert version_dirs(env, "cats") == [2]  # latest 1: version 1 is not even fetched
+    model_server.serve_config(env)
+    bucket = env["BUCKETEER_BUCKET_NAME"]
+    for item in s3.list_objects_v2(Bucket=bucket, Prefix="models/cats/2/")["Contents"]:
+        s3.delete_object(Bucket=bucket, Key=item["Key"])
+    syncer.run_pass()
+    assert served(env) == {"cats": ((1,), {})}
+    assert version_dirs(env, "cats") == [1, 2]
+    model_server.serve_config(env)  # the server rereads models.config and unloads version 2
+    syncer.run_pass()
+    assert version_dirs(env, "cats") == [1]
+    assert status(env)["versions_removed_total"] == 1
