@@ -1,0 +1,163 @@
+"""Server-side batching: the scheduler on its own (fast), then concurrent requests on a real server."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.batching import BatchingOptions, BatchScheduler
+from serving.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from tests.serving.helpers import RED, Server, copy_versions, jpeg, predict_request, running_server
+
+
+class _Recorder:
+    """A batch function that doubles its input and remembers each batch's sizes."""
+
+    def __init__(self, delay: float = 0.0, gate: threading.Event | None = None) -> None:
+        self.delay = delay
+        self.gate = gate
+        self.batches: list[tuple[int, int]] = []
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.gate is not None:
+            self.gate.wait(10)
+        time.sleep(self.delay)
+        return {"y": inputs["x"] * 2}
+
+    def observe(self, size: int, padded: int) -> None:
+        self.batches.append((size, padded))
+
+
+def _scheduler(recorder: _Recorder, **options: object) -> BatchScheduler:
+    return BatchScheduler(
+        BatchingOptions(**options),  # type: ignore[arg-type]
+        recorder.run,
+        recorder.observe,
+        name="test",
+    )
+
+
+def test_concurrent_tasks_share_a_padded_batch_and_get_their_own_rows() -> None:
+    recorder = _Recorder()
+    scheduler = _scheduler(
+        recorder,
+        max_batch_size=8,
+        batch_timeout_micros=200_000,
+        num_batch_threads=1,
+        allowed_batch_sizes=(4, 8),
+    )
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            futures = [
+                pool.submit(scheduler.submit, {"x": np.array([[i]], np.float32)}, 10)
+                for i in range(6)
+            ]
+            results = [f.result()["y"] for f in futures]
+    finally:
+        scheduler.close()
+    assert [int(r[0][0]) for r in results] == [0, 2, 4, 6, 8, 10]
+    assert sum(size for size, _ in recorder.batches) == 6
+    assert len(recorder.batches) < 6, "tasks that arrive together must share batches"
+    assert all(padded in (4, 8) for _, padded in recorder.batches)
+
+
+def test_queue_limits_and_task_checks() -> None:
+    gate = threading.Event()
+    recorder = _Recorder(gate=gate)
+    scheduler = _scheduler(recorder, max_batch_size=2, max_enqueued_batches=1, num_batch_threads=1)
+    try:
+        with pytest.raises(InvalidArgument, match="larger than maximum input batch size 2"):
+            scheduler.submit({"x": np.zeros((3, 1))}, 1)
+        with pytest.raises(InvalidArgument, match="at least one dimension"):
+            scheduler.submit({"x": np.zeros(())}, 1)
+        with ThreadPoolExecutor(4) as pool:
+            blocking = pool.submit(scheduler.submit, {"x": np.zeros((2, 1))}, 10)
+            time.sleep(0.2)  # the batch thread is now busy with it, behind the closed gate
+            queued = pool.submit(scheduler.submit, {"x": np.zeros((2, 1))}, 10)
+            time.sleep(0.2)
+            with pytest.raises(Unavailable, match="queue to which this task was submitted is full"):
+                scheduler.submit({"x": np.zeros((1, 1))}, 1)
+            gate.set()
+            assert blocking.result().keys() == queued.result().keys() == {"y"}
+    finally:
+        gate.set()
+        scheduler.close()
+
+
+def test_deadline_while_queued() -> None:
+    gate = threading.Event()
+    scheduler = _scheduler(_Recorder(gate=gate), max_batch_size=1, num_batch_threads=1)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(scheduler.submit, {"x": np.zeros((1, 1))}, 10)
+            time.sleep(0.1)
+            with pytest.raises(DeadlineExceeded):
+                scheduler.submit({"x": np.zeros((1, 1))}, 0.2)
+            gate.set()
+            first.result()
+    finally:
+        gate.set()
+        scheduler.close()
+
+
+def test_options_are_validated_like_tf_serving() -> None:
+    with pytest.raises(ValueError, match="monotonically increasing"):
+        BatchingOptions(max_batch_size=8, allowed_batch_sizes=(4, 2, 8)).validate()
+    with pytest.raises(ValueError, match="must equal max_batch_size"):
+        BatchingOptions(max_batch_size=8, allowed_batch_sizes=(2, 4)).validate()
+    assert BatchingOptions(max_batch_size=8, allowed_batch_sizes=(2, 4, 8)).padded_size(3) == 4
+
+
+def _batch_metric(server: Server) -> tuple[float, float]:
+    """(count, sum) of the processed_batch_size histogram."""
+    _, page = server.rest("GET", "/monitoring/prometheus/metrics")
+    prefix = ":tensorflow:serving:batching_session:processed_batch_size"
+    count = re.search(prefix + r'_count\{[^}]*\} ([0-9.e+]+)', page)
+    total = re.search(prefix + r'_sum\{[^}]*\} ([0-9.e+]+)', page)
+    assert count and total, page[:2000]
+    return float(count.group(1)), float(total.group(1))
+
+
+def _throughput(server: Server, callers: int, per_caller: int) -> float:
+    image = jpeg(RED)
+
+    def work(_: int) -> None:
+        stub = server.predict
+        for _ in range(per_caller):
+            stub.Predict(predict_request("tiny", image), timeout=60)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(callers) as pool:
+        list(pool.map(work, range(callers)))
+    return callers * per_caller / (time.perf_counter() - started)
+
+
+@pytest.mark.slow
+def test_concurrent_requests_run_as_shared_batches(tmp_path: Path, tiny_repo: Path) -> None:
+    base = copy_versions(tiny_repo, tmp_path / "tiny", [1])
+    batching = tmp_path / "batching.config"
+    batching.write_text(
+        "max_batch_size { value: 16 }\nbatch_timeout_micros { value: 5000 }\n"
+        "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 100 }\n"
+        "allowed_batch_sizes: 4\nallowed_batch_sizes: 8\nallowed_batch_sizes: 16\n"
+    )
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text("prometheus_config { enable: true }")
+    common = ["--model_name=tiny", f"--model_base_path={base}", f"--monitoring_config_file={monitoring}"]
+    batched_args = [*common, "--enable_batching", f"--batching_parameters_file={batching}"]
+    with running_server(tmp_path / "batched.log", batched_args) as server:
+        before = _batch_metric(server)
+        batched = _throughput(server, callers=16, per_caller=8)
+        count, total = (a - b for a, b in zip(_batch_metric(server), before, strict=True))
+    with running_server(tmp_path / "plain.log", common) as server:
+        plain = _throughput(server, callers=16, per_caller=8)
+    print(f"tiny model, 16 callers: batching {batched:.0f} req/s, no batching {plain:.0f} req/s")
+    print(f"batches: {count:.0f} for 128 requests, mean padded size {total / count:.1f}")
+    assert count < 128 / 2, "concurrent requests must share batches"
+    assert total / count >= 4
