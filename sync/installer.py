@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sync.errors import ChecksumMismatch
+from sync.errors import ChecksumMismatch, VersionError
 from sync.files import sha256_file
 from sync.marker import FileEntry, Marker, check_layout
 from sync.progress import Progress
@@ -38,10 +38,17 @@ class Installer:
     def install(self, marker: Marker, local: Mapping[int, Marker]) -> InstallResult:
         """Install `marker`'s version; `local` is what this model has on disk already."""
         check_layout(marker)
-        staging = self.repository.new_staging(marker.model, marker.version)
+        what = f"{marker.model}/{marker.version}"
+        try:
+            staging = self.repository.new_staging(marker.model, marker.version)
+        except OSError as exc:
+            raise VersionError(f"{what}: cannot create a staging folder: {exc}") from exc
         try:
             result = self._fill(staging, marker, local)
             self.repository.install(staging, marker)
+        except OSError as exc:
+            discard_staging(staging)
+            raise VersionError(f"{what}: writing to {staging.parent} failed: {exc}") from exc
         except BaseException:
             # Killed or failed: nothing partial ever reaches the version folder.
             discard_staging(staging)

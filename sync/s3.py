@@ -20,6 +20,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     ReadTimeoutError,
 )
+from s3transfer.exceptions import RetriesExceededError, S3UploadFailedError
 from s3transfer.subscribers import BaseSubscriber
 
 from sync.errors import (
@@ -67,7 +68,9 @@ def s3_errors(settings: S3Settings, action: str) -> Iterator[None]:
         ) from exc
     except ClientError as exc:
         raise _client_error(exc, action, where) from exc
-    except BotoCoreError as exc:
+    except RetriesExceededError as exc:
+        raise SourceUnavailable(f"{action} {where}: gave up after retries ({exc})") from exc
+    except (BotoCoreError, S3UploadFailedError) as exc:
         raise SourceError(f"{action} {where}: {exc}") from exc
 
 

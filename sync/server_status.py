@@ -33,8 +33,8 @@ class ServerStatus:
                 exc.close()
                 if exc.code == 404:
                     return {}
-            except (OSError, ValueError):
-                pass
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # unreachable or not TF Serving's answer: treat as no answer
         return None
 
     def _get(self, url: str) -> dict[int, str]:
