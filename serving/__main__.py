@@ -1,4 +1,4 @@
-"""`python -m serving`: the launcher (stock tensorflow_model_server when present, else the local server)."""
+"""`python -m serving`: the launcher (stock tensorflow_model_server if found, else local)."""
 
 import sys
 

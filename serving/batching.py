@@ -8,6 +8,7 @@ waited batch_timeout_micros, pads to the next allowed_batch_sizes entry, runs on
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import math
 import os
@@ -62,7 +63,7 @@ class BatchingOptions:
         sizes = self.allowed_batch_sizes
         if self.max_batch_size <= 0 or self.num_batch_threads <= 0:
             raise ValueError("max_batch_size and num_batch_threads must be positive")
-        if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(sizes)):
             raise ValueError("allowed_batch_sizes entries must be monotonically increasing")
         if sizes and sizes[-1] != self.max_batch_size:
             raise ValueError("final entry in allowed_batch_sizes must equal max_batch_size")

@@ -1,4 +1,4 @@
-"""Text-format config files read with the official protos, validated as TF Serving's ServerCore does.
+"""Text-format config files read with the official protos, validated as TF Serving's ServerCore.
 
 ModelServerConfig comes from tensorflow-serving-api; BatchingParameters and MonitoringConfig from
 the official .proto sources compiled into serving/protos/descriptors.binpb (see protogen.py).

@@ -74,7 +74,7 @@ class DataPlane:
         return response
 
     def model_status(self, request: Any) -> Any:
-        """GetModelStatusImpl: one version when model_spec.version is set, else all, newest first."""
+        """GetModelStatusImpl: the given version, else all versions, newest first."""
         if not request.HasField("model_spec"):
             raise InvalidArgument("Missing ModelSpec")
         spec = request.model_spec

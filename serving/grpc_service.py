@@ -1,4 +1,4 @@
-"""gRPC transport: PredictionService and ModelService over the data plane, errors as status codes."""
+"""gRPC transport: PredictionService and ModelService over the data plane."""
 
 from __future__ import annotations
 
@@ -38,11 +38,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
 
-    def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
         with _status(context, "Predict"):
             return self.plane.predict(request, context.time_remaining(), "GRPC")
 
-    def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         with _status(context, "GetModelMetadata"):
             return self.plane.model_metadata(request)
 
@@ -53,13 +53,11 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
 
-    def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
         with _status(context, "GetModelStatus"):
             return self.plane.model_status(request)
 
-    def HandleReloadConfigRequest(  # noqa: N802
-        self, request: Any, context: grpc.ServicerContext
-    ) -> Any:
+    def HandleReloadConfigRequest(self, request: Any, context: grpc.ServicerContext) -> Any:
         with _status(context, "HandleReloadConfigRequest"):
             return self.plane.reload_config(request)
 

@@ -236,8 +236,13 @@ def metadata_json(response: Any) -> dict[str, Any]:
     """`{"model_spec": ..., "metadata": {"signature_def": ...}}` with proto field names."""
     signature_map = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signature_map)
-    options = {"always_print_fields_with_no_presence": True, "preserving_proto_field_name": True}
     return {
-        "model_spec": json_format.MessageToDict(response.model_spec, **options),
-        "metadata": {"signature_def": json_format.MessageToDict(signature_map, **options)},
+        "model_spec": _proto_named_dict(response.model_spec),
+        "metadata": {"signature_def": _proto_named_dict(signature_map)},
     }
+
+
+def _proto_named_dict(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        message, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
+    )

@@ -70,5 +70,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("starting %s", " ".join(argv_to_run))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(argv_to_run[0], argv_to_run)
+    os.execv(argv_to_run[0], argv_to_run)  # noqa: S606 - replacing ourselves is the point
     return 0  # not reached

@@ -1,4 +1,7 @@
-"""Prometheus metrics under TF Serving's names (`/tensorflow/serving/x` exported as `:tensorflow:serving:x`)."""
+"""Prometheus metrics under TF Serving's names.
+
+TF Serving's exporter turns `/tensorflow/serving/x` into `:tensorflow:serving:x`; so do we.
+"""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 from google.protobuf import message, text_format
+from grpc import StatusCode
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from serving.errors import FailedPrecondition, InvalidArgument, ServingError, Unknown
@@ -35,10 +36,10 @@ def read_meta_graph(path: Path, tags: frozenset[str]) -> Any:
                 f"Could not find SavedModel .pb or .pbtxt at supplied export directory "
                 f"path: {path}. Check that the directory exists and that you have the "
                 f"right permissions for accessing it.",
-                code=_code("NOT_FOUND"),
+                code=StatusCode.NOT_FOUND,
             )
     except (message.DecodeError, text_format.ParseError) as exc:
-        raise ServingError(f"Can't parse {binary} as binary proto", _code("DATA_LOSS")) from exc
+        raise ServingError(f"Can't parse {binary} as binary proto", StatusCode.DATA_LOSS) from exc
     for meta_graph in saved_model.meta_graphs:
         if frozenset(meta_graph.meta_info_def.tags) == tags:
             return meta_graph
@@ -47,14 +48,8 @@ def read_meta_graph(path: Path, tags: frozenset[str]) -> Any:
         f"Could not find meta graph def matching supplied tags: {{ {' '.join(sorted(tags))} }}. "
         f"To inspect available tag-sets in the SavedModel, please use the SavedModel CLI: "
         f"`saved_model_cli` (available: {available})",
-        _code("NOT_FOUND"),
+        StatusCode.NOT_FOUND,
     )
-
-
-def _code(name: str) -> Any:
-    from grpc import StatusCode
-
-    return StatusCode[name]
 
 
 class Servable:
@@ -80,8 +75,6 @@ class Servable:
             raise FailedPrecondition(f'Serving signature key "{resolved}" not found.')
         signature_def = self.signature_defs[resolved]
         if signature_def.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
-            from grpc import StatusCode
-
             raise ServingError(
                 "Expected prediction signature method_name to be one of "
                 f"{{{PREDICT_METHOD}, {CLASSIFY_METHOD}, {REGRESS_METHOD}}}. "
@@ -106,8 +99,6 @@ class Servable:
 
 
 def _code_from_tf(error_code: int) -> Any:
-    from grpc import StatusCode
-
     for code in StatusCode:
         if code.value[0] == error_code:
             return code

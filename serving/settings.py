@@ -1,4 +1,4 @@
-"""Environment settings of the serving processes (launcher and local server), read once in main()."""
+"""Environment settings of the launcher and the local server, read once in main()."""
 
 from __future__ import annotations
 

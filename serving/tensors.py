@@ -27,7 +27,7 @@ _FIELD_FOR_DTYPE: dict[np.dtype[Any], tuple[int, str]] = {
 _NUMPY_FOR_ENUM: dict[int, np.dtype[Any]] = {
     enum: dtype for dtype, (enum, _) in _FIELD_FOR_DTYPE.items()
 }
-_FIELD_FOR_ENUM: dict[int, str] = {enum: name for enum, name in _FIELD_FOR_DTYPE.values()}
+_FIELD_FOR_ENUM: dict[int, str] = dict(_FIELD_FOR_DTYPE.values())
 
 
 def dtype_name(enum: int) -> str:

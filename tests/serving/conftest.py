@@ -1,4 +1,4 @@
-"""Fixtures of the serving tests: tiny models written once, one shared server for read-only checks."""
+"""Fixtures of the serving tests: tiny models written once, one shared read-only server."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_server(tmp_path_factory: pytest.TempPathFactory, tiny_repo: Path) -> Iterator[Server]:
-    """A server with `tiny` (versions 1 and 2, labels) and `other` (version 1), REST and metrics on."""
+    """A server: `tiny` (versions 1, 2 and labels), `other` (version 1); REST and metrics on."""
     root = tmp_path_factory.mktemp("shared")
     tiny = copy_versions(tiny_repo, root / "tiny", [1, 2])
     other = copy_versions(tiny_repo, root / "other", [1])
@@ -35,7 +35,9 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory, tiny_repo: Path) -> 
         ],
     )
     monitoring = root / "monitoring.config"
-    monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }')
+    monitoring.write_text(
+        'prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }'
+    )
     args = [
         f"--model_config_file={config}",
         f"--monitoring_config_file={monitoring}",

@@ -52,7 +52,9 @@ def write_config(path: Path, models: Sequence[str]) -> Path:
     return path
 
 
-def model_entry(name: str, base: Path, policy: str = "", labels: dict[str, int] | None = None) -> str:
+def model_entry(
+    name: str, base: Path, policy: str = "", labels: dict[str, int] | None = None
+) -> str:
     lines = [f'    name: "{name}"', f'    base_path: "{base}"', '    model_platform: "tensorflow"']
     if policy:
         lines.append(f"    model_version_policy {{ {policy} }}")
@@ -80,7 +82,11 @@ class Server:
 
     def rest(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """(HTTP status, parsed JSON or text) of one REST call."""
-        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        data = (
+            None
+            if body is None
+            else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        )
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.rest_port}{path}", data=data, method=method
         )

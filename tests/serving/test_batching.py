@@ -1,4 +1,4 @@
-"""Server-side batching: the scheduler on its own (fast), then concurrent requests on a real server."""
+"""Server-side batching: the scheduler alone (fast), then concurrent calls on a real server."""
 
 from __future__ import annotations
 
@@ -118,9 +118,10 @@ def _batch_metric(server: Server) -> tuple[float, float]:
     """(count, sum) of the processed_batch_size histogram."""
     _, page = server.rest("GET", "/monitoring/prometheus/metrics")
     prefix = ":tensorflow:serving:batching_session:processed_batch_size"
-    count = re.search(prefix + r'_count\{[^}]*\} ([0-9.e+]+)', page)
-    total = re.search(prefix + r'_sum\{[^}]*\} ([0-9.e+]+)', page)
-    assert count and total, page[:2000]
+    count = re.search(prefix + r"_count\{[^}]*\} ([0-9.e+]+)", page)
+    total = re.search(prefix + r"_sum\{[^}]*\} ([0-9.e+]+)", page)
+    assert count, page[:2000]
+    assert total, page[:2000]
     return float(count.group(1)), float(total.group(1))
 
 
@@ -149,7 +150,11 @@ def test_concurrent_requests_run_as_shared_batches(tmp_path: Path, tiny_repo: Pa
     )
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text("prometheus_config { enable: true }")
-    common = ["--model_name=tiny", f"--model_base_path={base}", f"--monitoring_config_file={monitoring}"]
+    common = [
+        "--model_name=tiny",
+        f"--model_base_path={base}",
+        f"--monitoring_config_file={monitoring}",
+    ]
     batched_args = [*common, "--enable_batching", f"--batching_parameters_file={batching}"]
     with running_server(tmp_path / "batched.log", batched_args) as server:
         before = _batch_metric(server)

@@ -16,12 +16,19 @@ from tests.support import VENV_PYTHON, python_env
 
 def test_flags_parse_tf_serving_forms() -> None:
     options = flags.parse(
-        ["--port=9000", "--rest_api_port", "8501", "--enable_batching", "--enable_model_warmup=false"]
+        [
+            "--port=9000",
+            "--rest_api_port",
+            "8501",
+            "--enable_batching",
+            "--enable_model_warmup=false",
+        ]
     )
     assert (options.port, options.rest_api_port) == (9000, 8501)
     assert options.enable_batching is True
     assert options.enable_model_warmup is False
-    assert options.model_name == "default" and options.file_system_poll_wait_seconds == 1
+    assert options.model_name == "default"
+    assert options.file_system_poll_wait_seconds == 1
 
 
 def test_flags_sort_out_ignored_and_unknown() -> None:
@@ -31,7 +38,7 @@ def test_flags_sort_out_ignored_and_unknown() -> None:
 
 
 def test_malformed_values_are_refused() -> None:
-    with pytest.raises(flags.FlagValueError, match="Couldn't interpret value x for flag port."):
+    with pytest.raises(flags.FlagValueError, match=r"Couldn't interpret value x for flag port\."):
         flags.parse(["--port=x"])
     with pytest.raises(flags.FlagValueError):
         flags.parse(["--enable_batching=maybe"])
@@ -56,15 +63,19 @@ def _write(tmp_path: Path, text: str) -> str:
 
 def test_model_server_config_validation(tmp_path: Path) -> None:
     entry = 'config { name: "m" base_path: "%s" model_platform: "tensorflow" }'
-    good = config.read_model_server_config(_write(tmp_path, "model_config_list { %s }" % (entry % "/m")))
+    good = config.read_model_server_config(
+        _write(tmp_path, "model_config_list { %s }" % (entry % "/m"))
+    )
     assert good.model_config_list.config[0].name == "m"
     with pytest.raises(ConfigError, match="Invalid protobuf file"):
         config.read_model_server_config(_write(tmp_path, "model_config_list { config { nme: 1 } }"))
-    twice = "model_config_list { %s %s }" % (entry % "/a", entry % "/b")
+    twice = f"model_config_list {{ {entry % '/a'} {entry % '/b'} }}"
     with pytest.raises(InvalidArgument, match="Illegal to list model m multiple times"):
         config.read_model_server_config(_write(tmp_path, twice))
     with pytest.raises(InvalidArgument, match="absolute path or URI"):
-        config.read_model_server_config(_write(tmp_path, "model_config_list { %s }" % (entry % "rel")))
+        config.read_model_server_config(
+            _write(tmp_path, "model_config_list { %s }" % (entry % "rel"))
+        )
     no_platform = 'model_config_list { config { name: "m" base_path: "/m" } }'
     with pytest.raises(InvalidArgument, match="nor ModelServerConfig::model_platform"):
         config.read_model_server_config(_write(tmp_path, no_platform))
@@ -80,7 +91,9 @@ def test_batching_and_monitoring_files_use_the_official_messages(tmp_path: Path)
     assert batching.max_batch_size.value == 32
     with pytest.raises(ConfigError, match="Invalid protobuf file"):
         config.read_batching_parameters(_write(tmp_path, "max_batch_size: 32\n"))
-    monitoring = config.read_monitoring_config(_write(tmp_path, "prometheus_config { enable: true }"))
+    monitoring = config.read_monitoring_config(
+        _write(tmp_path, "prometheus_config { enable: true }")
+    )
     assert config.prometheus_path(monitoring) == "/monitoring/prometheus/metrics"
     assert config.prometheus_path(None) is None
 

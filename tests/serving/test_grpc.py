@@ -1,4 +1,4 @@
-"""gRPC conformance with the official tensorflow-serving-api stubs, against a real server process."""
+"""gRPC conformance with the official tensorflow-serving-api stubs, against a real server."""
 
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ def test_predict_latest_answers_with_version_and_both_outputs(shared_server: Ser
 def test_predict_pins_version_and_label(shared_server: Server) -> None:
     for spec, expected in (({"version": 1}, 1), ({"version_label": "canary"}, 2), ({}, 2)):
         request = predict_request("tiny", jpeg(GREEN), **spec)
-        assert shared_server.predict.Predict(request, timeout=30).model_spec.version.value == expected
+        assert (
+            shared_server.predict.Predict(request, timeout=30).model_spec.version.value == expected
+        )
 
 
 def test_predict_output_filter_and_pixel_signature(shared_server: Server) -> None:
@@ -61,7 +63,11 @@ def test_predict_output_filter_and_pixel_signature(shared_server: Server) -> Non
 @pytest.mark.parametrize(
     ("spec", "code", "message"),
     [
-        ({"name": "nope"}, grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(nope)"),
+        (
+            {"name": "nope"},
+            grpc.StatusCode.NOT_FOUND,
+            "Servable not found for request: Latest(nope)",
+        ),
         (
             {"name": "tiny", "version": 9},
             grpc.StatusCode.NOT_FOUND,

@@ -74,13 +74,14 @@ def test_new_version_replaces_old_under_load_without_failed_requests(
             for caller in callers:
                 caller.join()
         assert failures == []
-        assert answered[0] == 1 and answered[-1] == 2
+        assert answered[0] == 1
+        assert answered[-1] == 2
         assert server.status("tiny") == {2: ("AVAILABLE", ""), 1: ("END", "")}
         log = server.process.log()
         # Availability preserving: version 2 became AVAILABLE before version 1 started unloading.
-        assert log.index("Successfully loaded servable version {name: tiny version: 2}") < log.index(
-            "Unloading servable version {name: tiny version: 1}"
-        )
+        assert log.index(
+            "Successfully loaded servable version {name: tiny version: 2}"
+        ) < log.index("Unloading servable version {name: tiny version: 1}")
 
 
 def test_corrupt_version_is_reported_and_old_keeps_serving(tmp_path: Path, tiny_repo: Path) -> None:
@@ -92,11 +93,11 @@ def test_corrupt_version_is_reported_and_old_keeps_serving(tmp_path: Path, tiny_
         (broken / "saved_model.pb").write_bytes(b"\x08this is not a SavedModel")
         broken.rename(base / "3")
         wait_for(lambda: server.status("tiny").get(3, ("",))[0] == "END", 30, what="v3 END")
-        state, error = server.status("tiny")[3]
+        _, error = server.status("tiny")[3]
         assert error, "the failed version must carry its error"
         assert server.status("tiny")[1] == ("AVAILABLE", "")
         assert _version_answering(server, "tiny") == 1
-        status, body = server.rest("GET", "/v1/models/tiny/versions/3")
+        _, body = server.rest("GET", "/v1/models/tiny/versions/3")
         assert body["model_version_status"][0]["status"]["error_code"] != "OK"
         assert "Loading servable: {name: tiny version: 3} failed" in server.process.log()
 

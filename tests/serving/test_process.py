@@ -1,4 +1,4 @@
-"""The server and launcher as processes: start-up refusals, flags, graceful SIGTERM, the launcher."""
+"""The server and launcher as processes: start-up refusals, flags, graceful SIGTERM."""
 
 from __future__ import annotations
 
@@ -13,13 +13,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving.helpers import RED, copy_versions, jpeg, model_entry, predict_request, running_server, write_config
-from tests.support import VENV_PYTHON, python_env, wait_for
+from tests.serving.helpers import (
+    RED,
+    copy_versions,
+    jpeg,
+    model_entry,
+    predict_request,
+    running_server,
+    write_config,
+)
+from tests.support import VENV_PYTHON, python_env
 
 pytestmark = pytest.mark.slow
 
 
-def _run(args: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(VENV_PYTHON), "-m", *args],
         env=python_env(env),
@@ -42,12 +52,17 @@ def test_unparsable_config_file_is_refused_like_tf_serving(tmp_path: Path) -> No
     config.write_text("model_config_list { config { name: 'x' bogus_field: 1 } }")
     result = _run(["serving.local", f"--model_config_file={config}", "--port=0"])
     assert result.returncode == 255
-    assert f"Failed to start server. Error: INVALID_ARGUMENT: Invalid protobuf file: '{config}'" in result.stdout
+    assert (
+        f"Failed to start server. Error: INVALID_ARGUMENT: Invalid protobuf file: '{config}'"
+        in result.stdout
+    )
 
 
 def test_labels_at_startup_need_the_allow_flag(tmp_path: Path, tiny_repo: Path) -> None:
     base = copy_versions(tiny_repo, tmp_path / "tiny", [1])
-    config = write_config(tmp_path / "models.config", [model_entry("tiny", base, labels={"stable": 1})])
+    config = write_config(
+        tmp_path / "models.config", [model_entry("tiny", base, labels={"stable": 1})]
+    )
     result = _run(["serving.local", f"--model_config_file={config}", "--port=0"])
     assert result.returncode == 255
     assert (
@@ -89,7 +104,9 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, tiny_repo: Path)
         assert server.process.proc.wait(30) == 0
         log = server.process.log()
     assert "unknown argument: --some_unknown_flag=1" in log
-    assert "--grpc_channel_arguments is a TF Serving flag this local server accepts but ignores" in log
+    assert (
+        "--grpc_channel_arguments is a TF Serving flag this local server accepts but ignores" in log
+    )
     assert "Done unloading servable version {name: tiny version: 1}" in log
 
 
@@ -107,9 +124,15 @@ def test_launcher_execs_stock_binary_with_canonical_flags(tmp_path: Path) -> Non
     config = tmp_path / "models.config"
     config.write_text("model_config_list {}")
     env = {"DYNOSERVE_MODEL_SERVER_BIN": str(script)}
-    result = _run(["serving", "--port", "8500", f"--model_config_file={config}", "--enable_batching"], env)
+    result = _run(
+        ["serving", "--port", "8500", f"--model_config_file={config}", "--enable_batching"], env
+    )
     assert result.returncode == 0, result.stderr
-    assert record.read_text().split() == ["--port=8500", f"--model_config_file={config}", "--enable_batching"]
+    assert record.read_text().split() == [
+        "--port=8500",
+        f"--model_config_file={config}",
+        "--enable_batching",
+    ]
 
 
 def test_launcher_waits_for_the_config_file(tmp_path: Path) -> None:

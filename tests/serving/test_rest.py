@@ -1,4 +1,4 @@
-"""REST conformance: TF Serving's paths, JSON shapes, error bodies and HTTP codes, over plain HTTP."""
+"""REST conformance: TF Serving's paths, JSON shapes, error bodies and HTTP codes, plain HTTP."""
 
 from __future__ import annotations
 
@@ -75,18 +75,33 @@ def test_predict_columnar_format_and_pixels(shared_server: Server) -> None:
 @pytest.mark.parametrize(
     ("path", "body", "code", "message"),
     [
-        ("/v1/models/nope:predict", {"instances": []}, 404, "Servable not found for request: Latest(nope)"),
+        (
+            "/v1/models/nope:predict",
+            {"instances": []},
+            404,
+            "Servable not found for request: Latest(nope)",
+        ),
         (
             "/v1/models/tiny/labels/gold:predict",
             {"instances": []},
             400,
             "Unrecognized servable version label: gold",
         ),
-        ("/v1/models/tiny:predict", {"signature_name": 100}, 400, "'signature_name' key must be a string value."),
+        (
+            "/v1/models/tiny:predict",
+            {"signature_name": 100},
+            400,
+            "'signature_name' key must be a string value.",
+        ),
         ("/v1/models/tiny:predict", {}, 400, "Missing 'inputs' or 'instances' key"),
         ("/v1/models/tiny:predict", b"{not json", 400, None),
         ("/v1/models/tiny:predict", {"instances": [{"b64": "@@"}]}, 400, None),
-        ("/v1/models/tiny:frobnicate", {"instances": []}, 400, "Malformed request: POST /v1/models/tiny:frobnicate"),
+        (
+            "/v1/models/tiny:frobnicate",
+            {"instances": []},
+            400,
+            "Malformed request: POST /v1/models/tiny:frobnicate",
+        ),
         (
             "/v1/models/tiny:predict",
             {"signature_name": "nope", "instances": []},

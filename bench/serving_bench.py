@@ -1,0 +1,245 @@
+"""Model-server benchmark: the raw SavedModel signature against gRPC Predict on the local server.
+
+One run measures, on the benchmark model (MobileNet v1 224, 40 classes, serving_default with
+JPEG decoding in the graph): the signature called in-process at batch 1 and batch 32, then gRPC
+Predict with 1, 8, 32 and 64 concurrent callers each sending one JPEG, against the local server
+without and with server-side batching. Results go to bench/results/serving.json.
+The client threads share the machine's cores with the server; the numbers say so.
+Run: python -m bench.serving_bench [--model-dir D] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "serving.json"
+MODEL = "mobilenet"
+CALLERS = (1, 8, 32, 64)
+BATCHING = (
+    "max_batch_size { value: 32 }\n"
+    "batch_timeout_micros { value: 0 }\n"
+    "num_batch_threads { value: 1 }\n"
+    "max_enqueued_batches { value: 64 }\n"
+)
+
+
+def sample_jpeg(size: int = 224) -> bytes:
+    """A photo-like 224x224 JPEG (smooth gradients plus noise), about what a client sends."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:size, 0:size]
+    base = np.stack([x, y, (x + y) // 2], axis=-1) * (255 / size)
+    pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def ensure_model(model_dir: Path) -> Path:
+    """The benchmark model's base path, exported by export.benchmodel if missing."""
+    base = model_dir / MODEL
+    if not (base / "1" / "saved_model.pb").exists():
+        subprocess.run(
+            [sys.executable, "-m", "export.benchmodel", "--export-dir", str(model_dir)],
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    return base
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(samples_ms)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {"p50_ms": at(0.50), "p90_ms": at(0.90), "p99_ms": at(0.99), "n": len(ordered)}
+
+
+def measure_raw(base: Path, image: bytes, seconds: float) -> dict[str, Any]:
+    """The serving_default signature called directly (loaded SavedModel, no server)."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
+    one = tf.constant([image])
+    batch = tf.constant([image] * 32)
+    for _ in range(5):
+        signature(images=one)
+        signature(images=batch)
+    latencies = _timed_calls(lambda: signature(images=one), seconds)
+    started, calls = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        signature(images=batch)
+        calls += 1
+    elapsed = time.perf_counter() - started
+    return {
+        "batch1": percentiles(latencies),
+        "batch32_images_per_s": round(32 * calls / elapsed, 1),
+    }
+
+
+def _timed_calls(call: Callable[[], Any], seconds: float) -> list[float]:
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        call()
+        latencies.append((time.perf_counter() - started) * 1000)
+    return latencies
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(
+    base: Path, extra: Sequence[str], log: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """The local server on a free port, once its gRPC port accepts connections."""
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "serving.local",
+        f"--port={port}",
+        f"--model_name={MODEL}",
+        f"--model_base_path={base}",
+        *extra,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early; see {log}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return process, port
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"server did not start; see {log}")
+
+
+def load(port: int, image: bytes, callers: int, seconds: float) -> dict[str, Any]:
+    """`callers` threads, each sending one-JPEG Predict calls back to back for `seconds`."""
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.inputs["images"].dtype = 7  # DT_STRING
+    request.inputs["images"].tensor_shape.dim.add().size = 1
+    request.inputs["images"].string_val.append(image)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    for _ in range(3):
+        stub.Predict(request, timeout=60)
+    results: list[list[float]] = [[] for _ in range(callers)]
+    errors: list[str] = []
+    start = threading.Barrier(callers + 1)
+
+    def caller(index: int) -> None:
+        start.wait()
+        try:
+            results[index] = _timed_calls(lambda: stub.Predict(request, timeout=60), seconds)
+        except grpc.RpcError as exc:
+            errors.append(str(exc.code()))
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    channel.close()
+    samples = [ms for per_caller in results for ms in per_caller]
+    return {
+        **percentiles(samples),
+        "requests_per_s": round(len(samples) / elapsed, 1),
+        "errors": len(errors),
+    }
+
+
+def run_server_series(
+    base: Path, image: bytes, extra: Sequence[str], seconds: float, log: Path
+) -> dict[str, Any]:
+    process, port = start_server(base, extra, log)
+    try:
+        return {str(n): load(port, image, n, seconds) for n in CALLERS}
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+def verdict(raw: dict[str, Any], plain: dict[str, Any], batched: dict[str, Any]) -> dict[str, Any]:
+    one_caller = min(plain["1"]["p50_ms"], batched["1"]["p50_ms"])
+    latency_budget = raw["batch1"]["p50_ms"] + 1.5
+    throughput_floor = 0.9 * raw["batch32_images_per_s"]
+    return {
+        "one_caller_p50_ms": one_caller,
+        "one_caller_budget_ms": round(latency_budget, 2),
+        "one_caller_met": one_caller <= latency_budget,
+        "batched_32_callers_per_s": batched["32"]["requests_per_s"],
+        "batched_32_floor_per_s": round(throughput_floor, 1),
+        "batched_32_met": batched["32"]["requests_per_s"] >= throughput_floor,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving_bench", description=__doc__)
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "var" / "bench-models")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    base = ensure_model(args.model_dir)
+    image = sample_jpeg()
+    raw = measure_raw(base, image, args.seconds)
+    print("raw signature:", json.dumps(raw))
+    with tempfile.TemporaryDirectory() as tmp:
+        batching_file = Path(tmp) / "batching.config"
+        batching_file.write_text(BATCHING)
+        plain = run_server_series(base, image, [], args.seconds, Path(tmp) / "plain.log")
+        print("gRPC, no batching:", json.dumps(plain))
+        batched_args = ["--enable_batching", f"--batching_parameters_file={batching_file}"]
+        batched = run_server_series(base, image, batched_args, args.seconds, Path(tmp) / "b.log")
+        print("gRPC, batching:", json.dumps(batched))
+    result = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "note": "client threads run on the same cores as the server",
+        "image_bytes": len(image),
+        "batching_parameters": BATCHING,
+        "raw_signature": raw,
+        "grpc_no_batching": plain,
+        "grpc_batching": batched,
+        "targets": verdict(raw, plain, batched),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print("targets:", json.dumps(result["targets"]))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
