@@ -7,9 +7,11 @@ import io
 import socket
 import sys
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +30,7 @@ from gateway.results import (
     VersionInfo,
 )
 from gateway.settings import Settings
+from tests.support import GATEWAY_PYTHON, VENV_PYTHON, ManagedProcess, free_port, python_env
 
 
 def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (8, 8), color: str = "red") -> bytes:
@@ -221,3 +224,121 @@ def _loopback_only(sock: socket.socket, address: Any) -> Any:
 def loopback_guard(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every Python-level connect in gateway tests must target loopback; others fail loudly."""
     monkeypatch.setattr(socket.socket, "connect", _loopback_only)
+
+
+# --- the real stack: local model server + gateway process -------------------------------------
+
+MODELS_CONFIG = """model_config_list {{
+  config {{
+    name: "shapes"
+    base_path: "{base}/shapes"
+    model_platform: "tensorflow"
+    model_version_policy {{ all {{}} }}
+    version_labels {{ key: "stable" value: 1 }}
+    version_labels {{ key: "canary" value: 2 }}
+  }}
+}}
+"""
+
+
+@dataclass
+class Stack:
+    """A running model server (and its repository) the request-path tests share."""
+
+    grpc_target: str
+    config_file: Path
+    log_dir: Path
+
+
+@pytest.fixture(scope="session")
+def model_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The local TF-Serving-compatible server with model `shapes` versions 1 and 2."""
+    from export.testing import write_tiny_model
+    from gateway.client import ModelServerClient
+
+    base = tmp_path_factory.mktemp("models")
+    write_tiny_model(base, "shapes", 1, seed=0)
+    write_tiny_model(base, "shapes", 2, seed=1)
+    config = base / "models.config"
+    config.write_text(MODELS_CONFIG.format(base=base))
+    port = free_port()
+    argv = [
+        str(VENV_PYTHON),
+        "-m",
+        "serving.local",
+        f"--port={port}",
+        f"--model_config_file={config}",
+        "--allow_version_labels_for_unavailable_models",
+        "--file_system_poll_wait_seconds=0",
+    ]
+    logs = tmp_path_factory.mktemp("logs")
+    client = ModelServerClient(f"127.0.0.1:{port}", 2.0, max_attempts=1)
+
+    def available() -> bool:
+        try:
+            return sum(s.state == "AVAILABLE" for s in client.status("shapes")) == 2
+        except GatewayError:
+            return False
+
+    with ManagedProcess(argv, logs / "model-server.log") as server:
+        server.wait_ready(available, timeout=120)
+        client.close()
+        yield Stack(f"127.0.0.1:{port}", config, logs)
+
+
+def gateway_env(stack: Stack, port: int, **extra: str) -> dict[str, str]:
+    env = python_env(
+        {
+            "PORT": str(port),
+            "DYNOSERVE_BIND_HOST": "127.0.0.1",
+            "DYNOSERVE_MODEL_SERVER": stack.grpc_target,
+            "DYNOSERVE_MODEL_CONFIG_FILE": str(stack.config_file),
+            "DYNOSERVE_FETCH_ALLOW_PRIVATE": "1",
+            "DYNOSERVE_SYNC_STATUS_FILE": str(stack.log_dir / "no-sync-status.json"),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+@dataclass
+class GatewayProcess:
+    process: ManagedProcess
+    base: str
+
+    @property
+    def pid(self) -> int:
+        assert self.process.proc is not None
+        return self.process.proc.pid
+
+
+def start_gateway(stack: Stack, name: str, **extra: str) -> GatewayProcess:
+    """`python -m gateway` in the gateway venv (no TensorFlow), ready when /readyz says so."""
+    port = free_port()
+    argv = [str(GATEWAY_PYTHON), "-m", "gateway"]
+    process = ManagedProcess(
+        argv, stack.log_dir / f"{name}.log", env=gateway_env(stack, port, **extra)
+    )
+    process.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        process.wait_ready(lambda: http_ok(base + "/readyz"), timeout=60)
+    except BaseException:
+        process.stop()
+        raise
+    return GatewayProcess(process, base)
+
+
+@pytest.fixture(scope="session")
+def gateway(model_stack: Stack) -> Iterator[GatewayProcess]:
+    running = start_gateway(model_stack, "gateway")
+    yield running
+    running.process.stop()
