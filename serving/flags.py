@@ -25,8 +25,6 @@ class ServerOptions:
     """gRPC port (0 disables gRPC)."""
     rest_api_port: int = 0
     """HTTP/REST port; 0 disables REST."""
-    rest_api_num_threads: int = 0
-    """HTTP worker threads; 0 means 4 x CPUs as in TF Serving."""
     rest_api_timeout_in_ms: int = 30000
     """Deadline of a REST predict call."""
     enable_batching: bool = False
@@ -83,6 +81,7 @@ SUPPORTED: dict[str, str] = {
 # TF Serving flags accepted with a warning: meaningless here (TPU, TFLite, TLS...) or not built.
 ACCEPTED_WITH_WARNING: dict[str, str] = {
     "grpc_socket_path": _STR,
+    "rest_api_num_threads": _INT,
     "rest_api_enable_cors_support": _BOOL,
     "enable_per_model_batching_parameters": _BOOL,
     "num_load_threads": _INT,
