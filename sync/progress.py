@@ -54,7 +54,7 @@ class Progress:
         rate = self.done / _MB / elapsed if elapsed > 0 else 0.0
         suffix = f", {note}" if note else ""
         self.logger.info(
-            "%s: %.1f MB in %.2f s (%.1f MB/s)%s", self.what, self.done / _MB, elapsed, rate, suffix
+            "%s: %s in %.2f s (%.1f MB/s)%s", self.what, _size(self.done), elapsed, rate, suffix
         )
         return elapsed
 
@@ -68,3 +68,7 @@ class Progress:
         bar = "#" * filled + "-" * (width - filled)
         self.stream.write(f"\r{self.what} [{bar}] {self._figures()}")
         self.stream.flush()
+
+
+def _size(count: int) -> str:
+    return f"{count / _MB:.1f} MB" if count >= _MB else f"{count / 1024:.1f} kB"
