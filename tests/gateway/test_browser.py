@@ -1,0 +1,140 @@
+"""The demo page in real headless Chromium: list models, upload, drop, paste a URL, see bars.
+
+The gateway runs in-process under waitress (the production server code) with FakePredictor
+behind it: this tests the page and the HTTP layer, not the model.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.app import create_app
+from gateway.errors import ModelNotReady
+from gateway.server import build_server, serve
+from gateway.settings import Settings
+from tests.gateway.conftest import FakePredictor, ImageServer, image_bytes
+from tests.support import free_port
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PNG = image_bytes("PNG", size=(32, 32), color="orange")
+
+
+@pytest.fixture(scope="module")
+def live_predictor() -> FakePredictor:
+    return FakePredictor()
+
+
+@pytest.fixture(scope="module")
+def live_gateway(live_predictor: FakePredictor) -> Iterator[str]:
+    settings = Settings(port=free_port(), bind_host="127.0.0.1", fetch_allow_private=True)
+    server = build_server(create_app(settings, live_predictor), settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(server, stop, 5.0), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{settings.port}"
+    stop.set()
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is missing: run `make apt-deps`")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Any, live_gateway: str, live_predictor: FakePredictor) -> Iterator[Any]:
+    live_predictor.fail_with = None
+    context = browser.new_context()
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(live_gateway + "/")
+    page.wait_for_function("document.querySelector('#model').options.length > 0")
+    yield page
+    context.close()
+    # CSP violations and script errors show up here; expected HTTP errors are filtered.
+    assert [p for p in problems if "status of 503" not in p] == []
+
+
+def rendered(page: Any) -> list[tuple[str, str]]:
+    page.wait_for_selector("#results li")
+    rows = page.query_selector_all("#results li")
+    return [
+        (row.get_attribute("data-label"), row.query_selector(".score").inner_text()) for row in rows
+    ]
+
+
+def test_models_and_versions_are_listed(page: Any) -> None:
+    assert page.eval_on_selector_all("#model option", "os => os.map(o => o.value)") == ["shapes"]
+    versions = page.eval_on_selector_all("#version option", "os => os.map(o => o.textContent)")
+    assert versions == ["latest", "stable (v1)", "v2 available", "v1 available"]
+
+
+def test_upload_shows_top5_bars(page: Any, live_predictor: FakePredictor) -> None:
+    page.set_input_files("#file", files=[{"name": "o.png", "mimeType": "image/png", "buffer": PNG}])
+    assert rendered(page) == [("cat", "70.0%"), ("dog", "20.0%"), ("bird", "10.0%")]
+    width = page.eval_on_selector("#results li .bar span", "e => e.style.width")
+    assert width == "70%"
+    assert "shapes v2" in page.inner_text("#meta")
+    assert live_predictor.calls[-1].images[0].data == PNG
+    assert live_predictor.calls[-1].top_k == 5
+
+
+def test_drop_a_file_with_a_pinned_version(page: Any, live_predictor: FakePredictor) -> None:
+    page.select_option("#version", label="v1 available")
+    page.evaluate(
+        """bytes => {
+            const file = new File([new Uint8Array(bytes)], "drop.png", {type: "image/png"});
+            const data = new DataTransfer();
+            data.items.add(file);
+            const zone = document.getElementById("drop");
+            zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: data, bubbles: true}));
+            zone.dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
+        }""",
+        list(PNG),
+    )
+    assert rendered(page)[0][0] == "cat"
+    assert "shapes v1" in page.inner_text("#meta")
+    assert live_predictor.calls[-1].images[0].data == PNG
+    assert live_predictor.calls[-1].version == 1
+
+
+def test_paste_a_url(page: Any, image_server: ImageServer, live_predictor: FakePredictor) -> None:
+    url = image_server.add_bytes("/browser.png", PNG, {"Content-Type": "image/png"})
+    page.select_option("#version", label="stable (v1)")
+    page.fill("#image-url", url)
+    page.click("#submit")
+    assert rendered(page)[0] == ("cat", "70.0%")
+    assert live_predictor.calls[-1].images[0].url == url
+    assert live_predictor.calls[-1].label == "stable"
+
+
+def test_errors_are_shown(page: Any, live_predictor: FakePredictor) -> None:
+    live_predictor.fail_with = ModelNotReady("model 'shapes' has no AVAILABLE version yet")
+    page.set_input_files("#file", files=[{"name": "o.png", "mimeType": "image/png", "buffer": PNG}])
+    page.wait_for_selector("#status.error")
+    assert "model_not_ready" in page.inner_text("#status")
+    assert page.query_selector_all("#results li") == []
