@@ -1,0 +1,57 @@
+"""Publishing to the moto server: leftovers of a dead publish are replaced, published versions
+are never overwritten (the marker is written with If-None-Match: *)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sync.errors import PublishError
+from sync.marker import MARKER_NAME, build_marker
+from sync.publish import Publisher, PublishRequest, pick_version
+from sync.settings import Settings
+from tests.sync.helpers import make_version
+
+
+def test_unfinished_upload_is_replaced_then_version_is_immutable(env: dict, s3: Any) -> None:
+    settings = Settings.from_env(env)
+    assert settings.s3 is not None
+    bucket = env["BUCKETEER_BUCKET_NAME"]
+    s3.put_object(Bucket=bucket, Key="models/cats/1/saved_model.pb", Body=b"half")
+    folder = make_version(settings.export_dir, "cats", 1)
+    publisher = Publisher(settings.s3)
+    marker = publisher.publish(pick_version(settings.export_dir, "cats", None))
+    body = s3.get_object(Bucket=bucket, Key="models/cats/1/saved_model.pb")["Body"].read()
+    assert body == (folder / "saved_model.pb").read_bytes()
+    with pytest.raises(PublishError, match="already published"):
+        publisher.publish(PublishRequest("cats", 1, folder))
+    # Two publishers racing past the check: the second marker write must lose.
+    with pytest.raises(PublishError, match="by someone else"):
+        publisher._put_marker(marker, "models/cats/1/")
+    assert MARKER_NAME in {
+        item["Key"].rsplit("/", 1)[1] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]
+    }
+
+
+def test_pick_version_takes_the_newest_export(tmp_path: Path) -> None:
+    make_version(tmp_path, "cats", 2)
+    make_version(tmp_path, "cats", 10)
+    (tmp_path / "cats" / ".staging-11").mkdir()
+    assert pick_version(tmp_path, "cats", None).version == 10
+    assert pick_version(tmp_path, "cats", 2).folder == tmp_path / "cats" / "2"
+    with pytest.raises(PublishError, match="not an exported version"):
+        pick_version(tmp_path, "cats", 3)
+
+
+def test_marker_lists_every_file_with_its_digest(tmp_path: Path) -> None:
+    folder = make_version(tmp_path, "cats", 1)
+    marker = build_marker("cats", 1, folder)
+    assert {e.path for e in marker.files} == {
+        "saved_model.pb",
+        "variables/variables.index",
+        "variables/variables.data-00000-of-00001",
+        "assets/labels.txt",
+    }
+    assert marker.total_bytes == sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
