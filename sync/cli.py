@@ -49,6 +49,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m sync",
         description="Sync models from S3 (or the export folder) into the model repository.",
+        epilog="Exit codes: 0 ok, 69 source unreachable (no local copy), 75 another sync runs, "
+        "77 credentials refused, 78 configuration. Settings and rules: docs/sync.md.",
     )
     parser.add_argument("--once", action="store_true", help="boot sync only, then exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
