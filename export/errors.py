@@ -93,6 +93,12 @@ class VerificationFailed(ExportError):
     code = "verification_failed"
 
 
+class TrainingFailed(ExportError):
+    """The demo classifier did not reach its required held-out accuracy."""
+
+    code = "training_failed"
+
+
 class WriteFailed(ExportError):
     """Saving or moving the servable on disk failed."""
 
