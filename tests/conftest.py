@@ -1,4 +1,4 @@
-"""Fixtures every test package shares: a clean environment for each test."""
+"""Fixtures every test package shares: a clean environment for each test, a real S3 API server."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 from collections.abc import Iterator
 
 import pytest
+
+from tests.support import VENV_PYTHON, ManagedProcess, free_port, port_open, python_env
 
 # Variables the project reads. Tests set what they need; nothing leaks in from the shell.
 _PROJECT_PREFIXES = ("DYNOSERVE_", "BUCKETEER_", "AWS_")
@@ -18,3 +20,15 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if name.startswith(_PROJECT_PREFIXES) or name in _PROJECT_NAMES:
             monkeypatch.delenv(name, raising=False)
     yield
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real S3 API server (moto in server mode) on loopback, shared by the session;
+    tests keep apart by using buckets of their own."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    argv = [str(VENV_PYTHON), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with ManagedProcess(argv, log, env=python_env()) as server:
+        server.wait_ready(lambda: port_open(port))
+        yield f"http://127.0.0.1:{port}"
