@@ -5,8 +5,8 @@ Pure functions, no I/O, so the rules TF Serving imposes are tested directly:
   before stay (a corrupt upload never reduces what is served);
 - a label may point only at a served version, and (TF Serving's UpdateModelVersionLabelMap)
   only at one the server reports AVAILABLE, except a new label when the server runs with
-  --allow_version_labels_for_unavailable_models; otherwise the label stays where it was and the
-  move is pending until the target is loaded;
+  --allow_version_labels_for_unavailable_models; otherwise the label stays where it was, its
+  old version stays served, and the move is pending until the target is loaded;
 - a version leaves the disk only after the server stopped holding it.
 """
 
@@ -94,23 +94,27 @@ def _labels(
     plan: ModelPlan,
 ) -> dict[str, int]:
     def assignable(label: str, version: int) -> bool:
-        if version not in served:
-            return False
         if inputs.states is not None and inputs.states.get(version) == "AVAILABLE":
             return True
+        # With the server flag, a label that is new or unchanged may name an unloaded version.
         return for_unavailable and previous.get(label, version) == version
 
     labels: dict[str, int] = {}
     for label, target in sorted(wanted.items()):
-        if target not in served and target not in inputs.failed:
-            plan.notes.append(f"label {label!r} -> {target} ignored: version {target} not served")
-        if assignable(label, target):
-            labels[label] = target
-            continue
-        plan.pending_labels[label] = target
         before = previous.get(label)
-        if before is not None and assignable(label, before):
-            labels[label] = before
+        if target in served and assignable(label, target):
+            labels[label] = target
+        elif target not in served and target not in inputs.failed:
+            plan.notes.append(f"label {label!r} -> {target} ignored: version {target} not served")
+            if before in served and assignable(label, before):
+                labels[label] = before
+        else:
+            plan.pending_labels[label] = target
+            if before is not None and before in inputs.installed and assignable(label, before):
+                # TF Serving's two-step swap: the old target stays served (even if the policy
+                # has moved on) and keeps the label until the new target is loaded.
+                labels[label] = before
+                served.add(before)
     return labels
 
 

@@ -155,3 +155,17 @@ def test_previous_config_is_read_back(tmp_path: Path) -> None:
     assert previous["b"].versions == (7,)
     assert previous["b"].base_path == Path("/m/b")
     assert read_previous(tmp_path / "missing") == {}
+
+
+def test_label_move_keeps_the_old_version_served_until_the_swap() -> None:
+    # latest 1 moves on to version 2 and the label follows: TF Serving's two-step swap.
+    manifest = ModelManifest(VersionPolicy("latest", 1), {"stable": 2})
+    plan = plan_model(inputs(manifest=manifest), labels_for_unavailable=False)
+    assert plan.served.versions == (1, 2)
+    assert plan.served.labels == {"stable": 1}
+    assert not plan.waiting_removal
+    loaded = inputs(manifest=manifest, states={1: "AVAILABLE", 2: "AVAILABLE"})
+    plan = plan_model(loaded, labels_for_unavailable=False)
+    assert plan.served.versions == (2,)
+    assert plan.served.labels == {"stable": 2}
+    assert plan.waiting_removal == {1}
