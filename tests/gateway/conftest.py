@@ -42,7 +42,8 @@ def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (8, 8), color: str = "
 
 
 def animated_gif(frames: int = 3, size: tuple[int, int] = (8, 8)) -> bytes:
-    images = [Image.new("P", size, i * 40) for i in range(frames)]
+    colors = ["red", "green", "blue", "yellow", "white"]
+    images = [Image.new("RGB", size, colors[i % len(colors)]) for i in range(frames)]
     out = io.BytesIO()
     images[0].save(out, format="GIF", save_all=True, append_images=images[1:], duration=50)
     return out.getvalue()

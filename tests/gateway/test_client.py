@@ -1,0 +1,222 @@
+"""The gRPC client against a real gRPC server on loopback (FakeModelServer, named so: it
+scripts failures the real model server cannot be made to produce on demand)."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+
+from gateway._proto.dynoserve.tf_serving import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    predict_pb2,
+    services_pb2_grpc,
+)
+from gateway.client import ModelServerClient, decode_outputs, string_tensor
+from gateway.errors import (
+    GRPC_TO_ERROR,
+    DeadlineExceeded,
+    InvalidArgument,
+    ModelServerError,
+    ServiceUnavailable,
+    error_for_grpc,
+)
+from gateway.predictor import VersionResolver, top_k
+from tests.support import free_port
+
+
+class FakeModelServer(
+    services_pb2_grpc.PredictionServiceServicer, services_pb2_grpc.ModelServiceServicer
+):
+    """Answers Predict with fixed scores after failing `failures` times with `code`."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.failures = 0
+        self.code = grpc.StatusCode.UNAVAILABLE
+        self.delay = 0.0
+        self.metadata: list[dict[str, str]] = []
+        self.lock = threading.Lock()
+
+    def _maybe_fail(self, context: grpc.ServicerContext) -> None:
+        with self.lock:
+            self.calls += 1
+            failing = self.calls <= self.failures
+        self.metadata.append(dict(context.invocation_metadata()))
+        if self.delay:
+            time.sleep(self.delay)
+        if failing:
+            context.abort(self.code, "scripted failure")
+
+    def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._maybe_fail(context)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = 3
+        probs = response.outputs["probabilities"]
+        probs.dtype = 1
+        probs.tensor_shape.dim.add(size=1)
+        probs.tensor_shape.dim.add(size=3)
+        probs.tensor_content = struct.pack("<3f", 0.2, 0.5, 0.3)
+        return response
+
+    def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._maybe_fail(context)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = request.model_spec.version.value or 3
+        sigs = get_model_metadata_pb2.SignatureDefMap()
+        sigs.signature_def["serving_default"].inputs["images"].dtype = 7
+        response.metadata["signature_def"].Pack(sigs)
+        return response
+
+    def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._maybe_fail(context)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        response.model_version_status.add(version=3, state=30)
+        return response
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[tuple[FakeModelServer, str]]:
+    servicer = FakeModelServer()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    services_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
+    services_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    yield servicer, f"127.0.0.1:{port}"
+    server.stop(grace=None)
+
+
+@pytest.fixture
+def fake(
+    fake_server: tuple[FakeModelServer, str],
+) -> Iterator[tuple[FakeModelServer, ModelServerClient]]:
+    servicer, target = fake_server
+    servicer.calls, servicer.failures, servicer.delay = 0, 0, 0.0
+    servicer.code = grpc.StatusCode.UNAVAILABLE
+    servicer.metadata.clear()
+    client = ModelServerClient(target, deadline_s=2.0, max_attempts=3)
+    yield servicer, client
+    client.close()
+
+
+def predict(client: ModelServerClient) -> Any:
+    return client.predict("m", None, "serving_default", {"images": string_tensor([b"x"])}, "rid-1")
+
+
+def test_predict_decodes_tensor_content_and_sends_the_request_id(fake: Any) -> None:
+    servicer, client = fake
+    output, elapsed = predict(client)
+    assert output.version == 3
+    assert output.scores == [pytest.approx([0.2, 0.5, 0.3])]
+    assert output.classes is None
+    assert elapsed > 0
+    assert servicer.metadata[-1]["x-request-id"] == "rid-1"
+
+
+def test_unavailable_is_retried_by_the_service_config(fake: Any) -> None:
+    servicer, client = fake
+    servicer.failures = 2
+    output, _ = predict(client)
+    assert output.version == 3
+    assert servicer.calls == 3
+
+
+def test_retries_are_bounded(fake: Any) -> None:
+    servicer, client = fake
+    servicer.failures = 10
+    with pytest.raises(ServiceUnavailable):
+        predict(client)
+    assert servicer.calls == 3
+
+
+def test_other_codes_are_not_retried(fake: Any) -> None:
+    servicer, client = fake
+    servicer.failures, servicer.code = 1, grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(InvalidArgument):
+        predict(client)
+    assert servicer.calls == 1
+
+
+def test_deadline(fake: Any, fake_server: tuple[FakeModelServer, str]) -> None:
+    servicer, _ = fake
+    servicer.delay = 0.5
+    client = ModelServerClient(fake_server[1], deadline_s=0.1)
+    with pytest.raises(DeadlineExceeded):
+        predict(client)
+    client.close()
+
+
+def test_metadata_cache_pins_versions_and_refreshes_aliases(fake: Any) -> None:
+    servicer, client = fake
+    resolver = VersionResolver(client)
+    assert resolver.resolve("m", None, None).version == 3
+    assert resolver.resolve("m", None, None).version == 3
+    assert resolver.resolve("m", 3, None).version == 3
+    assert servicer.calls == 1  # latest resolved once, then version 3 served from the cache
+    resolver.forget("m")
+    resolver.resolve("m", None, None)
+    assert servicer.calls == 2
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, 400),
+        (grpc.StatusCode.NOT_FOUND, 404),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+        (grpc.StatusCode.UNAVAILABLE, 503),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 503),
+        (grpc.StatusCode.FAILED_PRECONDITION, 503),
+        (grpc.StatusCode.INTERNAL, 502),
+        (grpc.StatusCode.UNKNOWN, 502),
+        (grpc.StatusCode.UNIMPLEMENTED, 502),
+        (grpc.StatusCode.PERMISSION_DENIED, 502),
+    ],
+)
+def test_grpc_to_http_table(code: grpc.StatusCode, status: int) -> None:
+    assert error_for_grpc(code, "x").status == status
+
+
+def test_table_covers_every_failure_code() -> None:
+    failures = set(grpc.StatusCode) - {grpc.StatusCode.OK}
+    assert set(GRPC_TO_ERROR) == failures
+    assert all(error_for_grpc(c, "").status != 500 for c in failures)
+
+
+def test_decode_outputs_with_classes_and_batches() -> None:
+    response = predict_pb2.PredictResponse()
+    probs = response.outputs["probabilities"]
+    probs.dtype = 1
+    probs.tensor_shape.dim.add(size=2)
+    probs.tensor_shape.dim.add(size=2)
+    probs.float_val.extend([0.9, 0.1, 0.4, 0.6])
+    classes = response.outputs["classes"]
+    classes.dtype = 7
+    classes.tensor_shape.dim.add(size=2)
+    classes.tensor_shape.dim.add(size=2)
+    classes.string_val.extend([b"a", b"b", b"a", b"b"])
+    output = decode_outputs(response)
+    assert output.scores == [pytest.approx([0.9, 0.1]), pytest.approx([0.4, 0.6])]
+    assert output.classes == [["a", "b"], ["a", "b"]]
+
+
+def test_decode_outputs_without_scores() -> None:
+    with pytest.raises(ModelServerError):
+        decode_outputs(predict_pb2.PredictResponse())
+
+
+def test_top_k_orders_and_breaks_ties_by_class() -> None:
+    ranked = top_k([0.1, 0.4, 0.4, 0.1], ["a", "b", "c", "d"], 3)
+    assert [(s.label, s.class_id) for s in ranked] == [("b", 1), ("c", 2), ("a", 0)]
+    assert [s.label for s in top_k([0.3, 0.7], None, 5)] == ["1", "0"]
