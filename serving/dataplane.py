@@ -40,10 +40,10 @@ class DataPlane:
         try:
             if not request.HasField("model_spec"):
                 raise InvalidArgument("Missing ModelSpec")
-            loaded = self.manager.handle(request.model_spec)
-            call = prepare(loaded.servable, request)
-            outputs = loaded.run(call, timeout)
-            response = make_response(name, loaded.version, call.signature_name, outputs)
+            with self.manager.serving(request.model_spec) as loaded:
+                call = prepare(loaded.servable, request)
+                outputs = loaded.run(call, timeout)
+                response = make_response(name, loaded.version, call.signature_name, outputs)
         except ServingError as exc:
             self.metrics.request_count.labels(name, code_name(exc.code)).inc()
             raise
@@ -63,13 +63,13 @@ class DataPlane:
         for field_name in request.metadata_field:
             if field_name != SIGNATURE_DEF_FIELD:
                 raise InvalidArgument(f"Metadata field {field_name} is not supported")
-        loaded = self.manager.handle(request.model_spec)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
-        response.model_spec.name = request.model_spec.name
-        response.model_spec.version.value = loaded.version
         signature_map = get_model_metadata_pb2.SignatureDefMap()
-        for key, signature in loaded.servable.signature_defs.items():
-            signature_map.signature_def[key].CopyFrom(signature)
+        with self.manager.serving(request.model_spec) as loaded:
+            response.model_spec.name = request.model_spec.name
+            response.model_spec.version.value = loaded.version
+            for key, signature in loaded.servable.signature_defs.items():
+                signature_map.signature_def[key].CopyFrom(signature)
         response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
         return response
 

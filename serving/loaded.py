@@ -25,6 +25,19 @@ class LoadedVersion:
         self.metrics = metrics
         self._schedulers: dict[tuple[str, tuple[str, ...]], BatchScheduler] = {}
         self._lock = threading.Lock()
+        self._handles = 0
+        self._released = threading.Condition(self._lock)
+
+    def acquire(self) -> LoadedVersion:
+        """Count a request holding this version (the manager calls it under its state lock)."""
+        with self._lock:
+            self._handles += 1
+        return self
+
+    def release(self) -> None:
+        with self._released:
+            self._handles -= 1
+            self._released.notify_all()
 
     @property
     def name(self) -> str:
@@ -73,8 +86,10 @@ class LoadedVersion:
         return observe
 
     def close(self) -> None:
-        """Drain and stop the batch threads; in-flight requests finish first."""
-        with self._lock:
+        """Wait for outstanding handles (as TF Serving's manager does), then stop the batchers."""
+        with self._released:
+            while self._handles:
+                self._released.wait()
             schedulers = list(self._schedulers.values())
             self._schedulers.clear()
         for scheduler in schedulers:

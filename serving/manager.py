@@ -7,10 +7,11 @@ state and last error stay queryable, as ServableStateMonitor keeps them, END inc
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,8 +303,20 @@ class ModelManager:
                         self._unload(name, record, version)
 
     # ---- lookups ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def serving(self, model_spec: Any) -> Iterator[LoadedVersion]:
+        """The version a ModelSpec asks for, kept loaded until the block ends (a handle)."""
+        loaded = self.handle(model_spec)
+        try:
+            yield loaded
+        finally:
+            loaded.release()
+
     def handle(self, model_spec: Any) -> LoadedVersion:
-        """The loaded version a ModelSpec asks for; NOT_FOUND / INVALID_ARGUMENT as TF Serving."""
+        """The acquired version a ModelSpec asks for; NOT_FOUND / INVALID_ARGUMENT as TF Serving.
+
+        The caller must release() it; unloading waits for that.
+        """
         name = model_spec.name
         choice = model_spec.WhichOneof("version_choice")
         with self._state_lock:
@@ -322,7 +335,7 @@ class ModelManager:
         current = record.versions.get(version) if record else None
         if current is None or current.state is not State.AVAILABLE or current.loaded is None:
             raise NotFound(f"Servable not found for request: Specific({name}, {version})")
-        return current.loaded
+        return current.loaded.acquire()
 
     def _latest(self, name: str) -> LoadedVersion:
         record = self._models.get(name)
@@ -333,7 +346,7 @@ class ModelManager:
             raise NotFound(f"Servable not found for request: Latest({name})")
         loaded = record.versions[max(serving)].loaded
         assert loaded is not None
-        return loaded
+        return loaded.acquire()
 
     def status(self, name: str, version: int | None) -> list[tuple[int, VersionRecord]]:
         """(version, record) newest first, as GetModelStatusImpl reports them."""

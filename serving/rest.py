@@ -80,13 +80,14 @@ class RestApi:
         request = predict_pb2.PredictRequest()
         request.model_spec.CopyFrom(spec)
         request.model_spec.signature_name = json_codec.signature_name_of(document)
-        loaded = self.plane.manager.handle(request.model_spec)
         signature = request.model_spec.signature_name or "serving_default"
-        if signature not in loaded.servable.signature_defs:
-            raise InvalidArgument(
-                f'Serving signature name: "{signature}" not found in signature def'
-            )
-        infos = loaded.servable.signature_defs[signature].inputs
+        with self.plane.manager.serving(request.model_spec) as loaded:
+            signatures = loaded.servable.signature_defs
+            if signature not in signatures:
+                raise InvalidArgument(
+                    f'Serving signature name: "{signature}" not found in signature def'
+                )
+            infos = signatures[signature].inputs
         style = json_codec.fill_predict_request(document, infos, request)
         response = self.plane.predict(request, self.timeout, "REST")
         return json_codec.render_predict(response, style)

@@ -41,11 +41,14 @@ def _stage_version(source: Path, base: Path, version: int, as_version: int) -> N
     staging.rename(base / str(as_version))
 
 
+@pytest.mark.parametrize("batching", [False, True], ids=["direct", "batching"])
 def test_new_version_replaces_old_under_load_without_failed_requests(
-    tmp_path: Path, tiny_repo: Path
+    tmp_path: Path, tiny_repo: Path, batching: bool
 ) -> None:
     base = copy_versions(tiny_repo, tmp_path / "tiny", [1])
     args = ["--model_name=tiny", f"--model_base_path={base}", *FAST_POLL]
+    if batching:
+        args.append("--enable_batching")
     with running_server(tmp_path / "server.log", args) as server:
         answered: list[int] = []
         failures: list[str] = []
