@@ -31,6 +31,9 @@ from tests.support import (
 
 pytestmark = pytest.mark.slow
 
+DEMO_EXPORTS = REPO_ROOT / "exports"
+SAMPLES = REPO_ROOT / "docs" / "samples"
+
 
 def http_json(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     data = None if body is None else json.dumps(body).encode()
@@ -50,8 +53,8 @@ def answers(url: str, want: int = 200) -> bool:
         return False
 
 
-def publish(env: dict[str, str], export_dir: Path, version: int) -> None:
-    argv = [str(GATEWAY_PYTHON), "-m", "sync.publish", "--name", "tiny"]
+def publish(env: dict[str, str], export_dir: Path, version: int, name: str = "tiny") -> None:
+    argv = [str(GATEWAY_PYTHON), "-m", "sync.publish", "--name", name]
     argv += ["--export-dir", str(export_dir), "--version", str(version)]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -86,13 +89,15 @@ def dyno(
 
     root = tmp_path_factory.mktemp("dyno")
     bucket = "dynoserve-e2e"
-    boto3.client(
+    assert (DEMO_EXPORTS / "shapes" / "2" / "saved_model.pb").exists(), "run `make demo-model`"
+    s3 = boto3.client(
         "s3",
         endpoint_url=moto_endpoint,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
         region_name="us-east-1",
-    ).create_bucket(Bucket=bucket)
+    )
+    s3.create_bucket(Bucket=bucket)
     port = free_port()
     env = python_env(
         {
@@ -113,6 +118,13 @@ def dyno(
         }
     )
     publish(env, exports, 1)
+    for version in (1, 2):
+        publish(env, DEMO_EXPORTS, version, name="shapes")
+    # Serve both demo versions and label them, the way an operator would from the bucket.
+    manifest = {"model_version_policy": {"all": {}}, "version_labels": {"stable": 1, "canary": 2}}
+    s3.put_object(
+        Bucket=bucket, Key="models/shapes/dynoserve-model.json", Body=json.dumps(manifest).encode()
+    )
     argv = [str(GATEWAY_PYTHON), "-m", "supervisor.supervisord", "-n"]
     argv += ["-c", str(REPO_ROOT / "supervisord.conf")]
     with ManagedProcess(argv, root / "dyno.log", env=env) as proc:
@@ -152,6 +164,35 @@ def test_a_published_version_goes_live_without_a_deploy(
     status, body = http_json(dyno["base"] + "/v1/models/tiny:predict?version=2", {"image_url": url})
     assert status == 200, body
     assert int(body["version"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("sample", "query", "version"),
+    [
+        ("red-circle.png", "label=stable", 1),
+        ("green-square.png", "version=1", 1),
+        ("blue-triangle.png", "label=canary", 2),
+        ("red-triangle.gif", "", 2),
+        ("blue-circle.jpg", "version=2", 2),
+    ],
+)
+def test_demo_model_classifies_the_readme_samples(
+    dyno: dict[str, Any], sample: str, query: str, version: int
+) -> None:
+    """The README's examples: upload a sample, pin a version or label, get the right class."""
+    import base64
+
+    def labelled() -> bool:
+        status, body = http_json(dyno["base"] + "/v1/models/shapes")
+        return status == 200 and {"stable", "canary"} <= set(body.get("labels", {}))
+
+    dyno["proc"].wait_ready(labelled, timeout=60)
+    data = base64.b64encode((SAMPLES / sample).read_bytes()).decode()
+    url = f"{dyno['base']}/v1/models/shapes:predict?{query}"
+    status, body = http_json(url, {"image_b64": data})
+    assert status == 200, body
+    assert body["version"] == version
+    assert body["predictions"][0]["label"] == sample.rsplit(".", 1)[0]
 
 
 def test_unknown_version_is_a_404(dyno: dict[str, Any], images: ImageServer) -> None:
