@@ -15,11 +15,10 @@ _PROJECT_NAMES = ("PORT",)
 
 
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(_PROJECT_PREFIXES) or name in _PROJECT_NAMES:
             monkeypatch.delenv(name, raising=False)
-    yield
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The whole dyno under supervisord, as Heroku runs it: S3 (moto) -> sync -> model server -> gateway.
+"""The whole dyno under supervisord as Heroku runs it: S3 (moto), sync, model server, gateway.
 
 Same supervisord.conf as the Docker image; the model server is the project's local stand-in for
 stock TF Serving (python -m serving finds no tensorflow_model_server here).
@@ -156,8 +156,10 @@ def test_a_published_version_goes_live_without_a_deploy(
     dyno["proc"].wait_ready(serves_v2, timeout=90)
     url = images.add_bytes("/blue.png", image_bytes("PNG", (40, 40), "blue"))
     wait_for(
-        lambda: http_json(dyno["base"] + "/v1/models/tiny:predict?version=2", {"image_url": url})[0]
-        == 200,
+        lambda: (
+            http_json(dyno["base"] + "/v1/models/tiny:predict?version=2", {"image_url": url})[0]
+            == 200
+        ),
         timeout=60,
         what="version 2 to answer",
     )
@@ -197,7 +199,8 @@ def test_demo_model_classifies_the_readme_samples(
 
 def test_unknown_version_is_a_404(dyno: dict[str, Any], images: ImageServer) -> None:
     url = images.add_bytes("/green.png", image_bytes("PNG", (40, 40), "green"))
-    status, body = http_json(dyno["base"] + "/v1/models/tiny:predict?version=99", {"image_url": url})
+    endpoint = dyno["base"] + "/v1/models/tiny:predict?version=99"
+    status, body = http_json(endpoint, {"image_url": url})
     assert status == 404, body
     assert body["error"]["code"]
 
