@@ -65,8 +65,8 @@ class Settings:
     """Listen backlog; a small one stalls connection bursts."""
     retry_after_s: int = 1
     """Retry-After seconds sent with 503 answers."""
-    shutdown_timeout_s: float = 20.0
-    """On SIGTERM, how long in-flight requests may take to finish (Heroku kills at 30 s)."""
+    shutdown_timeout_s: float = 12.0
+    """On SIGTERM, how long in-flight requests may finish (supervisord stopwaitsecs is 15 s)."""
     log_level: str = "INFO"
     """Python log level of the JSON logs on stdout."""
     sync_status_file: Path = Path("var/models/sync-status.json")
