@@ -9,6 +9,7 @@ Also writes the sample images the README's examples send (docs/samples/).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import sys
 from collections.abc import Sequence
@@ -43,6 +44,22 @@ PLANS = (
 )
 
 
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo trains and checks; tests use a smaller one."""
+
+    plans: tuple[Plan, ...] = PLANS
+    """The versions to train, in order; each starts from the previous one's features."""
+    required_accuracy: float = REQUIRED_ACCURACY
+    """Held-out accuracy below which a version is not exported."""
+    check_samples: bool = True
+    """Classify the sample images with the exports and fail on a wrong answer."""
+    validation_per_class: int = 40
+    """Images per class for early stopping."""
+    test_per_class: int = 100
+    """Held-out images per class for the reported accuracy."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     settings = ExportSettings.from_environ()
     parser = argparse.ArgumentParser(prog="python -m export.demo", description=__doc__)
@@ -51,16 +68,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="retrain and replace both versions")
     args = parser.parse_args(argv)
     model_dir = args.export_dir / NAME
-    if not args.force and all((model_dir / str(p.version)).exists() for p in PLANS):
-        print(f"{model_dir} has versions 1 and 2 already (--force retrains)")
-        return 0
-    from export.training import build_demo
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # Two `make` runs at once (run and test in two shells) would both train: one waits instead.
+    with (model_dir / ".demo.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not args.force and all((model_dir / str(p.version)).exists() for p in PLANS):
+            print(f"{model_dir} has versions 1 and 2 already (--force retrains)")
+            return 0
+        from export.training import build_demo
 
-    try:
-        build_demo(model_dir, args.samples_dir, force=args.force)
-    except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        try:
+            build_demo(model_dir, args.samples_dir, force=args.force)
+        except ExportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
     return 0
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from export.cli import ProgressPrinter
-from export.demo import COLOURS, INPUT_SIZE, NAME, NORMALIZATION, PLANS, REQUIRED_ACCURACY, Plan
+from export.demo import COLOURS, INPUT_SIZE, NAME, NORMALIZATION, DemoConfig, Plan
 from export.errors import TrainingFailed, VerificationFailed
 from export.preprocessing import Preprocessing
 from export.servable import write_servable
@@ -27,8 +27,6 @@ from export.shapes import Dataset, class_names, draw, generate
 # Validation accuracy at which training stops early (the held-out test set is separate).
 _TARGET_VALIDATION = 0.99
 _MIN_EPOCHS = 3
-_VALIDATION_PER_CLASS = 40
-_TEST_PER_CLASS = 100
 _BATCH = 32
 _LEARNING_RATE = 3e-3
 # Sample images for the README: (file name, class, seed); JPEG and GIF show the decoder's range.
@@ -51,24 +49,33 @@ class Splits:
     test: tuple[np.ndarray, np.ndarray]
 
 
-def build_demo(model_dir: Path, samples_dir: Path, *, force: bool = False) -> None:
-    """Train and export every version in PLANS, then write and check the sample images."""
+def build_demo(
+    model_dir: Path, samples_dir: Path, config: DemoConfig | None = None, *, force: bool = False
+) -> None:
+    """Train and export every planned version, then write and check the sample images."""
+    config = config or DemoConfig()
     progress = ProgressPrinter()
     previous: Any = None
-    for plan in PLANS:
-        previous = _build_version(plan, previous, model_dir, force, progress)
+    for plan in config.plans:
+        previous = _build_version(plan, previous, model_dir, config, force, progress)
     written = write_samples(samples_dir)
     progress(f"sample images in {samples_dir}: {', '.join(written)}")
-    check_samples(model_dir, samples_dir)
-    progress("every sample is classified correctly by the versions that know its class")
+    if config.check_samples:
+        check_samples(model_dir, samples_dir, config.plans)
+        progress("every sample is classified correctly by the versions that know its class")
 
 
 def _build_version(
-    plan: Plan, previous: Any, model_dir: Path, force: bool, progress: ProgressPrinter
+    plan: Plan,
+    previous: Any,
+    model_dir: Path,
+    config: DemoConfig,
+    force: bool,
+    progress: ProgressPrinter,
 ) -> Any:
     classes = class_names(COLOURS, plan.shapes)
     progress(f"version {plan.version}: generating images of {len(classes)} classes")
-    splits = make_splits(classes, plan)
+    splits = make_splits(classes, plan, config)
     keras.utils.set_random_seed(plan.seed)
     model = new_model(len(classes))
     if previous is not None:  # keep what version 1 learned about colours and edges
@@ -80,8 +87,11 @@ def _build_version(
         f"version {plan.version}: {epochs} epochs in {time.monotonic() - started:.0f}s, "
         f"held-out accuracy {accuracy:.1%} on {len(splits.test[1])} images"
     )
-    if accuracy < REQUIRED_ACCURACY:
-        raise TrainingFailed(f"held-out accuracy {accuracy:.1%} < {REQUIRED_ACCURACY:.0%}")
+    if accuracy < config.required_accuracy:
+        raise TrainingFailed(
+            f"version {plan.version}: held-out accuracy {accuracy:.1%} "
+            f"< {config.required_accuracy:.0%}"
+        )
     summary = write_servable(
         model,
         classes,
@@ -97,12 +107,12 @@ def _build_version(
     return model
 
 
-def make_splits(classes: Sequence[str], plan: Plan) -> Splits:
+def make_splits(classes: Sequence[str], plan: Plan, config: DemoConfig) -> Splits:
     """Three disjoint generated sets (different seeds), resized and normalised like serving."""
     sets = [
         generate(classes, plan.per_class, seed=plan.seed * 100),
-        generate(classes, _VALIDATION_PER_CLASS, seed=plan.seed * 100 + 1),
-        generate(classes, _TEST_PER_CLASS, seed=plan.seed * 100 + 2),
+        generate(classes, config.validation_per_class, seed=plan.seed * 100 + 1),
+        generate(classes, config.test_per_class, seed=plan.seed * 100 + 2),
     ]
     train, validation, test = (_as_input(d) for d in sets)
     return Splits(tuple(classes), train, validation, test)
@@ -198,9 +208,9 @@ def write_samples(directory: Path) -> list[str]:
     return [filename for filename, _label, _seed in SAMPLES]
 
 
-def check_samples(model_dir: Path, samples_dir: Path) -> None:
+def check_samples(model_dir: Path, samples_dir: Path, plans: Sequence[Plan]) -> None:
     """The README promises these answers: make sure the exported versions give them."""
-    for plan in PLANS:
+    for plan in plans:
         loaded = tf.saved_model.load(str(model_dir / str(plan.version)))
         known = set(class_names(COLOURS, plan.shapes))
         cases = [(f, label) for f, label, _seed in SAMPLES if label in known]

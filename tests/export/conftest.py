@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from tests.export import sources
+
 
 @pytest.fixture(scope="session")
 def tiny_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -21,3 +23,33 @@ def tiny_loaded(tiny_version: Path) -> Any:
     import tensorflow as tf
 
     return tf.saved_model.load(str(tiny_version))
+
+
+@pytest.fixture(scope="session")
+def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sources")
+
+
+@pytest.fixture(scope="session")
+def keras_file(src: Path) -> tuple[Path, Any]:
+    return sources.write_keras(src)
+
+
+@pytest.fixture(scope="session")
+def h5_file(src: Path) -> tuple[Path, Any]:
+    return sources.write_h5(src)
+
+
+@pytest.fixture(scope="session")
+def tf2_mobilenet(src: Path) -> tuple[Path, Any]:
+    return sources.write_tf2_mobilenet(src)
+
+
+@pytest.fixture(scope="session")
+def tf1_ckpt(src: Path) -> tuple[Path, Any]:
+    return sources.write_tf1(src)
+
+
+@pytest.fixture(scope="session")
+def labels4(src: Path) -> Path:
+    return sources.write_labels(src)

@@ -26,36 +26,6 @@ from tests.export import sources
 from tests.export.images import encode
 
 
-@pytest.fixture(scope="session")
-def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("sources")
-
-
-@pytest.fixture(scope="session")
-def keras_file(src: Path) -> tuple[Path, Any]:
-    return sources.write_keras(src)
-
-
-@pytest.fixture(scope="session")
-def h5_file(src: Path) -> tuple[Path, Any]:
-    return sources.write_h5(src)
-
-
-@pytest.fixture(scope="session")
-def tf2_mobilenet(src: Path) -> tuple[Path, Any]:
-    return sources.write_tf2_mobilenet(src)
-
-
-@pytest.fixture(scope="session")
-def tf1_ckpt(src: Path) -> tuple[Path, Any]:
-    return sources.write_tf1(src)
-
-
-@pytest.fixture(scope="session")
-def labels4(src: Path) -> Path:
-    return sources.write_labels(src)
-
-
 def _served(version_dir: Path, pixels: np.ndarray) -> np.ndarray:
     loaded = tf.saved_model.load(str(version_dir))
     images = [encode(Image.fromarray(p), "PNG") for p in pixels]
