@@ -9,9 +9,11 @@ reported as TF Serving reports it ("unknown argument: ...") and, as there, does 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 _INT, _BOOL, _STR, _FLOAT = "int32", "bool", "string", "float"
@@ -177,6 +179,29 @@ def canonical_argv(argv: Sequence[str]) -> list[str]:
             out.append(args[i])
         i += 1
     return out
+
+
+def read_flags_file(path: str) -> list[str]:
+    """`--name=value` lines of a flags file (# comments); relative file values made absolute."""
+    folder = Path(path).resolve().parent
+    argv = []
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        split = _split(line)
+        if split is not None and split[1] and split[0].endswith("_file"):
+            value = split[1] if os.path.isabs(split[1]) else str(folder / split[1])
+            line = f"--{split[0]}={value}"
+        argv.append(line)
+    return argv
+
+
+def with_defaults(argv: Sequence[str], defaults: Sequence[str]) -> list[str]:
+    """argv plus every default flag argv does not set itself (the command line wins)."""
+    given = {split[0] for split in map(_split, argv) if split is not None}
+    extra = [arg for arg in defaults if (split := _split(arg)) is None or split[0] not in given]
+    return [*extra, *argv]
 
 
 def usage(program: str = "tensorflow_model_server") -> str:

@@ -1,7 +1,10 @@
 """`python -m serving [TF Serving flags]`: run stock tensorflow_model_server if there is one,
 else the local server, with the same flags.
 
-It first waits (bounded) for --model_config_file to exist, because sync writes that file at boot
+The project's flags and config files live in serving/conf: every flag of
+serving/conf/model_server.flags that the command line does not set is added (the command line
+wins; DYNOSERVE_MODEL_SERVER_FLAGS names another file, empty for none).
+It then waits (bounded) for --model_config_file to exist, because sync writes that file at boot
 and stock TF Serving exits at once when it is missing. The stock binary gets the flags in its
 own `--name=value` form; the process is replaced (exec), so supervisord signals the server itself.
 """
@@ -56,8 +59,10 @@ def command(argv: Sequence[str], settings: Settings) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s] %(message)s")
-    args = list(sys.argv[1:] if argv is None else argv)
     settings = Settings.from_env()
+    args = list(sys.argv[1:] if argv is None else argv)
+    if settings.flags_file:
+        args = flags.with_defaults(args, flags.read_flags_file(settings.flags_file))
     options = flags.parse_or_exit(args, "python -m serving")
     if options.model_config_file and not os.path.exists(options.model_config_file):
         log.info(

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_FLAGS_FILE = Path(__file__).resolve().parent / "conf" / "model_server.flags"
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,8 @@ class Settings:
     """How long the launcher waits for --model_config_file to appear (sync writes it at boot)."""
     bind_host: str = "127.0.0.1"
     """Interface the local server binds its gRPC and REST ports to."""
+    flags_file: str = str(DEFAULT_FLAGS_FILE)
+    """Project default flags the launcher adds (empty: none)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -28,4 +33,5 @@ class Settings:
             use_local_server=env.get("DYNOSERVE_MODEL_SERVER_LOCAL", "") in ("1", "true", "yes"),
             config_wait_seconds=float(env.get("DYNOSERVE_MODEL_CONFIG_WAIT_SECONDS", "120")),
             bind_host=env.get("DYNOSERVE_MODEL_SERVER_HOST", "127.0.0.1"),
+            flags_file=env.get("DYNOSERVE_MODEL_SERVER_FLAGS", str(DEFAULT_FLAGS_FILE)),
         )

@@ -9,7 +9,7 @@ import pytest
 
 from serving import config, flags
 from serving.errors import ConfigError, InvalidArgument
-from serving.settings import Settings
+from serving.settings import DEFAULT_FLAGS_FILE, Settings
 from serving.source import aspired_versions
 from tests.support import VENV_PYTHON, python_env
 
@@ -129,3 +129,21 @@ def test_settings_from_environment() -> None:
     assert settings.model_server_bin == "/usr/bin/tfs"
     assert settings.config_wait_seconds == 5.0
     assert Settings.from_env({}).bind_host == "127.0.0.1"
+
+
+def test_the_shipped_flags_and_config_files_parse_with_the_official_messages() -> None:
+    shipped = flags.read_flags_file(str(DEFAULT_FLAGS_FILE))
+    options = flags.parse(shipped)
+    assert options.ignored == ()
+    assert options.unknown == ()
+    assert options.enable_batching
+    batching = config.read_batching_parameters(options.batching_parameters_file)
+    assert batching.max_batch_size.value == 32
+    monitoring = config.read_monitoring_config(options.monitoring_config_file)
+    assert config.prometheus_path(monitoring) == "/monitoring/prometheus/metrics"
+
+
+def test_command_line_flags_win_over_defaults() -> None:
+    merged = flags.with_defaults(["--port", "9000"], ["--port=8500", "--rest_api_port=8501"])
+    options = flags.parse(merged)
+    assert (options.port, options.rest_api_port) == (9000, 8501)

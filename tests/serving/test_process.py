@@ -123,7 +123,7 @@ def test_launcher_execs_stock_binary_with_canonical_flags(tmp_path: Path) -> Non
     script, record = _fake_stock_server(tmp_path)
     config = tmp_path / "models.config"
     config.write_text("model_config_list {}")
-    env = {"DYNOSERVE_MODEL_SERVER_BIN": str(script)}
+    env = {"DYNOSERVE_MODEL_SERVER_BIN": str(script), "DYNOSERVE_MODEL_SERVER_FLAGS": ""}
     result = _run(
         ["serving", "--port", "8500", f"--model_config_file={config}", "--enable_batching"], env
     )
@@ -138,7 +138,11 @@ def test_launcher_execs_stock_binary_with_canonical_flags(tmp_path: Path) -> Non
 def test_launcher_waits_for_the_config_file(tmp_path: Path) -> None:
     script, record = _fake_stock_server(tmp_path)
     config = tmp_path / "models.config"
-    env = {"DYNOSERVE_MODEL_SERVER_BIN": str(script), "DYNOSERVE_MODEL_CONFIG_WAIT_SECONDS": "30"}
+    env = {
+        "DYNOSERVE_MODEL_SERVER_BIN": str(script),
+        "DYNOSERVE_MODEL_CONFIG_WAIT_SECONDS": "30",
+        "DYNOSERVE_MODEL_SERVER_FLAGS": "",
+    }
     process = subprocess.Popen(
         [str(VENV_PYTHON), "-m", "serving", f"--model_config_file={config}"],
         env=python_env(env),
@@ -173,3 +177,18 @@ def test_launcher_runs_the_local_server_without_a_stock_binary() -> None:
     result = _run(["serving", "--version"], env)
     assert result.returncode == 0, result.stderr
     assert "TensorFlow ModelServer: dynoserve-local" in result.stdout
+
+
+def test_launcher_adds_the_project_flags_the_command_line_does_not_set(tmp_path: Path) -> None:
+    script, record = _fake_stock_server(tmp_path)
+    config = tmp_path / "models.config"
+    config.write_text("model_config_list {}")
+    env = {"DYNOSERVE_MODEL_SERVER_BIN": str(script)}
+    result = _run(["serving", "--port=9100", f"--model_config_file={config}"], env)
+    assert result.returncode == 0, result.stderr
+    argv = record.read_text().split()
+    assert "--port=9100" in argv
+    assert "--port=8500" not in argv
+    conf = Path(__file__).resolve().parents[2] / "serving" / "conf"
+    assert f"--batching_parameters_file={conf / 'batching.config'}" in argv
+    assert "--allow_version_labels_for_unavailable_models=true" in argv
