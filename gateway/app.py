@@ -134,7 +134,13 @@ def _record(metrics: Metrics, predictor: Predictor, status: int) -> None:
         request.method,
         request.path,
         status,
-        extra={"status": status, "duration_ms": round(elapsed * 1000, 2), "route": route},
+        extra={
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+            "route": route,
+            "model": model or None,
+            "version": version,
+        },
     )
 
 

@@ -6,6 +6,7 @@ models.config file the model server loads (re-read when it changes; sync rewrite
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from gateway._proto.dynoserve.tf_serving import model_server_config_pb2
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,11 @@ class ModelCatalog:
         stamp = (stat.st_mtime_ns, stat.st_size)
         with self._lock:
             if stamp != self._stamp:
-                self._parsed = parse_model_config(path.read_text())
+                try:
+                    self._parsed = parse_model_config(path.read_text())
+                except OSError as exc:  # replaced between stat and read: keep what we had
+                    log.warning("cannot read %s: %s", path, exc)
+                    return dict(self._parsed)
                 self._stamp = stamp
             return dict(self._parsed)
 
@@ -64,7 +71,8 @@ def parse_model_config(text: str) -> dict[str, CatalogEntry]:
     config = model_server_config_pb2.ModelServerConfig()
     try:
         text_format.Parse(text, config, allow_unknown_field=True)
-    except text_format.ParseError:
+    except text_format.ParseError as exc:
+        log.warning("models.config does not parse (%s); no models listed from it", exc)
         return {}
     return {
         c.name: CatalogEntry(c.name, dict(sorted(c.version_labels.items())))

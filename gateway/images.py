@@ -26,8 +26,13 @@ _MAGIC = (
     (b"BM", "bmp"),
 )
 _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP"}
-# tf.io.decode_image handles these; anything else is re-encoded before it is sent.
-GRAPH_FORMATS = frozenset({"jpeg", "png", "bmp", "gif"})
+# What tf.io.decode_image reliably decodes, by format and Pillow mode; anything else (WebP,
+# BMP variants TF rejects, CMYK JPEG, animations) is re-encoded as PNG before it is sent.
+GRAPH_SAFE = {
+    "jpeg": frozenset({"RGB", "L"}),
+    "png": frozenset({"RGB", "RGBA", "L", "LA", "P", "I;16", "I"}),
+    "gif": frozenset({"P", "L", "RGB"}),
+}
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class CheckedImage:
     format: str
     width: int
     height: int
+    mode: str
     animated: bool
 
 
@@ -63,11 +69,12 @@ def check_image(data: bytes, max_pixels: int) -> CheckedImage:
                 f"image is {width}x{height} pixels; the limit is {max_pixels} pixels"
             )
         animated = bool(getattr(img, "is_animated", False))
+        mode = img.mode
         if fmt == "jpeg":
             # Decoding at 1/8 scale still parses every byte, so truncation is caught cheaply.
             img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
         _load_first_frame(img)
-    return CheckedImage(data, fmt, width, height, animated)
+    return CheckedImage(data, fmt, width, height, mode, animated)
 
 
 def _open(data: bytes, fmt: str) -> Image.Image:
@@ -92,7 +99,7 @@ def _load_first_frame(img: Image.Image) -> None:
 
 def encoded_for_graph(image: CheckedImage) -> bytes:
     """Bytes a string-input signature can decode: as sent, or the first frame as PNG."""
-    if image.format in GRAPH_FORMATS and not image.animated:
+    if image.mode in GRAPH_SAFE.get(image.format, ()) and not image.animated:
         return image.data
     with _open(image.data, image.format) as img:
         img.seek(0)

@@ -6,6 +6,7 @@ Flask; every failure is a GatewayError (per image for batches, so one bad URL sp
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -226,7 +227,12 @@ class ModelServerPredictor:
         if len(images) == 1:
             outcomes = [self._prepare(images[0], plan)]
         else:
-            outcomes = list(self._pool.map(lambda im: self._prepare(im, plan), images))
+            # Each task runs in a copy of this request's context, so logs keep its request id.
+            tasks = [
+                self._pool.submit(contextvars.copy_context().run, self._prepare, image, plan)
+                for image in images
+            ]
+            outcomes = [task.result() for task in tasks]
         items: list[ItemResult] = []
         payloads: list[tuple[int, bytes]] = []
         for index, (item, payload) in enumerate(outcomes):

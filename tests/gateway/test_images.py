@@ -57,13 +57,22 @@ def test_truncated_images_are_422(fmt: str) -> None:
         check_image(data[: len(data) // 2], 1_000_000)
 
 
-def test_graph_formats_pass_through_untouched() -> None:
-    data = image_bytes("JPEG")
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF"])
+def test_graph_formats_pass_through_untouched(fmt: str) -> None:
+    data = image_bytes(fmt)
     assert encoded_for_graph(check_image(data, 1000)) is data
 
 
-@pytest.mark.parametrize("data", [image_bytes("WEBP"), animated_gif()])
-def test_webp_and_animations_become_one_png_frame(data: bytes) -> None:
+def cmyk_jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(out, format="JPEG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data", [image_bytes("WEBP"), animated_gif(), image_bytes("BMP"), cmyk_jpeg()]
+)
+def test_formats_the_graph_may_reject_become_one_png_frame(data: bytes) -> None:
     converted = encoded_for_graph(check_image(data, 1000))
     with Image.open(io.BytesIO(converted)) as img:
         assert img.format == "PNG"

@@ -1,0 +1,67 @@
+"""Settings come from the environment once; bad values fail at start, naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import ConfigError
+from gateway.settings import Settings
+
+
+def test_defaults_need_no_environment() -> None:
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert settings.port == 8080
+    assert settings.grpc_deadline_s < 30
+    assert settings.worker_threads == settings.max_in_flight + 4
+
+
+def test_every_field_reads_its_variable() -> None:
+    env = {
+        "PORT": "9000",
+        "DYNOSERVE_BIND_HOST": "127.0.0.1",
+        "DYNOSERVE_MODEL_SERVER": "models:8500",
+        "DYNOSERVE_MODELS": "a, b,,",
+        "DYNOSERVE_MODEL_CONFIG_FILE": "/models/models.config",
+        "DYNOSERVE_GRPC_DEADLINE_S": "2.5",
+        "DYNOSERVE_FETCH_ALLOW_PRIVATE": "true",
+        "DYNOSERVE_FETCH_ALLOW_HOSTS": ".example.com,cdn.test",
+        "DYNOSERVE_API_KEYS": "k1,k2",
+        "DYNOSERVE_MAX_IN_FLIGHT": "8",
+        "DYNOSERVE_THREADS": "20",
+    }
+    settings = Settings.from_env(env)
+    assert settings.port == 9000
+    assert settings.models == ("a", "b")
+    assert settings.model_config_file == Path("/models/models.config")
+    assert settings.grpc_deadline_s == 2.5
+    assert settings.fetch_allow_private is True
+    assert settings.fetch_allow_hosts == (".example.com", "cdn.test")
+    assert settings.api_keys == ("k1", "k2")
+    assert settings.worker_threads == 20
+    assert "k1" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "http"),
+        ("DYNOSERVE_GRPC_DEADLINE_S", "30"),
+        ("DYNOSERVE_GRPC_DEADLINE_S", "0"),
+        ("DYNOSERVE_MAX_IN_FLIGHT", "0"),
+        ("DYNOSERVE_FETCH_ALLOW_PRIVATE", "maybe"),
+        ("DYNOSERVE_GRPC_MAX_ATTEMPTS", "9"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_every_setting_is_documented() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "gateway.md").read_text()
+    for field in Settings.__dataclass_fields__:
+        name = "PORT" if field == "port" else "DYNOSERVE_" + field.upper()
+        assert f"`{name}`" in doc, name
