@@ -72,7 +72,53 @@ _SELECTOR_PARAMS = [
 ]
 
 
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+
+
 def _schemas(settings: Settings) -> dict[str, Any]:
+    return {
+        "Error": _ERROR_SCHEMA,
+        **_request_schemas(settings),
+        **_result_schemas(),
+        **_model_schemas(),
+    }
+
+
+def _request_schemas(settings: Settings) -> dict[str, Any]:
+    url = {"type": "string", "format": "uri", "maxLength": 2048}
+    b64 = {"type": "string", "format": "byte", "description": "Base64 image (data: URL allowed)"}
+    return {
+        "Image": {
+            "type": "object",
+            "description": "Exactly one of image_url or image_b64.",
+            "properties": {"image_url": url, "image_b64": b64},
+        },
+        "BatchRequest": {
+            "type": "object",
+            "required": ["images"],
+            "properties": {
+                "images": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": settings.max_batch,
+                    "items": _ref("Image"),
+                }
+            },
+        },
+    }
+
+
+def _result_schemas() -> dict[str, Any]:
     score = {
         "type": "object",
         "required": ["label", "class_id", "score"],
@@ -88,63 +134,26 @@ def _schemas(settings: Settings) -> dict[str, Any]:
         "required": ["fetch", "inference", "total"],
         "properties": {k: {"type": "number"} for k in ("fetch", "inference", "total")},
     }
-    url = {
-        "type": "string",
-        "format": "uri",
-        "maxLength": 2048,
-        "example": "https://example.com/cat.jpg",
-    }
-    b64 = {"type": "string", "format": "byte", "description": "Base64 image (data: URL allowed)"}
-    image = {
-        "type": "object",
-        "description": "Exactly one of image_url or image_b64.",
-        "properties": {"image_url": url, "image_b64": b64},
-    }
+    head = {"model": {"type": "string"}, "timings_ms": _ref("Timings")}
     return {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["code", "message"],
-                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-                }
-            },
-        },
         "Score": score,
         "Timings": timings,
-        "Image": image,
-        "BatchRequest": {
-            "type": "object",
-            "required": ["images"],
-            "properties": {
-                "images": {
-                    "type": "array",
-                    "minItems": 1,
-                    "maxItems": settings.max_batch,
-                    "items": _ref("Image"),
-                }
-            },
-        },
         "Prediction": {
             "type": "object",
             "required": ["model", "version", "predictions", "timings_ms"],
             "properties": {
-                "model": {"type": "string"},
+                **head,
                 "version": {"type": "integer", "description": "The version that served it"},
                 "predictions": {"type": "array", "items": _ref("Score")},
-                "timings_ms": _ref("Timings"),
             },
         },
         "BatchPrediction": {
             "type": "object",
             "required": ["model", "version", "results", "timings_ms"],
             "properties": {
-                "model": {"type": "string"},
+                **head,
                 "version": {"type": "integer", "nullable": True},
                 "results": {"type": "array", "items": _ref("BatchItem")},
-                "timings_ms": _ref("Timings"),
             },
         },
         "BatchItem": {
@@ -152,19 +161,22 @@ def _schemas(settings: Settings) -> dict[str, Any]:
             "description": "Per image, in request order: its predictions, or its error.",
             "properties": {
                 "predictions": {"type": "array", "items": _ref("Score")},
-                "error": {"$ref": "#/components/schemas/Error/properties/error"},
+                "error": _ERROR_SCHEMA["properties"]["error"],  # type: ignore[index]
                 "status": {"type": "integer", "description": "HTTP status of this item's error"},
             },
         },
+    }
+
+
+def _model_schemas() -> dict[str, Any]:
+    states = "UNKNOWN, START, LOADING, AVAILABLE, UNLOADING or END"
+    return {
         "VersionStatus": {
             "type": "object",
             "required": ["version", "state"],
             "properties": {
                 "version": {"type": "integer"},
-                "state": {
-                    "type": "string",
-                    "description": "UNKNOWN, START, LOADING, AVAILABLE, UNLOADING or END",
-                },
+                "state": {"type": "string", "description": states},
                 "error": {"type": "string"},
             },
         },
@@ -267,20 +279,6 @@ def _simple(summary: str, op: str, response: dict[str, Any], *errors: str) -> di
 
 def openapi_spec(settings: Settings) -> dict[str, Any]:
     """The full document; limits in it follow the running settings."""
-    status = {"type": "object", "properties": {"status": {"type": "string"}}}
-    ready = {
-        "type": "object",
-        "required": ["ready", "models"],
-        "properties": {
-            "ready": {"type": "boolean"},
-            "models": {"type": "object", "additionalProperties": {"type": "string"}},
-        },
-    }
-    models = {
-        "type": "object",
-        "required": ["models"],
-        "properties": {"models": {"type": "array", "items": _ref("Model")}},
-    }
     spec: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {
@@ -290,54 +288,8 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
             '`{"error": {"code", "message"}}` with a stable code.',
         },
         "paths": {
-            "/healthz": _simple("The process is up", "healthz", _json("Up", status)),
-            "/readyz": {
-                "get": {
-                    "summary": "Every configured model has an AVAILABLE version",
-                    "operationId": "readyz",
-                    "responses": {"200": _json("Ready", ready), "503": _json("Not ready", ready)},
-                }
-            },
-            "/metrics": _simple(
-                "Prometheus metrics",
-                "metrics",
-                {
-                    "description": "Prometheus text format",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                },
-                "401",
-            ),
-            "/openapi.json": _simple(
-                "This document", "openapi", _json("OpenAPI 3.0", {"type": "object"})
-            ),
-            "/": _simple(
-                "Demo page",
-                "demo",
-                {
-                    "description": "HTML page",
-                    "content": {"text/html": {"schema": {"type": "string"}}},
-                },
-            ),
-            "/v1/models": _simple(
-                "Every model with its versions, states and labels",
-                "listModels",
-                _json("Models", models),
-                "401",
-                "502",
-                "503",
-                "504",
-            ),
-            "/v1/models/{model}": {
-                "get": {
-                    "summary": "One model: versions, labels, input signature, number of classes",
-                    "operationId": "describeModel",
-                    "parameters": [_MODEL_PARAM],
-                    "responses": {
-                        "200": _json("Model", _ref("Model")),
-                        **_errors("400", "401", "404", "502", "503", "504"),
-                    },
-                }
-            },
+            **_operational_paths(),
+            **_model_paths(),
             "/v1/models/{model}:predict": {"post": _predict_post(), "get": _predict_get()},
             "/predict": {"post": _predict_legacy()},
         },
@@ -348,6 +300,71 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
         for path in ("/healthz", "/readyz", "/openapi.json", "/"):
             spec["paths"][path]["get"]["security"] = []
     return spec
+
+
+def _operational_paths() -> dict[str, Any]:
+    status = {"type": "object", "properties": {"status": {"type": "string"}}}
+    ready = {
+        "type": "object",
+        "required": ["ready", "models"],
+        "properties": {
+            "ready": {"type": "boolean"},
+            "models": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    }
+    readyz = {"200": _json("Ready", ready), "503": _json("Not ready", ready)}
+    prometheus = {"text/plain": {"schema": {"type": "string"}}}
+    html = {"text/html": {"schema": {"type": "string"}}}
+    return {
+        "/healthz": _simple("The process is up", "healthz", _json("Up", status)),
+        "/readyz": {
+            "get": {
+                "summary": "Every configured model has an AVAILABLE version",
+                "operationId": "readyz",
+                "responses": readyz,
+            }
+        },
+        "/metrics": _simple(
+            "Prometheus metrics",
+            "metrics",
+            {"description": "Prometheus text format", "content": prometheus},
+            "401",
+        ),
+        "/openapi.json": _simple(
+            "This document", "openapi", _json("OpenAPI 3.0", {"type": "object"})
+        ),
+        "/": _simple("Demo page", "demo", {"description": "HTML page", "content": html}),
+    }
+
+
+def _model_paths() -> dict[str, Any]:
+    models = {
+        "type": "object",
+        "required": ["models"],
+        "properties": {"models": {"type": "array", "items": _ref("Model")}},
+    }
+    return {
+        "/v1/models": _simple(
+            "Every model with its versions, states and labels",
+            "listModels",
+            _json("Models", models),
+            "401",
+            "502",
+            "503",
+            "504",
+        ),
+        "/v1/models/{model}": {
+            "get": {
+                "summary": "One model: versions, labels, input signature, number of classes",
+                "operationId": "describeModel",
+                "parameters": [_MODEL_PARAM],
+                "responses": {
+                    "200": _json("Model", _ref("Model")),
+                    **_errors("400", "401", "404", "502", "503", "504"),
+                },
+            }
+        },
+    }
 
 
 def _security_schemes() -> dict[str, Any]:
