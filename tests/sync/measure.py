@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -52,13 +53,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def boot_once(env: dict[str, str]) -> tuple[float, float]:
+def boot_once(env: dict[str, str]) -> tuple[float, float, float]:
+    """Wall time of `python -m sync --once`, its sync pass alone, and the process's CPU time."""
+    cpu_before = _children_cpu()
     started = time.monotonic()
     argv = [str(GATEWAY_PYTHON), "-m", "sync", "--once"]
     subprocess.run(argv, env=python_env(env), check=True, capture_output=True)
     wall = time.monotonic() - started
     status = json.loads(Path(env["DYNOSERVE_SYNC_STATUS_FILE"]).read_text())
-    return wall, float(status["last_pass_seconds"])
+    return wall, float(status["last_pass_seconds"]), _children_cpu() - cpu_before
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def measure(idle_seconds: float, intervals: list[float]) -> None:
@@ -88,11 +96,14 @@ def measure(idle_seconds: float, intervals: list[float]) -> None:
                        "DYNOSERVE_SYNC_STATUS_FILE": str(base / "sync-status.json")}  # fmt: skip
             runs.append(boot_once(run_env))
         warm = boot_once(run_env)  # local copy present: nothing to fetch
-        print(f"boot sync, 2 models x {MODEL_BYTES / 2**20:.0f} MB from moto on loopback:")
-        print(f"  cold: wall {[f'{w:.2f}' for w, _ in runs]} s (process start to exit), "
-              f"sync pass {[f'{p:.2f}' for _, p in runs]} s; "
-              f"median wall {statistics.median(w for w, _ in runs):.2f} s")  # fmt: skip
-        print(f"  warm (local copy up to date): wall {warm[0]:.2f} s, pass {warm[1]:.3f} s")
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(f"boot sync, 2 models x {MODEL_BYTES / 2**20:.0f} MiB from moto on loopback:")
+        print(f"  cold: wall {[f'{r[0]:.2f}' for r in runs]} s (process start to exit), "
+              f"sync pass {[f'{r[1]:.2f}' for r in runs]} s, "
+              f"CPU {[f'{r[2]:.2f}' for r in runs]} s; "
+              f"median wall {statistics.median(r[0] for r in runs):.2f} s")  # fmt: skip
+        print(f"  warm (local copy up to date): wall {warm[0]:.2f} s, pass {warm[1]:.3f} s, "
+              f"CPU {warm[2]:.2f} s")  # fmt: skip
         server.serve_config(run_env)
         for interval in intervals:
             idle_cpu(run_env, interval, idle_seconds, work)
