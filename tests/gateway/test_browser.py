@@ -72,7 +72,7 @@ def page(browser: Any, live_gateway: str, live_predictor: FakePredictor) -> Iter
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(str(e)))
     page.goto(live_gateway + "/")
-    page.wait_for_function("document.querySelector('#model').options.length > 0")
+    page.wait_for_selector("#model option", state="attached")
     yield page
     context.close()
     # CSP violations and script errors show up here; expected HTTP errors are filtered.
