@@ -7,11 +7,14 @@ cap within a total time budget, and vet redirects the same way. Proxy variables 
 
 from __future__ import annotations
 
+import functools
 import http.client
 import socket
 import ssl
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from urllib.parse import SplitResult, quote, urljoin, urlsplit
 
@@ -145,6 +148,9 @@ class ImageFetcher:
     def __init__(self, policy: FetchPolicy, resolver: Resolver = system_resolver) -> None:
         self.policy = policy
         self.resolver = resolver
+        # getaddrinfo has no timeout of its own: lookups run here so a slow DNS server
+        # cannot hold a request past its budget.
+        self._dns = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dns")
 
     def fetch(self, url: str) -> Fetched:
         """The image bytes at `url`, or a GatewayError saying why not."""
@@ -160,7 +166,8 @@ class ImageFetcher:
 
     def _fetch_hop(self, target: Target, deadline: float) -> bytes | str:
         """One request: the body, or the Location of a redirect."""
-        address = pick_address(target.host, target.port, self.resolver, self.policy.allow_private)
+        resolver = functools.partial(self._resolve, deadline=deadline)
+        address = pick_address(target.host, target.port, resolver, self.policy.allow_private)
         conn = self._connection(address, target, deadline)
         response: http.client.HTTPResponse | None = None
         try:
@@ -188,6 +195,16 @@ class ImageFetcher:
         if response.status != 200:
             raise ImageHostError(f"image host answered HTTP {response.status}")
         return self._read_body(sock, response, deadline)
+
+    def _resolve(self, host: str, port: int, deadline: float) -> list[str]:
+        future = self._dns.submit(self.resolver, host, port)
+        try:
+            return future.result(min(self.policy.connect_timeout_s, _remaining(deadline)))
+        except FutureTimeout as exc:
+            future.cancel()
+            raise ImageHostError(
+                f"resolving image host {host!r} timed out", code="image_host_timeout"
+            ) from exc
 
     def _connection(
         self, address: IPAddress, target: Target, deadline: float

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -252,3 +253,21 @@ def test_connection_refused(image_server: ImageServer) -> None:
         port = sock.getsockname()[1]
     with pytest.raises(ImageHostError):
         ImageFetcher(policy(allow_private=True)).fetch(f"http://127.0.0.1:{port}/x.png")
+
+
+def test_slow_dns_is_bounded(internet: FakeInternet) -> None:
+    release = threading.Event()
+
+    def slow_resolver(host: str, port: int) -> list[str]:
+        release.wait(5)
+        return [PUBLIC]
+
+    start = time.monotonic()
+    try:
+        with pytest.raises(ImageHostError) as info:
+            fetcher(slow_resolver, connect_timeout_s=0.3).fetch("http://slow-dns.test/x.png")
+    finally:
+        release.set()
+    assert info.value.code == "image_host_timeout"
+    assert time.monotonic() - start < 2
+    assert internet.attempts == []
