@@ -55,6 +55,10 @@ ALIAS_TTL_S = 5.0
 READINESS_TIMEOUT_S = 2.0
 
 
+class VersionUnloaded(ModelNotReady):
+    """The version a request was pinned to went away between metadata and Predict."""
+
+
 @dataclass(frozen=True)
 class InputPlan:
     """How to feed a signature: encoded bytes to a string input, or resized float pixels."""
@@ -176,12 +180,27 @@ class ModelServerPredictor:
         fetch_ms = max(item.fetch_ms for item in items)
         result = PredictResult(request.model, meta.version, items, fetch_ms=fetch_ms)
         if payloads:
-            output, infer_s = self._infer(request, meta, plan, [p for _, p in payloads])
+            output, infer_s = self._infer_once_more(request, meta, plan, [p for _, p in payloads])
             result.version = output.version or meta.version
             result.inference_ms = infer_s * 1000
             self._rank(output, [i for i, _ in payloads], items, request.top_k)
         result.total_ms = (time.perf_counter() - start) * 1000
         return result
+
+    def _infer_once_more(
+        self, request: PredictRequest, meta: VersionMetadata, plan: InputPlan, payloads: list[bytes]
+    ) -> tuple[PredictOutput, float]:
+        """Infer; if "latest" or a label moved on and the old version was unloaded meanwhile
+        (a rollout), resolve again and retry once, provided the input plan is unchanged."""
+        try:
+            return self._infer(request, meta, plan, payloads)
+        except VersionUnloaded:
+            if request.version is not None:
+                raise
+            fresh = self._resolve(request)
+            if input_plan(self._signature(fresh)) != plan:
+                raise
+            return self._infer(request, fresh, plan, payloads)
 
     def _resolve(self, request: PredictRequest) -> VersionMetadata:
         try:
@@ -284,7 +303,7 @@ class ModelServerPredictor:
         except NotFound as exc:
             # The version we resolved was unloaded meanwhile: forget it; a retry resolves anew.
             self.versions.forget(meta.model)
-            raise ModelNotReady(
+            raise VersionUnloaded(
                 f"model {meta.model!r} version {meta.version} was unloaded"
             ) from exc
         if self.metrics is not None:

@@ -24,6 +24,7 @@ from gateway.errors import (
     GRPC_TO_ERROR,
     DeadlineExceeded,
     InvalidArgument,
+    ModelNotReady,
     ModelServerError,
     ServiceUnavailable,
     error_for_grpc,
@@ -44,6 +45,8 @@ class FakeModelServer(
         self.delay = 0.0
         self.metadata: list[dict[str, str]] = []
         self.lock = threading.Lock()
+        self.unloaded_versions: set[int] = set()
+        self.latest = 3
 
     def _maybe_fail(self, context: grpc.ServicerContext) -> None:
         with self.lock:
@@ -57,9 +60,12 @@ class FakeModelServer(
 
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._maybe_fail(context)
+        version = request.model_spec.version.value or self.latest
+        if version in self.unloaded_versions:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found: Specific(m, {version})")
         response = predict_pb2.PredictResponse()
         response.model_spec.name = request.model_spec.name
-        response.model_spec.version.value = 3
+        response.model_spec.version.value = version
         probs = response.outputs["probabilities"]
         probs.dtype = 1
         probs.tensor_shape.dim.add(size=1)
@@ -71,7 +77,7 @@ class FakeModelServer(
         self._maybe_fail(context)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = request.model_spec.name
-        response.model_spec.version.value = request.model_spec.version.value or 3
+        response.model_spec.version.value = request.model_spec.version.value or self.latest
         sigs = get_model_metadata_pb2.SignatureDefMap()
         sigs.signature_def["serving_default"].inputs["images"].dtype = 7
         response.metadata["signature_def"].Pack(sigs)
@@ -105,6 +111,7 @@ def fake(
     servicer.calls, servicer.failures, servicer.delay = 0, 0, 0.0
     servicer.code = grpc.StatusCode.UNAVAILABLE
     servicer.metadata.clear()
+    servicer.unloaded_versions, servicer.latest = set(), 3
     client = ModelServerClient(target, deadline_s=2.0, max_attempts=3)
     yield servicer, client
     client.close()
@@ -220,3 +227,22 @@ def test_top_k_orders_and_breaks_ties_by_class() -> None:
     ranked = top_k([0.1, 0.4, 0.4, 0.1], ["a", "b", "c", "d"], 3)
     assert [(s.label, s.class_id) for s in ranked] == [("b", 1), ("c", 2), ("a", 0)]
     assert [s.label for s in top_k([0.3, 0.7], None, 5)] == ["1", "0"]
+
+
+def test_a_rollout_between_metadata_and_predict_is_retried_once(fake: Any) -> None:
+    from gateway.predictor import ModelServerPredictor
+    from gateway.results import ImageInput, PredictRequest
+    from gateway.settings import Settings
+    from tests.gateway.conftest import image_bytes
+
+    servicer, client = fake
+    predictor = ModelServerPredictor(Settings(), client=client)
+    request = PredictRequest("m", (ImageInput(data=image_bytes("PNG")),))
+    assert predictor.predict(request).version == 3
+    servicer.latest, servicer.unloaded_versions = 4, {3}  # v4 loaded, v3 unloaded
+    result = predictor.predict(request)  # the cache still says latest is 3
+    assert result.version == 4
+    assert result.items[0].predictions is not None
+    pinned = PredictRequest("m", request.images, version=3)
+    with pytest.raises(ModelNotReady):
+        predictor.predict(pinned)
