@@ -1,5 +1,5 @@
-"""Fixtures for the sync tests: a real S3 API server (moto in server mode) on loopback, a bucket
-per test, stand-in model versions and a fake model-server status endpoint."""
+"""Fixtures for the sync tests: a bucket per test on the session's moto S3 server (root
+conftest), stand-in model versions and a fake model-server status endpoint."""
 
 from __future__ import annotations
 
@@ -11,19 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.support import VENV_PYTHON, ManagedProcess, free_port, port_open, python_env
 from tests.sync.helpers import FakeModelServer
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a moto S3 server shared by the session (buckets keep tests apart)."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    argv = [str(VENV_PYTHON), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    with ManagedProcess(argv, log, env=python_env()) as server:
-        server.wait_ready(lambda: port_open(port))
-        yield f"http://127.0.0.1:{port}"
 
 
 def s3_client(endpoint: str, key: str = "testing", secret: str = "testing") -> Any:  # noqa: S107
