@@ -12,6 +12,15 @@ from typing import Any
 
 import pytest
 from google.protobuf import text_format
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2,
+    prediction_service_pb2,
+)
+from tensorflow_serving.apis import predict_pb2 as official_predict
+from tensorflow_serving.config import model_server_config_pb2
 
 from gateway._proto.dynoserve.tensorflow import tensor_pb2 as our_tensor
 from gateway._proto.dynoserve.tf_serving import (
@@ -30,16 +39,6 @@ from gateway._proto.dynoserve.tf_serving import (
     services_pb2,
 )
 from tests.support import GATEWAY_PYTHON, python_env
-
-official_predict = pytest.importorskip("tensorflow_serving.apis.predict_pb2")
-from tensorflow.core.framework import tensor_pb2, types_pb2  # noqa: E402
-from tensorflow_serving.apis import (  # noqa: E402
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_service_pb2,
-    prediction_service_pb2,
-)
-from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
 
 def official_predict_request() -> Any:
