@@ -95,14 +95,8 @@ def _write(
         mean=request.mean,
         std=request.std,
     )
-    classifier = _with_softmax(loaded.classifier) if request.softmax else loaded.classifier
-    outputs = _probe_outputs(classifier, preprocessing)
-    if not request.softmax and not _looks_like_probabilities(outputs):
-        say("warning: outputs are not probabilities (rows do not sum to 1); --softmax if logits")
-    if labels is None:
-        labels = [f"class_{i}" for i in range(outputs.shape[1])]
-        say(f"warning: no --labels given; naming the classes class_0..class_{len(labels) - 1}")
-    _check_label_count(labels, outputs.shape[1], request.labels_file)
+    classifier = WithSoftmax(loaded.classifier) if request.softmax else loaded.classifier
+    labels = _final_labels(request, classifier, preprocessing, labels, say)
     return write_servable(
         classifier,
         labels,
@@ -116,6 +110,24 @@ def _write(
         tolerance=request.tolerance,
         progress=say,
     )
+
+
+def _final_labels(
+    request: ExportRequest,
+    classifier: Classifier,
+    preprocessing: Preprocessing,
+    labels: list[str] | None,
+    say: Progress,
+) -> list[str]:
+    """The labels to export, checked against one run of the model (which also checks it runs)."""
+    outputs = _probe_outputs(classifier, preprocessing)
+    if not request.softmax and not _looks_like_probabilities(outputs):
+        say("warning: outputs are not probabilities (rows do not sum to 1); --softmax if logits")
+    if labels is None:
+        labels = [f"class_{i}" for i in range(outputs.shape[1])]
+        say(f"warning: no --labels given; naming the classes class_0..class_{len(labels) - 1}")
+    _check_label_count(labels, outputs.shape[1], request.labels_file)
+    return labels
 
 
 def _input_size(request: ExportRequest, loaded: LoadedModel) -> tuple[int, int]:
@@ -157,10 +169,6 @@ def _check_label_count(labels: Sequence[str], classes: int, source: Path | None)
         )
     if not labels:
         raise InvalidLabels("no labels given")
-
-
-def _with_softmax(classifier: Classifier) -> tf.Module:
-    return WithSoftmax(classifier)
 
 
 class WithSoftmax(tf.Module):

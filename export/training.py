@@ -73,7 +73,32 @@ def _build_version(
     force: bool,
     progress: ProgressPrinter,
 ) -> Any:
+    """Train one planned version and export it; returns the trained model."""
     classes = class_names(COLOURS, plan.shapes)
+    model, accuracy = _train_version(plan, classes, previous, config, progress)
+    summary = write_servable(
+        model,
+        classes,
+        Preprocessing(input_size=INPUT_SIZE, normalization=NORMALIZATION),
+        model_dir / str(plan.version),
+        name=NAME,
+        version=plan.version,
+        source={"kind": "demo", "path": f"export.demo (seed {plan.seed}, accuracy {accuracy:.4f})"},
+        overwrite=force,
+        progress=progress,
+    )
+    print(summary.describe(), flush=True)
+    return model
+
+
+def _train_version(
+    plan: Plan,
+    classes: Sequence[str],
+    previous: Any,
+    config: DemoConfig,
+    progress: ProgressPrinter,
+) -> tuple[Any, float]:
+    """A trained model and its held-out accuracy, which must reach the required level."""
     progress(f"version {plan.version}: generating images of {len(classes)} classes")
     splits = make_splits(classes, plan, config)
     keras.utils.set_random_seed(plan.seed)
@@ -92,19 +117,7 @@ def _build_version(
             f"version {plan.version}: held-out accuracy {accuracy:.1%} "
             f"< {config.required_accuracy:.0%}"
         )
-    summary = write_servable(
-        model,
-        classes,
-        Preprocessing(input_size=INPUT_SIZE, normalization=NORMALIZATION),
-        model_dir / str(plan.version),
-        name=NAME,
-        version=plan.version,
-        source={"kind": "demo", "path": f"export.demo (seed {plan.seed}, accuracy {accuracy:.4f})"},
-        overwrite=force,
-        progress=progress,
-    )
-    print(summary.describe(), flush=True)
-    return model
+    return model, accuracy
 
 
 def make_splits(classes: Sequence[str], plan: Plan, config: DemoConfig) -> Splits:

@@ -152,3 +152,37 @@ def test_existing_version_needs_force(
     assert (tmp_path / "m/1/assets.extra/dynoserve.json").read_text() == created
     assert _run(capsys, *base, "--force")[0] == 0
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1"]
+
+
+def test_kind_override_must_fit_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keras_file: Any
+) -> None:
+    argv = [keras_file[0], "--name", "m", "--export-dir", tmp_path, "--kind", "h5"]
+    code, _out, err = _run(capsys, *argv)
+    assert code == 2
+    assert "looks like a keras checkpoint, not h5" in err
+    assert _empty(tmp_path)
+
+
+def _python_m_export(*argv: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "export", *(str(a) for a in argv)],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        cwd=REPO_ROOT,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_module_entry_point(tmp_path: Path, h5_file: Any, labels4: Path) -> None:
+    """The command `make export` runs, as a real process: exit codes and summary."""
+    base = [h5_file[0], "--name", "legacy", "--export-dir", tmp_path]
+    result = _python_m_export(*base, "--labels", labels4, "--version", "4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "wrote legacy version 4" in result.stdout
+    assert (tmp_path / "legacy/4/saved_model.pb").is_file()
+    again = _python_m_export(*base, "--version", "x")
+    assert again.returncode == 2
+    assert "version must be a positive integer" in again.stderr

@@ -252,3 +252,14 @@ def test_normalisations_are_affine() -> None:
     prep = Preprocessing((8, 8), "mean_std", mean=(120.0, 110.0, 100.0), std=(60.0, 50.0, 40.0))
     scale, offset = prep.scale_offset()
     np.testing.assert_allclose(np.array(scale) * 180.0 + offset, [1.0, 1.4, 2.0])
+
+
+def test_grey_alpha_and_16_bit_images(tiny_loaded: Any) -> None:
+    grey = Image.new("L", (20, 20), 156)
+    rgba = Image.new("RGBA", (20, 20), (*BLUE, 128))
+    deep = Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16))  # 16-bit greyscale PNG
+    images = [encode(grey, "PNG"), encode(rgba, "PNG"), encode(deep, "PNG")]
+    probabilities, _ = _classify(tiny_loaded, images)
+    assert probabilities.shape == (3, 3)
+    assert probabilities[1].argmax() == 2  # alpha dropped, blue stays blue
+    np.testing.assert_allclose(probabilities[0], probabilities[2], atol=1e-3)  # 40000/257 = 156
