@@ -2,7 +2,8 @@
 
 Like TF Serving's FileSystemStoragePathSource: version directories are all-digit names; other
 entries (staging folders, dot-files) are ignored. Unlike it, a version directory is only offered
-once it looks complete and settled, so a half-copied version is never loaded (docs/serving.md).
+once it has its graph file and its files have stopped changing, so a half-copied version is not
+loaded (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ log = logging.getLogger("serving.source")
 
 # A version whose files changed less than this long ago must look the same on two scans.
 QUIET_SECONDS = 2.0
+RECHECK_SECONDS = 0.5
 _GRAPH_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
@@ -34,13 +36,35 @@ def _fingerprint(path: Path) -> tuple[tuple[str, int, int], ...] | None:
     return tuple(sorted(entries))
 
 
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def _graph_and_shards_present(path: Path) -> bool:
+    """saved_model.pb(txt), and when there are variables, the index and every data shard."""
+    if not any((path / name).is_file() for name in _GRAPH_FILES):
+        return False
+    variables = path / "variables"
+    if not variables.is_dir():
+        return True
+    shards = list(variables.glob("variables.data-*-of-*"))
+    if not (variables / "variables.index").is_file() or not shards:
+        return False
+    expected = shards[0].name.rsplit("-of-", 1)[1]
+    return expected.isdigit() and len(shards) == int(expected)
+
+
+def _age(fingerprint: Fingerprint) -> float:
+    newest = max((mtime for _name, _size, mtime in fingerprint), default=0) / 1e9
+    return time.time() - newest
+
+
 class VersionScanner:
-    """Scans one base path; remembers fingerprints so a still-changing version waits a poll."""
+    """Scans one base path; a version is offered once complete and quiet (see module doc)."""
 
     def __init__(self, model_name: str, base_path: str) -> None:
         self.model_name = model_name
         self.base_path = Path(base_path)
-        self._seen: dict[int, tuple[tuple[str, int, int], ...]] = {}
+        self._seen: dict[int, Fingerprint] = {}
         self._warned_missing = False
 
     def scan(self) -> list[int] | None:
@@ -59,8 +83,7 @@ class VersionScanner:
                 self._warned_missing = True
             return None
         self._warned_missing = False
-        versions = [int(name) for name in names if name.isdigit()]
-        ready = [v for v in versions if self._settled(v)]
+        versions = sorted(int(name) for name in names if name.isdigit())
         if not versions:
             log.warning(
                 "No versions of servable %s found under base path %s. Did you forget to name "
@@ -69,19 +92,33 @@ class VersionScanner:
                 self.base_path,
                 self.base_path,
             )
-        return sorted(ready)
+        return self._settled([v for v in versions if _graph_and_shards_present(self._path(v))])
 
-    def _settled(self, version: int) -> bool:
-        path = self.base_path / str(version)
-        if not any((path / name).is_file() for name in _GRAPH_FILES):
-            return False
-        current = _fingerprint(path)
-        if current is None:
-            return False
-        previous = self._seen.get(version)
-        self._seen[version] = current
-        newest = max((mtime for _n, _s, mtime in current), default=0) / 1e9
-        return previous == current or time.time() - newest >= QUIET_SECONDS
+    def _path(self, version: int) -> Path:
+        return self.base_path / str(version)
+
+    def _settled(self, candidates: list[int]) -> list[int]:
+        """Versions whose files did not change between two looks and are QUIET_SECONDS old."""
+        now = {v: fp for v in candidates if (fp := _fingerprint(self._path(v))) is not None}
+        ready = [
+            v for v, fp in now.items() if self._seen.get(v) == fp and _age(fp) >= QUIET_SECONDS
+        ]
+        pending = [v for v in now if v not in ready]
+        if pending:
+            # New or changing: look again after a moment (or once it has been quiet long enough),
+            # so even a single scan (poll interval 0) can decide.
+            youngest = min(_age(now[v]) for v in pending)
+            time.sleep(min(QUIET_SECONDS, max(RECHECK_SECONDS, QUIET_SECONDS - youngest)))
+        seen = dict(now)
+        for version in pending:
+            again = _fingerprint(self._path(version))
+            if again is None:
+                continue
+            seen[version] = again
+            if again == now[version] and _age(again) >= QUIET_SECONDS:
+                ready.append(version)
+        self._seen = seen
+        return sorted(ready)
 
 
 def aspired_versions(policy: Any, available: list[int]) -> list[int]:

@@ -188,3 +188,22 @@ def test_warmup_runs_before_available(tmp_path: Path, tiny_repo: Path) -> None:
         log = server.process.log()
     warmed = log.index("Number of warmup records read: 1.")
     assert warmed < log.index("Successfully loaded servable version {name: tiny version: 1}")
+
+
+def test_version_still_being_written_is_not_loaded(tmp_path: Path, tiny_repo: Path) -> None:
+    base = copy_versions(tiny_repo, tmp_path / "tiny", [1])
+    args = ["--model_name=tiny", f"--model_base_path={base}", *FAST_POLL]
+    with running_server(tmp_path / "server.log", args) as server:
+        source, target = tiny_repo / "2", base / "2"
+        # Worst order: the graph and small files first, the weights trickling in afterwards.
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("variables.data-*"))
+        data = next((source / "variables").glob("variables.data-*"))
+        payload = data.read_bytes()
+        with (target / "variables" / data.name).open("wb") as out:
+            for start in range(0, len(payload), max(1, len(payload) // 6)):
+                out.write(payload[start : start + max(1, len(payload) // 6)])
+                out.flush()
+                time.sleep(0.6)  # a slow download: several polls see the file growing
+                assert 2 not in server.status("tiny")
+        wait_for(lambda: _version_answering(server, "tiny") == 2, 60, what="v2 serving")
+        assert "Loading servable: {name: tiny version: 2} failed" not in server.process.log()
