@@ -217,3 +217,31 @@ def test_unreadable_keras_file(tmp_path: Path, labels4: Path) -> None:
     broken.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(UnreadableCheckpoint):
         _export(tmp_path, broken, labels4)
+
+
+def test_dynamic_input_size_and_logits_warning(tmp_path: Path, labels4: Path) -> None:
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input((None, None, 3)),
+            keras.layers.Conv2D(4, 3),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(4),  # logits
+        ]
+    )
+    path = tmp_path / "dynamic.keras"
+    model.save(path)
+    with pytest.raises(UsageError, match="pass --input-size"):
+        _export(tmp_path / "out", path, labels4)
+    messages: list[str] = []
+    request = ExportRequest(
+        checkpoint=path,
+        name="m",
+        export_dir=tmp_path / "out",
+        labels_file=labels4,
+        load=LoadOptions(input_size=(24, 40)),
+    )
+    summary = export(request, messages.append)
+    assert summary.input_size == (24, 40)
+    assert any("--softmax if logits" in m for m in messages)
