@@ -167,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(settings).parse_args(argv)
     progress = ProgressPrinter()
     try:
+        progress("loading TensorFlow")
         request = request_from_args(args)
         from export.exporter import export
 

@@ -80,12 +80,18 @@ class ServableSummary:
     size_bytes: int
     max_abs_diff: float | None
     """Largest probability difference export vs source; None when verification was skipped."""
+    tolerance: float = DEFAULT_TOLERANCE
+    """The difference allowed."""
 
     def describe(self) -> str:
         """A few human-readable lines."""
         height, width = self.input_size
         shown = ", ".join(self.labels[:8]) + (", ..." if len(self.labels) > 8 else "")
-        check = "skipped" if self.max_abs_diff is None else f"max |diff| {self.max_abs_diff:.2g}"
+        check = (
+            "skipped"
+            if self.max_abs_diff is None
+            else f"passed, max |diff| {self.max_abs_diff:.1e} <= {self.tolerance:.0e}"
+        )
         return "\n".join(
             [
                 f"wrote {self.name} version {self.version} to {self.path}",
@@ -150,6 +156,7 @@ def write_servable(
         signatures=(SERVING_DEFAULT, PREDICT_PIXELS),
         size_bytes=directory_size(target_dir),
         max_abs_diff=diff,
+        tolerance=tolerance,
     )
 
 
