@@ -7,6 +7,7 @@ local model server, with a 224x224 JPEG:
      gateway fetches from a loopback HTTP server;
   2. `siege -b` on GET /v1/models/<m>:predict?image_url=... while the gateway's RSS is sampled.
 Results go to bench/results/gateway.json. Everything shares the machine's 2 cores.
+  3. a shorter siege with more users than DYNOSERVE_MAX_IN_FLIGHT (32), to see shedding.
 Run: python -m bench.gateway_bench [--model-dir D] [--requests N] [--siege-seconds S] [-c C]
 """
 
@@ -131,9 +132,13 @@ def direct_grpc(target: str, image: bytes, n: int) -> list[float]:
         client.close()
 
 
-def through_gateway(port: int, n: int, method: str, path: str, body: bytes | None) -> list[float]:
+def through_gateway(
+    port: int, n: int, method: str, path: str, body: bytes | None
+) -> tuple[list[float], list[float]]:
+    """Client-side latencies, and the gateway's own time outside fetch and inference."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     headers = {"Content-Type": "application/json"} if body else {}
+    own_ms: list[float] = []
 
     def call() -> None:
         conn.request(method, path, body=body, headers=headers)
@@ -141,11 +146,14 @@ def through_gateway(port: int, n: int, method: str, path: str, body: bytes | Non
         payload = response.read()
         if response.status != 200:
             raise RuntimeError(f"gateway answered {response.status}: {payload[:300]!r}")
+        t = json.loads(payload)["timings_ms"]
+        own_ms.append(t["total"] - t["inference"] - t["fetch"])
 
     try:
-        return timed(call, n)
+        samples = timed(call, n)
     finally:
         conn.close()
+    return samples, own_ms[-n:]
 
 
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
@@ -155,7 +163,7 @@ def rss_kb(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
-def siege(url: str, concurrency: int, seconds: int, pid: int) -> dict[str, Any]:
+def siege(url: str, concurrency: int, seconds: int, pid: int, rc: Path) -> dict[str, Any]:
     """siege -b against `url` while sampling the gateway's RSS every 100 ms."""
     samples: list[int] = []
     done = threading.Event()
@@ -169,7 +177,17 @@ def siege(url: str, concurrency: int, seconds: int, pid: int) -> dict[str, Any]:
     before = rss_kb(pid)
     sampler.start()
     result = subprocess.run(
-        ["siege", "-b", "-j", "--no-parser", f"-c{concurrency}", f"-t{seconds}S", url],
+        [
+            "siege",
+            "-R",
+            str(rc),
+            "-b",
+            "-j",
+            "--no-parser",
+            f"-c{concurrency}",
+            f"-t{seconds}S",
+            url,
+        ],
         capture_output=True,
         text=True,
         timeout=seconds + 60,
@@ -233,23 +251,24 @@ def run(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     ):
         body = json.dumps({"image_b64": base64.b64encode(image).decode()}).encode()
         path = f"/v1/models/{MODEL}:predict"
+        url_path = f"{path}?image_url={image_url}"
+        b64_ms, b64_own = through_gateway(http_port, args.requests, "POST", path, body)
+        url_ms, url_own = through_gateway(http_port, args.requests, "GET", url_path, None)
         latency = {
             "direct_grpc": percentiles(direct_grpc(target, image, args.requests)),
-            "gateway_b64": percentiles(
-                through_gateway(http_port, args.requests, "POST", path, body)
-            ),
-            "gateway_url": percentiles(
-                through_gateway(
-                    http_port, args.requests, "GET", f"{path}?image_url={image_url}", None
-                )
-            ),
+            "gateway_b64": percentiles(b64_ms),
+            "gateway_url": percentiles(url_ms),
         }
-        load = siege(
-            f"http://127.0.0.1:{http_port}{path}?image_url={image_url}",
-            args.concurrency,
-            args.siege_seconds,
-            gw.pid,
+        own = {"gateway_b64": percentiles(b64_own), "gateway_url": percentiles(url_own)}
+        base_url = f"http://127.0.0.1:{http_port}"
+        # siege gives up after 1024 failed transactions by default; shed 503s count as failures.
+        rc = logs / "siegerc"
+        rc.write_text("failures = 1000000\nprotocol = HTTP/1.1\n")
+        load = siege(base_url + url_path, args.concurrency, args.siege_seconds, gw.pid, rc)
+        shed = siege(
+            base_url + url_path, args.shed_concurrency, args.siege_seconds // 2, gw.pid, rc
         )
+        shed["shed_total"] = _metric(http_port, "dynoserve_gateway_shed_requests_total")
     overhead = {
         k: round(latency[k]["p50_ms"] - latency["direct_grpc"]["p50_ms"], 2)
         for k in ("gateway_b64", "gateway_url")
@@ -261,8 +280,18 @@ def run(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
         "image_bytes": len(image),
         "sequential_latency": latency,
         "gateway_overhead_p50_ms": overhead,
+        "gateway_own_time_ms": own,
         "siege": load,
+        "siege_past_the_in_flight_bound": shed,
     }
+
+
+def _metric(port: int, name: str) -> float:
+    _status, body = http_get(port, "/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def _grpc_ready(target: str) -> bool:
@@ -284,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--siege-seconds", type=int, default=20)
     parser.add_argument("-c", "--concurrency", type=int, default=10)
+    parser.add_argument(
+        "--shed-concurrency", type=int, default=64, help="a second siege past the 32 in flight"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         results = run(args, Path(tmp))
