@@ -236,3 +236,18 @@ def test_importing_the_gateway_loads_no_tensorflow() -> None:
     loaded, rss_kb = result.stdout.rsplit(" ", 1)
     assert loaded == "[]"
     assert int(rss_kb) < 80 * 1024, f"gateway import peaks at {int(rss_kb) // 1024} MB"
+
+
+def test_protogen_output_stays_inside_the_package(tmp_path: Any) -> None:
+    from gateway.protogen import generate, proto_files
+
+    out = generate(tmp_path / "_proto")
+    modules = sorted(p.relative_to(out).as_posix() for p in out.rglob("*_pb2.py"))
+    assert len(modules) == len(proto_files())
+    for module in out.rglob("*.py"):
+        text = module.read_text()
+        assert "from dynoserve" not in text, module
+        assert "_descriptor_pool.Default()" not in text, module
+    assert (out / "__init__.py").exists()
+    assert (out / "dynoserve" / "tf_serving" / "__init__.py").exists()
+    assert not (tmp_path / "_proto.staging").exists()
