@@ -8,6 +8,7 @@ Both sets of classes live in one process here: ours register in a private descri
 from __future__ import annotations
 
 import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -239,9 +240,14 @@ def test_importing_the_gateway_loads_no_tensorflow() -> None:
 
 
 def test_protogen_output_stays_inside_the_package(tmp_path: Any) -> None:
-    from gateway.protogen import generate, proto_files
+    from gateway.protogen import proto_files
 
-    out = generate(tmp_path / "_proto")
+    # grpc_tools' protoc and TensorFlow's protobuf runtime crash when they share a process.
+    out = tmp_path / "_proto"
+    code = "import sys, pathlib; from gateway.protogen import generate; generate(pathlib.Path(sys.argv[1]))"
+    subprocess.run(
+        [sys.executable, "-c", code, str(out)], check=True, env=python_env(), timeout=120
+    )
     modules = sorted(p.relative_to(out).as_posix() for p in out.rglob("*_pb2.py"))
     assert len(modules) == len(proto_files())
     for module in out.rglob("*.py"):
