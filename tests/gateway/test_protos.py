@@ -244,7 +244,10 @@ def test_protogen_output_stays_inside_the_package(tmp_path: Any) -> None:
 
     # grpc_tools' protoc and TensorFlow's protobuf runtime crash when they share a process.
     out = tmp_path / "_proto"
-    code = "import sys, pathlib; from gateway.protogen import generate; generate(pathlib.Path(sys.argv[1]))"
+    code = (
+        "import sys, pathlib; from gateway.protogen import generate; "
+        "generate(pathlib.Path(sys.argv[1]))"
+    )
     subprocess.run(
         [sys.executable, "-c", code, str(out)], check=True, env=python_env(), timeout=120
     )
