@@ -210,17 +210,22 @@ def server_histograms(rest: int) -> dict[str, tuple[float, float]]:
     return found
 
 
-def overhead_ms(
+def server_means_ms(
     before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
-) -> float:
-    """Mean server-side time outside the model run, per request, between two snapshots."""
+) -> dict[str, float]:
+    """Mean server-side request time, model-run time and their difference, between snapshots."""
 
     def mean(name: str) -> float:
         total = after[name][0] - before[name][0]
         count = after[name][1] - before[name][1]
-        return total / count if count else 0.0
+        return total / count / 1000 if count else 0.0
 
-    return round((mean("request_latency") - mean("runtime_latency")) / 1000, 3)
+    request, runtime = mean("request_latency"), mean("runtime_latency")
+    return {
+        "server_request_ms": round(request, 3),
+        "server_model_run_ms": round(runtime, 3),
+        "server_overhead_ms": round(request - runtime, 3),
+    }
 
 
 def run_server_series(
@@ -236,7 +241,7 @@ def run_server_series(
             snapshot = server_histograms(rest)
             entry = load(port, image, callers, seconds)
             if callers == 1:
-                entry["server_overhead_ms"] = overhead_ms(snapshot, server_histograms(rest))
+                entry.update(server_means_ms(snapshot, server_histograms(rest)))
                 entry["raw_batch1_around"] = [raw_before, raw.batch1(seconds / 2)]
             if callers == 32:
                 entry["raw_batch32_around"] = [raw32_before, raw.batch32_images_per_s(seconds / 2)]

@@ -165,4 +165,4 @@ def test_concurrent_requests_run_as_shared_batches(tmp_path: Path, tiny_repo: Pa
     print(f"tiny model, 16 callers: batching {batched:.0f} req/s, no batching {plain:.0f} req/s")
     print(f"batches: {count:.0f} for 128 requests, mean padded size {total / count:.1f}")
     assert count < 128 / 2, "concurrent requests must share batches"
-    assert total / count >= 4
+    assert total / count >= 2
