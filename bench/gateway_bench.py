@@ -4,7 +4,7 @@ On the benchmark model (MobileNet v1 224, 40 classes, JPEG decoded in the graph)
 local model server, with a 224x224 JPEG:
   1. sequential latency of a direct gRPC Predict (the gateway's own generated stubs, one channel)
      against the same image through the gateway, sent as base64 JSON and as an image URL the
-     gateway fetches from a loopback HTTP server;
+     gateway fetches from a loopback HTTP server, the three taking turns request by request;
   2. `siege -b` on GET /v1/models/<m>:predict?image_url=... while the gateway's RSS is sampled.
 Results go to bench/results/gateway.json. Everything shares the machine's 2 cores.
   3. a shorter siege with more users than DYNOSERVE_MAX_IN_FLIGHT (32), to see shedding.
@@ -110,35 +110,35 @@ def http_get(port: int, path: str) -> tuple[int, bytes]:
         conn.close()
 
 
-def timed(call: Callable[[], object], n: int, warmup: int = 10) -> list[float]:
+def interleaved(
+    calls: dict[str, Callable[[], object]], n: int, warmup: int = 10
+) -> dict[str, list[float]]:
+    """Time each call n times, taking turns, so all paths see the same machine load."""
     for _ in range(warmup):
-        call()
-    samples = []
+        for call in calls.values():
+            call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(n):
-        start = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - start) * 1000)
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            samples[name].append((time.perf_counter() - start) * 1000)
     return samples
 
 
-def direct_grpc(target: str, image: bytes, n: int) -> list[float]:
-    from gateway.client import ModelServerClient, string_tensor
+def direct_grpc_call(client: Any, image: bytes) -> Callable[[], object]:
+    """One Predict straight to the model server with the gateway's generated stubs."""
+    from gateway.client import string_tensor
 
-    client = ModelServerClient(target, deadline_s=20)
     tensor = {"images": string_tensor([image])}
-    try:
-        return timed(lambda: client.predict(MODEL, None, "serving_default", tensor), n)
-    finally:
-        client.close()
+    return lambda: client.predict(MODEL, None, "serving_default", tensor)
 
 
-def through_gateway(
-    port: int, n: int, method: str, path: str, body: bytes | None
-) -> tuple[list[float], list[float]]:
-    """Client-side latencies, and the gateway's own time outside fetch and inference."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+def gateway_call(
+    conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None, own: list[float]
+) -> Callable[[], object]:
+    """One request through the gateway; records its own time outside fetch and inference."""
     headers = {"Content-Type": "application/json"} if body else {}
-    own_ms: list[float] = []
 
     def call() -> None:
         conn.request(method, path, body=body, headers=headers)
@@ -147,13 +147,42 @@ def through_gateway(
         if response.status != 200:
             raise RuntimeError(f"gateway answered {response.status}: {payload[:300]!r}")
         t = json.loads(payload)["timings_ms"]
-        own_ms.append(t["total"] - t["inference"] - t["fetch"])
+        own.append(t["total"] - t["inference"] - t["fetch"])
 
+    return call
+
+
+def sequential(target: str, port: int, image: bytes, image_url: str, n: int) -> dict[str, Any]:
+    from gateway.client import ModelServerClient
+
+    client = ModelServerClient(target, deadline_s=20)
+    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(2)]
+    body = json.dumps({"image_b64": base64.b64encode(image).decode()}).encode()
+    path = f"/v1/models/{MODEL}:predict"
+    own: dict[str, list[float]] = {"gateway_b64": [], "gateway_url": []}
+    calls = {
+        "direct_grpc": direct_grpc_call(client, image),
+        "gateway_b64": gateway_call(conns[0], "POST", path, body, own["gateway_b64"]),
+        "gateway_url": gateway_call(
+            conns[1], "GET", f"{path}?image_url={image_url}", None, own["gateway_url"]
+        ),
+    }
     try:
-        samples = timed(call, n)
+        samples = interleaved(calls, n)
     finally:
-        conn.close()
-    return samples, own_ms[-n:]
+        client.close()
+        for conn in conns:
+            conn.close()
+    direct = samples["direct_grpc"]
+    return {
+        "latency": {name: percentiles(ms) for name, ms in samples.items()},
+        # Each gateway request minus the direct call made right before it: robust to load drift.
+        "paired": {
+            name: percentiles([a - b for a, b in zip(samples[name], direct, strict=True)])
+            for name in own
+        },
+        "own": {name: percentiles(ms[-n:]) for name, ms in own.items()},
+    }
 
 
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
@@ -249,17 +278,9 @@ def run(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
         process(server_argv, logs / "model-server.log", server_env, lambda: _grpc_ready(target)),
         process(gateway_argv, logs / "gateway.log", gateway_env(http_port, target), readyz) as gw,
     ):
-        body = json.dumps({"image_b64": base64.b64encode(image).decode()}).encode()
-        path = f"/v1/models/{MODEL}:predict"
-        url_path = f"{path}?image_url={image_url}"
-        b64_ms, b64_own = through_gateway(http_port, args.requests, "POST", path, body)
-        url_ms, url_own = through_gateway(http_port, args.requests, "GET", url_path, None)
-        latency = {
-            "direct_grpc": percentiles(direct_grpc(target, image, args.requests)),
-            "gateway_b64": percentiles(b64_ms),
-            "gateway_url": percentiles(url_ms),
-        }
-        own = {"gateway_b64": percentiles(b64_own), "gateway_url": percentiles(url_own)}
+        measured = sequential(target, http_port, image, image_url, args.requests)
+        latency, own, paired = measured["latency"], measured["own"], measured["paired"]
+        url_path = f"/v1/models/{MODEL}:predict?image_url={image_url}"
         base_url = f"http://127.0.0.1:{http_port}"
         # siege gives up after 1024 failed transactions by default; shed 503s count as failures.
         rc = logs / "siegerc"
@@ -280,6 +301,7 @@ def run(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
         "image_bytes": len(image),
         "sequential_latency": latency,
         "gateway_overhead_p50_ms": overhead,
+        "gateway_overhead_paired_ms": paired,
         "gateway_own_time_ms": own,
         "siege": load,
         "siege_past_the_in_flight_bound": shed,
