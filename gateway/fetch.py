@@ -123,9 +123,12 @@ def _ascii_host(parts: SplitResult) -> str:
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     """An HTTP connection to a pre-vetted address, whatever the Host header says."""
 
-    def __init__(self, address: IPAddress, target: Target, timeout: float) -> None:
+    def __init__(
+        self, address: IPAddress, target: Target, timeout: float, tls: ssl.SSLContext
+    ) -> None:
         super().__init__(target.host, target.port, timeout=timeout)
         self.address = address
+        self.tls = tls
 
     def connect(self) -> None:
         self.sock = socket.create_connection((str(self.address), self.port), self.timeout)
@@ -135,19 +138,23 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
 class _PinnedHTTPSConnection(_PinnedHTTPConnection):
     """HTTPS to the vetted address; the certificate is still checked against the host name."""
 
-    _context = ssl.create_default_context()
-
     def connect(self) -> None:
         super().connect()
-        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
+        self.sock = self.tls.wrap_socket(self.sock, server_hostname=self.host)
 
 
 class ImageFetcher:
     """Downloads images over http(s) under a FetchPolicy; one instance serves all threads."""
 
-    def __init__(self, policy: FetchPolicy, resolver: Resolver = system_resolver) -> None:
+    def __init__(
+        self,
+        policy: FetchPolicy,
+        resolver: Resolver = system_resolver,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.policy = policy
         self.resolver = resolver
+        self.tls = tls or ssl.create_default_context()
         # getaddrinfo has no timeout of its own: lookups run here so a slow DNS server
         # cannot hold a request past its budget.
         self._dns = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dns")
@@ -211,7 +218,7 @@ class ImageFetcher:
     ) -> _PinnedHTTPConnection:
         timeout = min(self.policy.connect_timeout_s, _remaining(deadline))
         cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
-        return cls(address, target, timeout)
+        return cls(address, target, timeout, self.tls)
 
     def _request(
         self, conn: _PinnedHTTPConnection, target: Target

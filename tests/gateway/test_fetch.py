@@ -7,12 +7,15 @@ that let something through is caught without a packet leaving the machine.
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -271,3 +274,69 @@ def test_slow_dns_is_bounded(internet: FakeInternet) -> None:
     assert info.value.code == "image_host_timeout"
     assert time.monotonic() - start < 2
     assert internet.attempts == []
+
+
+def self_signed(tmp_path: Path, host: str) -> tuple[Path, Path, bytes]:
+    """A certificate for `host` (and its key), made here: no network, no system trust."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(pem)
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file, pem
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[ImageServer, bytes]]:
+    cert_file, key_file, pem = self_signed(tmp_path, "images.test")
+    server = ImageServer()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, pem
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_verifies_the_name_while_connecting_to_the_pinned_address(
+    tls_server: tuple[ImageServer, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, pem = tls_server
+    server.add_bytes("/tls.png", PNG)
+    internet = FakeInternet(server.server_address[1])
+    monkeypatch.setattr(socket, "create_connection", internet)
+    trust = ssl.create_default_context(cadata=pem.decode())
+    resolver = StubResolver({"images.test": [[PUBLIC]], "other.test": [[PUBLIC_2]]})
+    fetcher_ = ImageFetcher(policy(), resolver, tls=trust)
+    assert fetcher_.fetch("https://images.test/tls.png").data == PNG
+    assert internet.attempts == [(PUBLIC, 443)]
+    # Same server, another name: the certificate does not match it, so nothing is read.
+    with pytest.raises(ImageHostError):
+        fetcher_.fetch("https://other.test/tls.png")
