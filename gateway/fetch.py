@@ -159,6 +159,9 @@ class ImageFetcher:
         # cannot hold a request past its budget.
         self._dns = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dns")
 
+    def close(self) -> None:
+        self._dns.shutdown(wait=False, cancel_futures=True)
+
     def fetch(self, url: str) -> Fetched:
         """The image bytes at `url`, or a GatewayError saying why not."""
         start = time.monotonic()

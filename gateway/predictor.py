@@ -166,6 +166,7 @@ class ModelServerPredictor:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.fetcher.close()
         self.client.close()
 
     def known_models(self) -> set[str]:

@@ -49,7 +49,7 @@ def serve(server: BaseWSGIServer, stop: threading.Event, shutdown_timeout_s: flo
     socket_map = server._map  # waitress keeps its channels here; we drive the loop ourselves
     while not stop.is_set():
         wasyncore.loop(timeout=_POLL_S, use_poll=True, map=socket_map, count=1)
-    log.info("stopping: no new connections; draining in-flight requests")
+    log.info("stop signal: no new connections; draining in-flight requests")
     server.accepting = False
     server.del_channel()
     server.socket.close()
@@ -72,7 +72,7 @@ def _busy(socket_map: dict[int, object]) -> bool:
 
 def install_signal_handlers(stop: threading.Event) -> None:
     def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s", signal.Signals(signum).name)
+        # Only set the flag: logging here could deadlock on a lock the main thread holds.
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)
