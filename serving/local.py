@@ -8,10 +8,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from serving import flags
 from serving.errors import ServingError
 from serving.settings import Settings
+
+if TYPE_CHECKING:
+    from serving.server import ModelServer
 
 log = logging.getLogger("serving.local")
 PROGRAM = "python -m serving.local"
@@ -46,16 +50,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"TensorFlow ModelServer: {VERSION}\nTensorFlow Library: {tf.__version__}")
         return 0
     report_flags(options)
-    settings = Settings.from_env()
     from serving.server import ModelServer, configure_tensorflow_threads
 
     configure_tensorflow_threads(options)
-    stop = threading.Event()
     try:
-        server = ModelServer(options, settings)
+        server = ModelServer(options, Settings.from_env())
     except ServingError as exc:
         print(f"Failed to start server. Error: {exc}", flush=True)
         return 255
+    return serve(server)
+
+
+def serve(server: ModelServer) -> int:
+    """Run until SIGTERM/SIGINT; 255 when start-up fails, as TF Serving exits."""
+    stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("Received signal %d, shutting down", signum)
