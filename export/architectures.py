@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from export.checkpoints import LoadOptions
 from export.errors import CheckpointNotFound, UnreadableCheckpoint, UsageError, brief
 
 MOBILENET_V1 = "mobilenet_v1"
@@ -52,6 +53,24 @@ def build_mobilenet_v1(spec: MobileNetSpec, *, tf_keras: bool = False) -> Any:
         classes=spec.classes,
         classifier_activation="softmax",
     )
+
+
+def build_described(options: LoadOptions, *, tf_keras: bool, holder: str) -> Any:
+    """The untrained model --architecture describes, for weights that come without one.
+
+    `holder` names what holds the weights, for the error message.
+    """
+    if options.architecture is None:
+        raise UsageError(
+            f"{holder} holds weights only: pass --architecture mobilenet_v1 "
+            "(with --alpha, --input-size, --classes) or --architecture <model.json>"
+        )
+    if options.architecture == MOBILENET_V1:
+        if options.input_size is None or options.classes is None:
+            raise UsageError("--architecture mobilenet_v1 needs --input-size and --classes")
+        spec = MobileNetSpec(options.alpha, options.input_size, options.classes)
+        return build_mobilenet_v1(spec, tf_keras=tf_keras)
+    return load_architecture_file(Path(options.architecture), tf_keras=tf_keras)
 
 
 def load_architecture_file(path: Path, *, tf_keras: bool = False) -> Any:

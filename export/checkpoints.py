@@ -32,7 +32,7 @@ class LoadOptions:
     """What a checkpoint does not say about itself, from the command line."""
 
     architecture: str | None = None
-    """TF2: "mobilenet_v1" or a JSON architecture file (Keras model config or MobileNet spec)."""
+    """Weights-only sources (TF2 checkpoint, weights .h5): "mobilenet_v1" or a JSON file."""
     alpha: float = 1.0
     """TF2 mobilenet_v1: width multiplier."""
     input_size: tuple[int, int] | None = None
@@ -133,7 +133,7 @@ def load_checkpoint(kind: Kind, path: Path, options: LoadOptions) -> LoadedModel
     if kind in (Kind.KERAS, Kind.H5):
         from export.keras_files import load_keras_file
 
-        return load_keras_file(kind, path)
+        return load_keras_file(kind, path, options)
     if kind == Kind.TF2:
         from export.tf2_checkpoint import load_tf2_checkpoint
 

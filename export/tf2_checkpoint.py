@@ -10,20 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from export.architectures import (
-    MOBILENET_V1,
-    MobileNetSpec,
-    build_mobilenet_v1,
-    load_architecture_file,
-)
+from export.architectures import build_described
 from export.checkpoints import Kind, LoadedModel, LoadOptions
-from export.errors import UnreadableCheckpoint, UsageError, brief
+from export.errors import UnreadableCheckpoint, brief
 from export.keras_files import keras_input_size
 
 
 def load_tf2_checkpoint(prefix: Path, options: LoadOptions) -> LoadedModel:
     """Build the described model and restore the checkpoint's weights into it."""
-    model = _build(options, _written_by_tf_keras(prefix))
+    model = build_described(
+        options, tf_keras=_written_by_tf_keras(prefix), holder="a TF2 checkpoint"
+    )
     _restore(model, prefix, options.checkpoint_key)
     return LoadedModel(
         classifier=model, kind=Kind.TF2, path=prefix, input_size=keras_input_size(model, prefix)
@@ -41,20 +38,6 @@ def _written_by_tf_keras(prefix: Path) -> bool:
             f"{prefix}: not a readable TF2 checkpoint: {brief(exc)}"
         ) from exc
     return any("/layer_with_weights-" in name or "/layer-" in name for name in names)
-
-
-def _build(options: LoadOptions, tf_keras: bool) -> Any:
-    if options.architecture is None:
-        raise UsageError(
-            "a TF2 checkpoint holds weights only: pass --architecture mobilenet_v1 "
-            "(with --alpha, --input-size, --classes) or --architecture <model.json>"
-        )
-    if options.architecture == MOBILENET_V1:
-        if options.input_size is None or options.classes is None:
-            raise UsageError("--architecture mobilenet_v1 needs --input-size and --classes")
-        spec = MobileNetSpec(options.alpha, options.input_size, options.classes)
-        return build_mobilenet_v1(spec, tf_keras=tf_keras)
-    return load_architecture_file(Path(options.architecture), tf_keras=tf_keras)
 
 
 def _restore(model: Any, prefix: Path, key: str) -> None:

@@ -137,3 +137,22 @@ def mobilenet_spec_file(directory: Path) -> Path:
     spec = {"architecture": "mobilenet_v1", "alpha": 0.25, "input_size": [32, 32], "classes": 4}
     path.write_text(json.dumps(spec))
     return path
+
+
+def write_h5_weights_only(directory: Path) -> tuple[Path, Path, Any]:
+    """tf.keras 2 `save_weights` to .h5 (what ModelCheckpoint(save_weights_only=True) left)."""
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(6)
+    model = tf_keras.Sequential(
+        [
+            tf_keras.layers.Conv2D(4, 3, activation="relu", input_shape=(SIZE, SIZE, 3)),
+            tf_keras.layers.GlobalAveragePooling2D(),
+            tf_keras.layers.Dense(CLASSES, activation="softmax"),
+        ]
+    )
+    weights = directory / "weights-only.h5"
+    model.save_weights(weights)
+    config = directory / "weights-only.json"
+    config.write_text(model.to_json())
+    return weights, config, model

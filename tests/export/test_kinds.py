@@ -61,6 +61,7 @@ def test_detects_kinds_from_paths(
     assert detect_kind(tf2_prefix.parent) == (Kind.TF2, tf2_prefix)
     assert detect_kind(tf1_prefix) == (Kind.TF1, tf1_prefix)
     assert detect_kind(Path(f"{tf1_prefix}.meta")) == (Kind.TF1, tf1_prefix)
+    assert detect_kind(tf1_prefix.parent) == (Kind.TF1, tf1_prefix)  # Saver's `checkpoint` file
     renamed = tmp_path / "weights.bin"  # content, not suffix, decides
     renamed.write_bytes(h5_file[0].read_bytes())
     assert detect_kind(renamed) == (Kind.H5, renamed)
@@ -245,3 +246,14 @@ def test_dynamic_input_size_and_logits_warning(tmp_path: Path, labels4: Path) ->
     summary = export(request, messages.append)
     assert summary.input_size == (24, 40)
     assert any("--softmax if logits" in m for m in messages)
+
+
+def test_weights_only_h5_with_architecture(tmp_path: Path, src: Path, labels4: Path) -> None:
+    weights, config, model = sources.write_h5_weights_only(src)
+    assert detect_kind(weights) == (Kind.H5, weights)
+    with pytest.raises(UsageError, match="holds weights only"):
+        _export(tmp_path, weights, labels4)
+    summary = _export(tmp_path, weights, labels4, load=LoadOptions(architecture=str(config)))
+    pixels = _pixels(16)
+    expected = model(_minus_one_to_one(pixels), training=False).numpy()
+    np.testing.assert_allclose(_served(summary.path, pixels), expected, atol=1e-5)
