@@ -53,7 +53,7 @@ class ExportRequest:
 
 
 def export(request: ExportRequest, progress: Progress | None = None) -> ServableSummary:
-    """Run one export; returns the ServableSummary. Raises ExportError subclasses only."""
+    """Run one export; returns the ServableSummary. Foreseen failures raise ExportError."""
     say = progress or (lambda _message: None)
     check_model_name(request.name)
     model_dir = request.export_dir / request.name

@@ -11,6 +11,7 @@ whose variables are reachable from it (e.g. a `tf.compat.v1.wrap_function` resul
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -134,6 +135,7 @@ def write_servable(
         raise VersionExists(f"{target_dir} already exists; pass --force to replace it")
     sample = _probe(classifier, preprocessing, labels)
     warmup = warmup_image if warmup_image is not None else sample.encoded[0]
+    new_model_dir = not target_dir.parent.exists()
     staging = _staging_dir(target_dir, "staging")
     try:
         say("saving the SavedModel")
@@ -144,6 +146,11 @@ def write_servable(
             say("reloading the export and comparing it with the source model")
             diff = verify_saved_model(staging, sample, labels, tolerance, warmup)
         _move_into_place(staging, target_dir, overwrite)
+    except BaseException:
+        if new_model_dir:  # an empty model folder would look like a model without versions
+            shutil.rmtree(staging, ignore_errors=True)
+            _remove_if_empty(target_dir.parent)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ServableSummary(
@@ -271,6 +278,12 @@ def _staging_dir(target_dir: Path, purpose: str) -> Path:
     except OSError as exc:
         raise WriteFailed(f"cannot create {path.parent}: {exc}") from exc
     return path
+
+
+def _remove_if_empty(directory: Path) -> None:
+    # OSError: not empty (another export wrote there meanwhile) or already gone.
+    with contextlib.suppress(OSError):
+        directory.rmdir()
 
 
 def _move_into_place(staging: Path, target_dir: Path, overwrite: bool) -> None:
