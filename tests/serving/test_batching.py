@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -166,3 +167,39 @@ def test_concurrent_requests_run_as_shared_batches(tmp_path: Path, tiny_repo: Pa
     print(f"batches: {count:.0f} for 128 requests, mean padded size {total / count:.1f}")
     assert count < 128 / 2, "concurrent requests must share batches"
     assert total / count >= 2
+
+
+@pytest.mark.slow
+def test_full_batch_queue_is_unavailable(tmp_path: Path, tiny_repo: Path) -> None:
+    base = copy_versions(tiny_repo, tmp_path / "tiny", [1])
+    batching = tmp_path / "batching.config"
+    batching.write_text(
+        "max_batch_size { value: 1 }\nmax_enqueued_batches { value: 1 }\n"
+        "num_batch_threads { value: 1 }\n"
+    )
+    args = [
+        "--model_name=tiny",
+        f"--model_base_path={base}",
+        "--enable_batching",
+        f"--batching_parameters_file={batching}",
+    ]
+    with running_server(tmp_path / "server.log", args) as server:
+        image = jpeg(RED)
+        start = threading.Barrier(32)
+
+        def call(_: int) -> tuple[grpc.StatusCode, str]:
+            start.wait()
+            try:
+                server.predict.Predict(predict_request("tiny", image), timeout=60)
+            except grpc.RpcError as exc:
+                return exc.code(), exc.details()
+            return grpc.StatusCode.OK, ""
+
+        with ThreadPoolExecutor(32) as pool:
+            outcomes = list(pool.map(call, range(32)))
+    codes = [code for code, _ in outcomes]
+    full = "The batch scheduling queue to which this task was submitted is full"
+    assert {details for code, details in outcomes if code != grpc.StatusCode.OK} == {full}
+    assert grpc.StatusCode.OK in codes
+    assert grpc.StatusCode.UNAVAILABLE in codes
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}

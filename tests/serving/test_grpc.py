@@ -184,3 +184,12 @@ def test_reload_config_rejects_what_tf_serving_rejects(shared_server: Server) ->
     error = _error(lambda: shared_server.models.HandleReloadConfigRequest(empty, timeout=30))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "Only ModelConfigList is currently supported" in error.details()
+
+
+def test_wrong_shape_is_invalid_argument(shared_server: Server) -> None:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "tiny"
+    request.model_spec.signature_name = "predict_pixels"
+    request.inputs["pixels"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 5, 3), np.float32)))
+    error = _error(lambda: shared_server.predict.Predict(request, timeout=30))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
