@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -49,8 +50,11 @@ def verify_saved_model(
     try:
         loaded = tf.saved_model.load(str(path))
         serve = loaded.signatures[SERVING_DEFAULT]
-        if warmup_image is not None:
-            serve(**{IMAGES_INPUT: tf.constant([warmup_image], dtype=tf.string)})
+    except (tf.errors.OpError, KeyError, ValueError, OSError) as exc:
+        raise VerificationFailed(f"the export cannot be reloaded: {brief(exc)}") from exc
+    if warmup_image is not None:
+        _check_warmup(serve, warmup_image)
+    try:
         by_pixels = loaded.signatures[PREDICT_PIXELS](
             **{PIXELS_INPUT: tf.constant(sample.pixels, dtype=tf.float32)}
         )
@@ -61,6 +65,16 @@ def verify_saved_model(
     for signature, outputs in ((PREDICT_PIXELS, by_pixels), (SERVING_DEFAULT, by_images)):
         worst = max(worst, _compare(signature, outputs, sample.expected, labels, tolerance))
     return worst
+
+
+def _check_warmup(serve: Any, image: bytes) -> None:
+    try:
+        serve(**{IMAGES_INPUT: tf.constant([image], dtype=tf.string)})
+    except tf.errors.OpError as exc:
+        raise VerificationFailed(
+            f"the warmup image cannot be classified (TF Serving would refuse the version): "
+            f"{brief(exc)}"
+        ) from exc
 
 
 def _compare(

@@ -186,3 +186,15 @@ def test_module_entry_point(tmp_path: Path, h5_file: Any, labels4: Path) -> None
     again = _python_m_export(*base, "--version", "x")
     assert again.returncode == 2
     assert "version must be a positive integer" in again.stderr
+
+
+def test_bad_warmup_image_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keras_file: Any
+) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    argv = [keras_file[0], "--name", "m", "--export-dir", tmp_path / "repo", "--warmup-image", text]
+    code, _out, err = _run(capsys, *argv)
+    assert code == 1
+    assert "warmup image cannot be classified" in err
+    assert _empty(tmp_path / "repo")
