@@ -11,12 +11,14 @@ own `--name=value` form; the process is replaced (exec), so supervisord signals 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from serving import flags
 from serving.settings import Settings
@@ -24,6 +26,7 @@ from serving.settings import Settings
 log = logging.getLogger("serving.launcher")
 
 STOCK_BINARY = "tensorflow_model_server"
+DEV_PYTHON = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
 EXIT_CONFIG_MISSING = 3
 
 
@@ -49,12 +52,24 @@ def wait_for_file(path: str, timeout: float, interval: float = 0.2) -> bool:
     return True
 
 
+def local_server_python(settings: Settings) -> str:
+    """An interpreter with TensorFlow: the configured one, this one, or the repository's .venv.
+
+    supervisord may run the launcher with the gateway's interpreter, which has no TensorFlow.
+    """
+    if settings.local_server_python:
+        return settings.local_server_python
+    if importlib.util.find_spec("tensorflow") is not None or not DEV_PYTHON.exists():
+        return sys.executable
+    return str(DEV_PYTHON)
+
+
 def command(argv: Sequence[str], settings: Settings) -> list[str]:
     """The argv to exec: the stock binary with canonical flags, or the local server."""
     binary = find_stock_binary(settings)
     if binary is not None:
         return [binary, *flags.canonical_argv(argv)]
-    return [sys.executable, "-m", "serving.local", *argv]
+    return [local_server_python(settings), "-m", "serving.local", *argv]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

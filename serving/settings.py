@@ -24,6 +24,8 @@ class Settings:
     """Interface the local server binds its gRPC and REST ports to."""
     flags_file: str = str(DEFAULT_FLAGS_FILE)
     """Project default flags the launcher adds (empty: none)."""
+    local_server_python: str = ""
+    """Interpreter for the local server; empty: this one if it has TensorFlow, else .venv's."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -34,4 +36,5 @@ class Settings:
             config_wait_seconds=float(env.get("DYNOSERVE_MODEL_CONFIG_WAIT_SECONDS", "120")),
             bind_host=env.get("DYNOSERVE_MODEL_SERVER_HOST", "127.0.0.1"),
             flags_file=env.get("DYNOSERVE_MODEL_SERVER_FLAGS", str(DEFAULT_FLAGS_FILE)),
+            local_server_python=env.get("DYNOSERVE_MODEL_SERVER_PYTHON", ""),
         )

@@ -22,7 +22,7 @@ from tests.serving.helpers import (
     running_server,
     write_config,
 )
-from tests.support import VENV_PYTHON, python_env
+from tests.support import GATEWAY_PYTHON, VENV_PYTHON, python_env
 
 pytestmark = pytest.mark.slow
 
@@ -192,3 +192,20 @@ def test_launcher_adds_the_project_flags_the_command_line_does_not_set(tmp_path:
     conf = Path(__file__).resolve().parents[2] / "serving" / "conf"
     assert f"--batching_parameters_file={conf / 'batching.config'}" in argv
     assert "--allow_version_labels_for_unavailable_models=true" in argv
+
+
+def test_launcher_started_without_tensorflow_runs_the_local_server_with_the_dev_venv() -> None:
+    # The gateway venv has no TensorFlow: supervisord may use it to run the launcher.
+    gateway_python = GATEWAY_PYTHON
+    if not gateway_python.exists():
+        pytest.skip("no gateway venv")
+    result = subprocess.run(
+        [str(gateway_python), "-m", "serving", "--version"],
+        env=python_env({"DYNOSERVE_MODEL_SERVER_LOCAL": "1"}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "TensorFlow ModelServer: dynoserve-local" in result.stdout
