@@ -3,13 +3,16 @@
 Version 1 knows circles and squares in red, green and blue (6 classes); version 2 starts from
 version 1's features and also learns triangles (9 classes), which shows a new version with new
 classes answering with its own labels at once. Seeded: the same run gives the same models.
-Also writes the sample images the README's examples send (docs/samples/).
+Also writes the sample images the README's examples send (docs/samples/), and a sync manifest
+that serves both versions with the labels `stable` (1) and `canary` (2), so `make run` shows
+version and label pinning.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -25,6 +28,9 @@ NORMALIZATION = "minus_one_to_one"
 COLOURS = ("red", "green", "blue")
 REQUIRED_ACCURACY = 0.95
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "docs" / "samples"
+# The sync manifest (docs/sync.md), in TF Serving's ModelConfig field names.
+MANIFEST_NAME = "dynoserve-model.json"
+MANIFEST = {"model_version_policy": {"all": {}}, "version_labels": {"stable": 1, "canary": 2}}
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not args.force and all((model_dir / str(p.version)).exists() for p in PLANS):
             print(f"{model_dir} has versions 1 and 2 already (--force retrains)")
+            write_manifest(model_dir)
             return 0
         from export.training import build_demo
 
@@ -82,7 +89,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ExportError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return exc.exit_code
+        write_manifest(model_dir)
     return 0
+
+
+def write_manifest(model_dir: Path) -> None:
+    """Serve every demo version and label them (written atomically; an existing one is kept)."""
+    target = model_dir / MANIFEST_NAME
+    if target.exists():
+        return
+    staging = target.with_name(f".{MANIFEST_NAME}.tmp")
+    staging.write_text(json.dumps(MANIFEST, indent=2) + "\n")
+    staging.replace(target)
+    print(f"wrote {target}: every version served, labels {MANIFEST['version_labels']}")
 
 
 if __name__ == "__main__":

@@ -67,3 +67,18 @@ def test_existing_versions_are_kept(tmp_path: Path, capsys: pytest.CaptureFixtur
         (tmp_path / "shapes" / version).mkdir(parents=True)
     assert main(["--export-dir", str(tmp_path)]) == 0
     assert "has versions 1 and 2 already" in capsys.readouterr().out
+
+
+def test_demo_manifest_serves_both_versions_with_labels_as_sync_reads_it(tmp_path: Path) -> None:
+    from export.demo import write_manifest
+    from sync.manifest import parse_manifest
+
+    write_manifest(tmp_path)
+    manifest = parse_manifest((tmp_path / "dynoserve-model.json").read_bytes(), "shapes")
+    assert manifest.policy.kind == "all"
+    assert dict(manifest.labels) == {"stable": 1, "canary": 2}
+    (tmp_path / "dynoserve-model.json").write_text('{"version_labels": {"stable": 2}}')
+    write_manifest(tmp_path)  # an operator's edit is kept
+    assert json.loads((tmp_path / "dynoserve-model.json").read_text()) == {
+        "version_labels": {"stable": 2}
+    }
