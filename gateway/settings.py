@@ -87,6 +87,7 @@ class Settings:
             raw = env.get(name)
             if raw is not None:
                 values[f.name] = _parse(name, raw, f.default)
+        values.update(_base_path_defaults(env, values))
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
         return settings
@@ -111,6 +112,15 @@ class Settings:
             raise ConfigError("DYNOSERVE_GRPC_DEADLINE_S must stay below Heroku's 30 s limit")
         if self.grpc_max_attempts > 5:
             raise ConfigError("DYNOSERVE_GRPC_MAX_ATTEMPTS is capped at 5 by gRPC")
+
+
+def _base_path_defaults(env: Mapping[str, str], values: dict[str, object]) -> dict[str, Path]:
+    """Files sync writes beside the models: under DYNOSERVE_MODEL_BASE_PATH, as sync puts them."""
+    base = env.get("DYNOSERVE_MODEL_BASE_PATH")
+    if not base:
+        return {}
+    defaults = {"model_config_file": "models.config", "sync_status_file": "sync-status.json"}
+    return {name: Path(base) / file for name, file in defaults.items() if name not in values}
 
 
 def _env_name(field_name: str) -> str:

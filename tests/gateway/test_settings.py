@@ -44,6 +44,16 @@ def test_every_field_reads_its_variable() -> None:
     assert "k1" not in repr(settings)
 
 
+def test_sync_files_follow_the_model_base_path_like_sync_does() -> None:
+    settings = Settings.from_env({"DYNOSERVE_MODEL_BASE_PATH": "/models"})
+    assert settings.model_config_file == Path("/models/models.config")
+    assert settings.sync_status_file == Path("/models/sync-status.json")
+    explicit = Settings.from_env(
+        {"DYNOSERVE_MODEL_BASE_PATH": "/models", "DYNOSERVE_MODEL_CONFIG_FILE": "/etc/m.config"}
+    )
+    assert explicit.model_config_file == Path("/etc/m.config")
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
