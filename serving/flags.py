@@ -127,11 +127,10 @@ def _convert(name: str, kind: str, raw: str | None) -> Any:
 
 
 def _split(arg: str) -> tuple[str, str | None] | None:
-    """('name', value or None) for `--name[=value]` / `-name[=value]`, None for other text."""
-    if not arg.startswith("-") or arg in ("-", "--"):
+    """('name', value or None) for `--name[=value]` (TF's only form), None for other text."""
+    if not arg.startswith("--") or arg == "--":
         return None
-    body = arg.lstrip("-")
-    name, eq, value = body.partition("=")
+    name, eq, value = arg[2:].partition("=")
     return name, (value if eq else None)
 
 
@@ -216,7 +215,10 @@ def usage(program: str = "tensorflow_model_server") -> str:
 
 
 def parse_or_exit(argv: Sequence[str], program: str) -> ServerOptions:
-    """parse(), exiting as TF Serving does on a malformed value (usage on stdout, status 255)."""
+    """parse(), exiting as TF Serving does on a malformed value or --help (usage, status 255)."""
+    if "--help" in argv:
+        sys.stdout.write(usage(program))
+        raise SystemExit(255)
     try:
         return parse(argv)
     except FlagValueError as exc:

@@ -32,9 +32,9 @@ def test_flags_parse_tf_serving_forms() -> None:
 
 
 def test_flags_sort_out_ignored_and_unknown() -> None:
-    options = flags.parse(["--ssl_config_file=x", "--no_such_flag=1", "stray"])
+    options = flags.parse(["--ssl_config_file=x", "--no_such_flag=1", "stray", "-port=1"])
     assert options.ignored == ("ssl_config_file",)
-    assert options.unknown == ("--no_such_flag=1", "stray")
+    assert options.unknown == ("--no_such_flag=1", "stray", "-port=1")
 
 
 def test_malformed_values_are_refused() -> None:
