@@ -1,9 +1,9 @@
 """`python -m serving [TF Serving flags]`: run stock tensorflow_model_server if there is one,
 else the local server, with the same flags.
 
-The project's flags and config files live in serving/conf: every flag of
-serving/conf/model_server.flags that the command line does not set is added (the command line
-wins; DYNOSERVE_MODEL_SERVER_FLAGS names another file, empty for none).
+The project's flags and config files live in serving/: every flag of serving/model_server.flags
+that the command line does not set is added (the command line wins;
+DYNOSERVE_MODEL_SERVER_FLAGS names another file, empty for none).
 It then waits (bounded) for --model_config_file to exist, because sync writes that file at boot
 and stock TF Serving exits at once when it is missing. The stock binary gets the flags in its
 own `--name=value` form; the process is replaced (exec), so supervisord signals the server itself.

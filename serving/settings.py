@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_FLAGS_FILE = Path(__file__).resolve().parent / "conf" / "model_server.flags"
+DEFAULT_FLAGS_FILE = Path(__file__).resolve().parent / "model_server.flags"
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,7 @@ def test_launcher_adds_the_project_flags_the_command_line_does_not_set(tmp_path:
     argv = record.read_text().split()
     assert "--port=9100" in argv
     assert "--port=8500" not in argv
-    conf = Path(__file__).resolve().parents[2] / "serving" / "conf"
+    conf = Path(__file__).resolve().parents[2] / "serving"
     assert f"--batching_parameters_file={conf / 'batching.config'}" in argv
     assert "--allow_version_labels_for_unavailable_models=true" in argv
 
