@@ -21,10 +21,12 @@ def load(name: str) -> dict[str, Any] | None:
 
 
 def serving_rows(serving: dict[str, Any]) -> list[str]:
-    raw = serving["raw_signature"]
+    targets = serving["targets"]
+    met = {True: "met", False: "missed"}
     rows = [
-        f"| raw signature, batch 1 (in-process) | p50 {raw['batch1']['p50_ms']} ms | |",
-        f"| raw signature, batch 32 (in-process) | {raw['batch32_images_per_s']} images/s | |",
+        f"| raw signature, batch 1 (in-process) | p50 {targets['raw_batch1_p50_ms']} ms | |",
+        f"| raw signature, batch 32 (in-process) | | "
+        f"{targets['raw_batch32_images_per_s']} images/s |",
     ]
     for mode, title in (("grpc_no_batching", "no batching"), ("grpc_batching", "batching")):
         for callers, stats in serving[mode].items():
@@ -32,21 +34,40 @@ def serving_rows(serving: dict[str, Any]) -> list[str]:
                 f"| gRPC Predict, {callers} callers, {title} | p50 {stats['p50_ms']} ms, "
                 f"p99 {stats['p99_ms']} ms | {stats['requests_per_s']} images/s |"
             )
+    rows.append(
+        f"| target: 1 caller p50 <= raw batch 1 + 1.5 ms | {targets['one_caller_p50_ms']} ms vs "
+        f"{targets['one_caller_budget_ms']} ms: {met[targets['one_caller_met']]} | |"
+    )
+    rows.append(
+        f"| target: 32 callers batched >= 0.9x raw batch 32 | | "
+        f"{targets['batched_32_callers_per_s']} vs {targets['batched_32_floor_per_s']} images/s: "
+        f"{met[targets['batched_32_met']]} |"
+    )
     return rows
 
 
 def gateway_rows(gateway: dict[str, Any]) -> list[str]:
     rows = []
     for name, stats in gateway.get("sequential_latency", {}).items():
-        if isinstance(stats, dict) and "p50_ms" in stats:
-            rows.append(f"| {name.replace('_', ' ')}, sequential | p50 {stats['p50_ms']} ms | |")
-    siege = gateway.get("siege", {})
-    if "rss_mb_high_water" in siege:
-        rate = siege.get("siege", {}).get("transaction_rate", "")
         rows.append(
-            f"| gateway under siege -c {siege.get('concurrency')} | RSS high-water "
-            f"{siege['rss_mb_high_water']} MB | {rate} requests/s |"
+            f"| {name.replace('_', ' ')}, sequential | p50 {stats['p50_ms']} ms, "
+            f"p99 {stats['p99_ms']} ms | |"
         )
+    for path, stats in gateway.get("gateway_overhead_paired_ms", {}).items():
+        own = gateway.get("gateway_own_time_ms", {}).get(path, {}).get("p50_ms", "?")
+        rows.append(
+            f"| added by the gateway ({path.removeprefix('gateway_')}), paired with direct gRPC "
+            f"| p50 {stats['p50_ms']} ms (own work {own} ms) | |"
+        )
+    for key, title in (("siege", "siege"), ("siege_past_the_in_flight_bound", "siege, overload")):
+        load = gateway.get(key)
+        if load:
+            rate = load.get("siege", {}).get("transaction_rate", "")
+            shed = f", {load['shed_total']:.0f} shed with 503" if load.get("shed_total") else ""
+            rows.append(
+                f"| gateway under {title} -c {load.get('concurrency')} | RSS high-water "
+                f"{load.get('rss_mb_high_water')} MB | {rate} requests/s{shed} |"
+            )
     return rows
 
 
@@ -72,8 +93,9 @@ def plot(serving: dict[str, Any], path: Path) -> None:
         right.plot(
             callers, [serving[mode][str(c)]["requests_per_s"] for c in callers], "o-", label=title
         )
-    right.axhline(serving["raw_signature"]["batch32_images_per_s"], ls="--", c="gray")
-    right.annotate("raw batch 32", (1, serving["raw_signature"]["batch32_images_per_s"]))
+    raw32 = serving["targets"]["raw_batch32_images_per_s"]
+    right.axhline(raw32, ls="--", c="gray")
+    right.annotate("raw signature, batch 32", (1, raw32))
     left.set(xscale="log", xlabel="concurrent callers", ylabel="p50 latency (ms)")
     right.set(xscale="log", xlabel="concurrent callers", ylabel="images/s")
     for axis in (left, right):
