@@ -1,4 +1,5 @@
-"""Fixtures every test package shares: a clean environment for each test, a real S3 API server."""
+"""Fixtures every test package shares: a clean environment for each test, a real S3 API server,
+a real HTTP image server."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.imagehost import ImageServer, serving_images
 from tests.support import VENV_PYTHON, ManagedProcess, free_port, port_open, python_env
 
 # Variables the project reads. Tests set what they need; nothing leaks in from the shell.
@@ -31,3 +33,10 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with ManagedProcess(argv, log, env=python_env()) as server:
         server.wait_ready(lambda: port_open(port))
         yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def image_server() -> Iterator[ImageServer]:
+    """A loopback HTTP server; tests add the paths and bodies they need."""
+    with serving_images() as server:
+        yield server

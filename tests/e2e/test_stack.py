@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.gateway.conftest import ImageServer, image_bytes
+from tests.imagehost import ImageServer, image_bytes
 from tests.support import (
     GATEWAY_PYTHON,
     REPO_ROOT,
@@ -68,16 +67,6 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_tiny_model(base, "tiny", 1, seed=0)
     write_tiny_model(base, "tiny", 2, seed=1)
     return base
-
-
-@pytest.fixture(scope="module")
-def images() -> Iterator[ImageServer]:
-    server = ImageServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +122,8 @@ def dyno(
         yield {"base": base, "env": env, "proc": proc}
 
 
-def test_predicts_from_a_url_once_ready(dyno: dict[str, Any], images: ImageServer) -> None:
-    url = images.add_bytes("/red.png", image_bytes("PNG", (40, 40), "red"))
+def test_predicts_from_a_url_once_ready(dyno: dict[str, Any], image_server: ImageServer) -> None:
+    url = image_server.add_bytes("/red.png", image_bytes("PNG", (40, 40), "red"))
     status, body = http_json(dyno["base"] + "/v1/models/tiny:predict?top_k=2", {"image_url": url})
     assert status == 200, body
     assert body["model"] == "tiny"
@@ -145,7 +134,7 @@ def test_predicts_from_a_url_once_ready(dyno: dict[str, Any], images: ImageServe
 
 
 def test_a_published_version_goes_live_without_a_deploy(
-    dyno: dict[str, Any], exports: Path, images: ImageServer
+    dyno: dict[str, Any], exports: Path, image_server: ImageServer
 ) -> None:
     publish(dyno["env"], exports, 2)
 
@@ -154,7 +143,7 @@ def test_a_published_version_goes_live_without_a_deploy(
         return status == 200 and "2" in json.dumps(body)
 
     dyno["proc"].wait_ready(serves_v2, timeout=90)
-    url = images.add_bytes("/blue.png", image_bytes("PNG", (40, 40), "blue"))
+    url = image_server.add_bytes("/blue.png", image_bytes("PNG", (40, 40), "blue"))
     wait_for(
         lambda: (
             http_json(dyno["base"] + "/v1/models/tiny:predict?version=2", {"image_url": url})[0]
@@ -197,8 +186,8 @@ def test_demo_model_classifies_the_readme_samples(
     assert body["predictions"][0]["label"] == sample.rsplit(".", 1)[0]
 
 
-def test_unknown_version_is_a_404(dyno: dict[str, Any], images: ImageServer) -> None:
-    url = images.add_bytes("/green.png", image_bytes("PNG", (40, 40), "green"))
+def test_unknown_version_is_a_404(dyno: dict[str, Any], image_server: ImageServer) -> None:
+    url = image_server.add_bytes("/green.png", image_bytes("PNG", (40, 40), "green"))
     endpoint = dyno["base"] + "/v1/models/tiny:predict?version=99"
     status, body = http_json(endpoint, {"image_url": url})
     assert status == 404, body

@@ -17,7 +17,8 @@ from gateway.app import create_app
 from gateway.errors import ModelNotReady
 from gateway.server import build_server, serve
 from gateway.settings import Settings
-from tests.gateway.conftest import FakePredictor, ImageServer, image_bytes
+from tests.gateway.conftest import FakePredictor
+from tests.imagehost import ImageServer, image_bytes
 from tests.support import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

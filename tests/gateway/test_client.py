@@ -233,7 +233,7 @@ def test_a_rollout_between_metadata_and_predict_is_retried_once(fake: Any) -> No
     from gateway.predictor import ModelServerPredictor
     from gateway.results import ImageInput, PredictRequest
     from gateway.settings import Settings
-    from tests.gateway.conftest import image_bytes
+    from tests.imagehost import image_bytes
 
     servicer, client = fake
     predictor = ModelServerPredictor(Settings(), client=client)

@@ -22,7 +22,7 @@ import pytest
 
 from gateway.errors import ForbiddenImageUrl, ImageHostError, PayloadTooLarge
 from gateway.fetch import FetchPolicy, ImageFetcher
-from tests.gateway.conftest import ImageServer, image_bytes
+from tests.imagehost import ImageServer, image_bytes
 
 PUBLIC = "93.184.216.34"
 PUBLIC_2 = "93.184.216.35"

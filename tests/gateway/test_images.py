@@ -11,7 +11,8 @@ from PIL import Image
 
 from gateway.errors import PayloadTooLarge, UndecodableImage, UnsupportedMediaType
 from gateway.images import check_image, encoded_for_graph, pixels_for_graph, sniff_format
-from tests.gateway.conftest import animated_gif, image_bytes
+from tests.gateway.conftest import animated_gif
+from tests.imagehost import image_bytes
 
 
 @pytest.mark.parametrize(

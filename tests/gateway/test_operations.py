@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from gateway.errors import Overloaded
-from tests.gateway.conftest import FakePredictor, image_bytes
+from tests.gateway.conftest import FakePredictor
+from tests.imagehost import image_bytes
 from tests.support import wait_for
 
 PNG = image_bytes("PNG")

@@ -21,12 +21,11 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from tests.gateway.conftest import (
     GatewayProcess,
-    ImageServer,
     Stack,
     animated_gif,
-    image_bytes,
     start_gateway,
 )
+from tests.imagehost import ImageServer, image_bytes
 from tests.support import wait_for
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from gateway.errors import DeadlineExceeded, ModelNotReady
-from tests.gateway.conftest import FakePredictor, image_bytes
+from tests.gateway.conftest import FakePredictor
+from tests.imagehost import image_bytes
 
 PNG = image_bytes("PNG")
 

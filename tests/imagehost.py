@@ -1,0 +1,98 @@
+"""A real HTTP image server on loopback for the tests, and small test images."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from PIL import Image
+
+
+def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (8, 8), color: str = "red") -> bytes:
+    """A small solid image in the given Pillow format."""
+    out = io.BytesIO()
+    mode = "RGBA" if fmt == "WEBP" else "RGB"
+    Image.new(mode, size, color).save(out, format=fmt)
+    return out.getvalue()
+
+
+Route = Callable[[BaseHTTPRequestHandler], None]
+
+
+class ImageServer(ThreadingHTTPServer):
+    """Serves whatever `routes` say; the backlog is sized so bursts do not stall."""
+
+    request_queue_size = 128
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.routes: dict[str, Route] = {}
+        self.hits: list[tuple[str, dict[str, str]]] = []
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up early (timeouts under test) are expected; anything else is shown.
+        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def add_bytes(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> str:
+        def route(h: BaseHTTPRequestHandler) -> None:
+            h.send_response(200)
+            for k, v in (headers or {"Content-Type": "application/octet-stream"}).items():
+                h.send_header(k, v)
+            if "Content-Length" not in (headers or {}):
+                h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+
+        self.routes[path] = route
+        return self.base + path
+
+    def add_redirect(self, path: str, location: str, status: int = 302) -> str:
+        def route(h: BaseHTTPRequestHandler) -> None:
+            h.send_response(status)
+            h.send_header("Location", location)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+
+        self.routes[path] = route
+        return self.base + path
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        server: ImageServer = self.server  # type: ignore[assignment]
+        server.hits.append((self.path, dict(self.headers.items())))
+        route = server.routes.get(self.path.split("?", 1)[0])
+        if route is None:
+            self.send_error(404)
+            return
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            route(self)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serving_images() -> Iterator[ImageServer]:
+    """An ImageServer answering on a background thread until the block ends."""
+    server = ImageServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
