@@ -2,13 +2,14 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYTHON_BASE ?= python3
+PYTHON_BASE ?= $(shell command -v python3.11 || command -v python3)
 VENV        := .venv
 GW_VENV     := .venv-gateway
 PY          := $(VENV)/bin/python
 GW_PY       := $(GW_VENV)/bin/python
 PIP_FLAGS   := --disable-pip-version-check --quiet
 APT_PACKAGES := chromium siege
+SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 
 EXPORT_DIR  ?= exports
 MODEL_BASE_PATH ?= var/models
@@ -48,7 +49,8 @@ apt-deps: ## Install the Debian packages tests and benchmarks use (chromium, sie
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 demo-model: $(EXPORT_DIR)/shapes/2/saved_model.pb ## Train the demo classifier on generated images and export two versions
@@ -95,6 +97,6 @@ publish: setup ## Upload an exported version to S3: make publish NAME=model [VER
 bench: setup apt-deps ## Benchmarks: numbers in bench/results, plot in bench/results
 	$(PY) -m bench
 
-clean: ## Remove virtualenvs, generated code, exports and runtime state
+# Exports are your models: clean leaves $(EXPORT_DIR) alone (delete a version by hand).
+clean: ## Remove virtualenvs, generated code, synced models and caches (not exports/)
 	rm -rf $(VENV) $(GW_VENV) gateway/_proto var .pytest_cache .mypy_cache .ruff_cache
-	rm -rf $(EXPORT_DIR)
