@@ -17,6 +17,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DYNOSERVE_MODEL_PYTHON=/opt/venv/bin/python \
     DYNOSERVE_MODEL_BASE_PATH=/models \
     DYNOSERVE_RUN_DIR=/tmp/dynoserve \
+    DYNOSERVE_MODEL_SERVER_GRPC_PORT=8500 \
+    DYNOSERVE_MODEL_SERVER_REST_PORT=8501 \
     DYNOSERVE_MODEL_SERVER_BIN=/usr/local/bin/tensorflow_model_server
 
 # The stock model server binary; the launcher (python -m serving) finds it and passes it the
