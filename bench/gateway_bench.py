@@ -31,19 +31,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from bench.serving_bench import MODEL, ensure_model, percentiles, sample_jpeg
+from bench.serving_bench import MODEL, ensure_model, free_port, percentiles, sample_jpeg
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "gateway.json"
 GATEWAY_PYTHON = ROOT / ".venv-gateway" / "bin" / "python"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class _ImageHandler(BaseHTTPRequestHandler):

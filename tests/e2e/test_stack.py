@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,8 @@ from tests.support import (
     VENV_PYTHON,
     ManagedProcess,
     free_port,
+    http_json,
+    http_ok,
     python_env,
     wait_for,
 )
@@ -32,24 +32,6 @@ pytestmark = pytest.mark.slow
 
 DEMO_EXPORTS = REPO_ROOT / "exports"
 SAMPLES = REPO_ROOT / "docs" / "samples"
-
-
-def http_json(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-
-
-def answers(url: str, want: int = 200) -> bool:
-    """True once `url` answers `want`; False while nothing listens yet."""
-    try:
-        return http_json(url)[0] == want
-    except urllib.error.URLError:
-        return False
 
 
 def publish(env: dict[str, str], export_dir: Path, version: int, name: str = "tiny") -> None:
@@ -118,13 +100,14 @@ def dyno(
     argv += ["-c", str(REPO_ROOT / "supervisord.conf")]
     with ManagedProcess(argv, root / "dyno.log", env=env) as proc:
         base = f"http://127.0.0.1:{port}"
-        proc.wait_ready(lambda: answers(base + "/readyz"), timeout=180)
+        proc.wait_ready(lambda: http_ok(base + "/readyz"), timeout=180)
         yield {"base": base, "env": env, "proc": proc}
 
 
 def test_predicts_from_a_url_once_ready(dyno: dict[str, Any], image_server: ImageServer) -> None:
     url = image_server.add_bytes("/red.png", image_bytes("PNG", (40, 40), "red"))
-    status, body = http_json(dyno["base"] + "/v1/models/tiny:predict?top_k=2", {"image_url": url})
+    endpoint = dyno["base"] + "/v1/models/tiny:predict?top_k=2"
+    status, _, body = http_json(endpoint, {"image_url": url})
     assert status == 200, body
     assert body["model"] == "tiny"
     assert int(body["version"]) == 1
@@ -139,7 +122,7 @@ def test_a_published_version_goes_live_without_a_deploy(
     publish(dyno["env"], exports, 2)
 
     def serves_v2() -> bool:
-        status, body = http_json(dyno["base"] + "/v1/models/tiny")
+        status, _, body = http_json(dyno["base"] + "/v1/models/tiny")
         return status == 200 and "2" in json.dumps(body)
 
     dyno["proc"].wait_ready(serves_v2, timeout=90)
@@ -152,7 +135,8 @@ def test_a_published_version_goes_live_without_a_deploy(
         timeout=60,
         what="version 2 to answer",
     )
-    status, body = http_json(dyno["base"] + "/v1/models/tiny:predict?version=2", {"image_url": url})
+    endpoint = dyno["base"] + "/v1/models/tiny:predict?version=2"
+    status, _, body = http_json(endpoint, {"image_url": url})
     assert status == 200, body
     assert int(body["version"]) == 2
 
@@ -174,13 +158,13 @@ def test_demo_model_classifies_the_readme_samples(
     import base64
 
     def labelled() -> bool:
-        status, body = http_json(dyno["base"] + "/v1/models/shapes")
+        status, _, body = http_json(dyno["base"] + "/v1/models/shapes")
         return status == 200 and {"stable", "canary"} <= set(body.get("labels", {}))
 
     dyno["proc"].wait_ready(labelled, timeout=60)
     data = base64.b64encode((SAMPLES / sample).read_bytes()).decode()
     url = f"{dyno['base']}/v1/models/shapes:predict?{query}"
-    status, body = http_json(url, {"image_b64": data})
+    status, _, body = http_json(url, {"image_b64": data})
     assert status == 200, body
     assert body["version"] == version
     assert body["predictions"][0]["label"] == sample.rsplit(".", 1)[0]
@@ -189,7 +173,7 @@ def test_demo_model_classifies_the_readme_samples(
 def test_unknown_version_is_a_404(dyno: dict[str, Any], image_server: ImageServer) -> None:
     url = image_server.add_bytes("/green.png", image_bytes("PNG", (40, 40), "green"))
     endpoint = dyno["base"] + "/v1/models/tiny:predict?version=99"
-    status, body = http_json(endpoint, {"image_url": url})
+    status, _, body = http_json(endpoint, {"image_url": url})
     assert status == 404, body
     assert body["error"]["code"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import socket
 import threading
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,14 @@ from gateway.results import (
     VersionInfo,
 )
 from gateway.settings import Settings
-from tests.support import GATEWAY_PYTHON, VENV_PYTHON, ManagedProcess, free_port, python_env
+from tests.support import (
+    GATEWAY_PYTHON,
+    VENV_PYTHON,
+    ManagedProcess,
+    free_port,
+    http_ok,
+    python_env,
+)
 
 
 def animated_gif(frames: int = 3, size: tuple[int, int] = (8, 8)) -> bytes:
@@ -213,14 +219,6 @@ def gateway_env(stack: Stack, port: int, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 @dataclass

@@ -26,7 +26,7 @@ from tests.gateway.conftest import (
     start_gateway,
 )
 from tests.imagehost import ImageServer, image_bytes
-from tests.support import wait_for
+from tests.support import http_json, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +38,7 @@ def call(
     gateway: GatewayProcess, path: str, body: Any = None, headers: dict[str, str] | None = None
 ) -> tuple[int, Any, Any]:
     """(status, headers, parsed JSON) of one request to the gateway."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(gateway.base + path, data=data, headers=headers or {})
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.headers, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, error.headers, json.loads(error.read())
+    return http_json(gateway.base + path, body, headers)
 
 
 def b64(data: bytes) -> str:
