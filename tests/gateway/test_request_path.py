@@ -255,8 +255,11 @@ def test_model_server_down_is_503_and_not_ready() -> None:
 
 
 def test_deadline_exceeded_is_504(model_stack: Stack) -> None:
+    # gRPC rounds deadlines up to whole milliseconds and the tiny model can answer within one,
+    # so the call is given real work: decoding and resizing a 2000x2000 image takes far longer.
     app = create_app(Settings(model_server=model_stack.grpc_target, grpc_deadline_s=0.0005))
-    response = app.test_client().post("/v1/models/shapes:predict", json={"image_b64": b64(PNG)})
+    large = b64(image_bytes("PNG", (2000, 2000), "red"))
+    response = app.test_client().post("/v1/models/shapes:predict", json={"image_b64": large})
     assert response.status_code == 504
     assert response.get_json()["error"]["code"] == "deadline_exceeded"
     app.extensions["dynoserve.predictor"].close()
