@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help setup run test lint export publish bench clean demo-model bench-model apt-deps fmt
+.PHONY: help setup run test test-kernels lint export publish bench clean demo-model bench-model apt-deps fmt
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
@@ -75,6 +75,12 @@ run: setup demo-model ## Serve the demo model on http://127.0.0.1:8080 (PORT): s
 
 test: setup apt-deps demo-model lint ## Lint, then run every test (slow end-to-end ones included)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# TensorFlow picks its kernels by CPU (oneDNN on with AVX-512 VNNI/BF16, off elsewhere), and the
+# two families fail differently on bad input. CI runs `make test` with one forced and this with the other.
+TF_TESTS := tests/serving tests/export tests/e2e
+test-kernels: setup apt-deps demo-model ## Re-run the TensorFlow-touching tests with one kernel family: make test-kernels ONEDNN=0 (or 1)
+	TF_ENABLE_ONEDNN_OPTS=$(or $(ONEDNN),0) $(PY) -m pytest $(TF_TESTS) $(PYTEST_ARGS)
 
 lint: setup ## ruff and mypy
 	$(VENV)/bin/ruff check .
