@@ -1,158 +1,31 @@
-"""Helpers shared by the test packages: free ports, readiness polls, managed subprocesses."""
+"""Helpers shared by the test packages: free ports, readiness polls, managed subprocesses.
+
+They live in devtools/ (shared with bench/); these names stay importable from here.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from types import TracebackType
-from typing import Any
+from devtools.net import free_port, http_json, http_ok, port_open
+from devtools.processes import (
+    GATEWAY_PYTHON,
+    REPO_ROOT,
+    VENV_PYTHON,
+    ManagedProcess,
+    current_python,
+    python_env,
+    wait_for,
+)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-VENV_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
-GATEWAY_PYTHON = REPO_ROOT / ".venv-gateway" / "bin" / "python"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(
-    predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05, what: str = ""
-) -> None:
-    """Poll `predicate` until it is true; raise TimeoutError naming `what` otherwise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    """True when something accepts TCP connections on host:port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex((host, port)) == 0
-
-
-def http_json(
-    url: str, body: Any = None, headers: dict[str, str] | None = None
-) -> tuple[int, Any, Any]:
-    """(status, headers, parsed JSON) of one request; an HTTP error status is an answer too."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers=headers or {})
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.headers, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, error.headers, json.loads(error.read() or b"{}")
-
-
-def http_ok(url: str) -> bool:
-    """True when `url` answers 200; False while nothing listens or it answers otherwise."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for a child Python process of the project (repo on PYTHONPATH)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DYNOSERVE_", "BUCKETEER_"))}
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
-
-
-class ManagedProcess:
-    """A child process whose output goes to a log file, stopped (SIGTERM, then SIGKILL) on exit.
-
-    Use as a context manager; `log()` returns what it printed so far, for assertion messages.
-    """
-
-    def __init__(
-        self,
-        argv: Sequence[str],
-        log_path: Path,
-        env: dict[str, str] | None = None,
-        cwd: Path = REPO_ROOT,
-    ) -> None:
-        self.argv = list(argv)
-        self.log_path = log_path
-        self.env = env if env is not None else python_env()
-        self.cwd = cwd
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ManagedProcess:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd
-        )
-        log.close()
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, wait up to `timeout`, then SIGKILL; returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def wait_ready(self, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-        """Poll `predicate`; fail early, with the log, if the process dies first."""
-
-        def ready() -> bool:
-            if not self.alive():
-                raise RuntimeError(f"{self.argv[:3]} exited early:\n{self.log()[-4000:]}")
-            return predicate()
-
-        try:
-            wait_for(ready, timeout, what=" ".join(self.argv[:4]))
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\n--- log ---\n{self.log()[-4000:]}") from exc
-
-    def __enter__(self) -> ManagedProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def current_python() -> str:
-    """The interpreter running the tests (the dev venv's)."""
-    return sys.executable
+__all__ = [
+    "GATEWAY_PYTHON",
+    "REPO_ROOT",
+    "VENV_PYTHON",
+    "ManagedProcess",
+    "current_python",
+    "free_port",
+    "http_json",
+    "http_ok",
+    "port_open",
+    "python_env",
+    "wait_for",
+]
