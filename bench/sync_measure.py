@@ -1,5 +1,5 @@
 """Measures sync for the closing note: boot sync time for two benchmark-sized models, and the CPU
-an idle watch loop burns. Run: `.venv/bin/python -m tests.sync.measure [--idle-seconds 60]`.
+an idle watch loop burns. Run: `.venv/bin/python -m bench.sync_measure [--idle-seconds 60]`.
 
 The models are stand-ins: random bytes laid out like the benchmark model's SavedModel (14 MB,
 mostly one variables shard), published for real to a moto S3 server on loopback; sync runs in
@@ -19,17 +19,10 @@ import time
 import uuid
 from pathlib import Path
 
+from devtools.net import free_port, port_open
+from devtools.processes import GATEWAY_PYTHON, VENV_PYTHON, ManagedProcess, python_env, wait_for
 from sync.publish import Publisher, PublishRequest
 from sync.settings import Settings
-from tests.support import (
-    GATEWAY_PYTHON,
-    VENV_PYTHON,
-    ManagedProcess,
-    free_port,
-    port_open,
-    python_env,
-    wait_for,
-)
 from tests.sync.conftest import s3_client
 from tests.sync.helpers import FakeModelServer
 
