@@ -74,7 +74,14 @@ class ServingModule(tf.Module):
         return pixels * self._scale + self._offset
 
     def classify_pixels(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-        probabilities = run_classifier(self.classifier, self.normalize(pixels))
+        # An empty batch never reaches the classifier: some CPU kernels (oneDNN's convolution,
+        # on by default on AVX-512 VNNI machines) mishandle zero rows, so the answer would
+        # depend on the CPU. An empty batch gets empty results of the right shape everywhere.
+        probabilities = tf.cond(
+            tf.shape(pixels)[0] > 0,
+            lambda: run_classifier(self.classifier, self.normalize(pixels)),
+            lambda: tf.zeros([0, self._labels.shape[0]], tf.float32),
+        )
         rows = tf.shape(probabilities)[0]
         classes = tf.tile(self._labels[tf.newaxis, :], tf.stack([rows, 1]))
         return {PROBABILITIES: probabilities, CLASSES: classes}
