@@ -20,11 +20,13 @@ from export.errors import ExportError, UsageError
 from export.preprocessing import NORMALIZATIONS
 from export.repository import parse_version
 from export.settings import ExportSettings
+from export.tfimport import import_tensorflow
 
 EPILOG = """\
 checkpoint kinds (detected from the path; --kind overrides):
   model.keras                 Keras 3 model file
-  model.h5                    legacy tf.keras 1.x/2.x model file (read with tf_keras)
+  model.h5                    HDF5 model file: tf.keras 1.x/2.x (read with tf_keras) or
+                              Keras 3 (read with Keras 3), as its keras_version says
   ckpt-5 | train_dir/         TF2 tf.train.Checkpoint(model=...) prefix or directory,
                               with --architecture mobilenet_v1 --alpha A --input-size S --classes C
                               or --architecture model.json: a Keras model.to_json(), or
@@ -171,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         fields = request_fields(args)
         progress("loading TensorFlow")
+        import_tensorflow()
         from export.exporter import ExportRequest, export
 
         summary = export(ExportRequest(**fields), progress)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from export.errors import ExportError
 from export.settings import ExportSettings
+from export.tfimport import import_tensorflow
 
 NAME = "shapes"
 INPUT_SIZE = (32, 32)
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{model_dir} has versions 1 and 2 already (--force retrains)")
             write_manifest(model_dir)
             return 0
+        import_tensorflow()  # before training.py imports it: without the C++ banner
         from export.training import build_demo
 
         try:

@@ -75,8 +75,11 @@ def _detect(request: ExportRequest) -> tuple[Kind, Path]:
     detected, path = detect_kind(request.checkpoint)
     if request.kind is None or request.kind == detected:
         return detected, path
-    # Only the ambiguous prefix case may be overridden: a .meta beside a TF2-style prefix.
+    # Only the ambiguous cases may be overridden: a .meta beside a TF2-style prefix, and an
+    # .h5 file, which Keras 3 writes too (`--kind keras` reads it with Keras 3 first).
     if {request.kind, detected} == {Kind.TF1, Kind.TF2}:
+        return request.kind, path
+    if (request.kind, detected) == (Kind.KERAS, Kind.H5):
         return request.kind, path
     raise UsageError(f"{request.checkpoint} looks like a {detected} checkpoint, not {request.kind}")
 

@@ -57,6 +57,27 @@ def write_h5(directory: Path) -> tuple[Path, Any]:
     return path, model
 
 
+def write_keras3_h5(directory: Path) -> tuple[Path, Any]:
+    """A Keras 3 model saved to .h5, as `model.save("model.h5")` with TF 2.16+ does."""
+    model = keras3_model()
+    path = directory / "keras3.h5"
+    model.save(path)  # Keras 3 writes its own config (`batch_shape`) into the legacy format
+    return path, model
+
+
+def write_h5_nobody_reads(directory: Path, keras_version: str) -> Path:
+    """A full-model .h5 whose architecture names a layer no Keras has."""
+    import h5py
+
+    path = directory / f"unknown-layer-{keras_version}.h5"
+    config = {"class_name": "Sequential", "config": {"layers": [{"class_name": "NoSuchLayer"}]}}
+    with h5py.File(path, "w") as handle:
+        handle.attrs["model_config"] = json.dumps(config)
+        handle.attrs["keras_version"] = keras_version
+        handle.attrs["backend"] = "tensorflow"
+    return path
+
+
 def write_tf2_mobilenet(directory: Path) -> tuple[Path, Any]:
     """MobileNet v1 alpha 0.25 at 32x32 (its smallest input), weights in an object checkpoint."""
     import keras

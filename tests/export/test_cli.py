@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from export.cli import main
+from export.tfimport import filter_cpp_log, min_log_level
 from tests.export.sources import write_labels
 from tests.support import REPO_ROOT, python_env
 
@@ -164,28 +165,50 @@ def test_kind_override_must_fit_the_file(
     assert _empty(tmp_path)
 
 
-def _python_m_export(*argv: Any) -> subprocess.CompletedProcess[str]:
+def _python_m_export(
+    *argv: Any, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "export", *(str(a) for a in argv)],
         capture_output=True,
         text=True,
-        env=python_env(),
+        env=python_env(env),
         cwd=REPO_ROOT,
         timeout=120,
         check=False,
     )
 
 
-def test_module_entry_point(tmp_path: Path, h5_file: Any, labels4: Path) -> None:
-    """The command `make export` runs, as a real process: exit codes and summary."""
+@pytest.mark.parametrize("onednn", ["1", "0"])
+def test_module_entry_point(tmp_path: Path, h5_file: Any, labels4: Path, onednn: str) -> None:
+    """The command `make export` runs, as a real process: exit codes and summary, and none of
+    TensorFlow's C++ start-up lines under TF_CPP_MIN_LOG_LEVEL=2 (the oneDNN notice)."""
     base = [h5_file[0], "--name", "legacy", "--export-dir", tmp_path]
-    result = _python_m_export(*base, "--labels", labels4, "--version", "4")
+    quiet = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": onednn}
+    result = _python_m_export(*base, "--labels", labels4, "--version", "4", env=quiet)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "wrote legacy version 4" in result.stdout
+    assert "oneDNN" not in result.stderr
+    assert "absl::InitializeLog" not in result.stderr
+    assert result.stderr.splitlines()[1].endswith("loading h5 checkpoint " + str(h5_file[0]))
     assert (tmp_path / "legacy/4/saved_model.pb").is_file()
     again = _python_m_export(*base, "--version", "x")
     assert again.returncode == 2
     assert "version must be a positive integer" in again.stderr
+
+
+def test_cpp_log_lines_below_the_level_are_dropped() -> None:
+    banner = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1796121141.804254    7069 port.cc:153] oneDNN custom operations are on.\n"
+    )
+    warning = "W0000 00:00:1796121141.804254    7069 cpu_feature_guard.cc:1] slow CPU\n"
+    ours = "[   0.0s] loading TensorFlow\n"
+    assert filter_cpp_log(banner + warning + ours, 2) == ours
+    assert filter_cpp_log(banner + warning + ours, 1) == warning + ours
+    assert filter_cpp_log(banner + ours, 0) == banner + ours
+    assert min_log_level({"TF_CPP_MIN_LOG_LEVEL": "2"}) == 2
+    assert min_log_level({"TF_CPP_MIN_LOG_LEVEL": "x"}) == 0
 
 
 def test_bad_warmup_image_is_refused(

@@ -102,6 +102,45 @@ def test_h5_in_inference_mode(tmp_path: Path, h5_file: Any, labels4: Path) -> No
     np.testing.assert_allclose(_served(summary.path, pixels), expected, atol=1e-5)
 
 
+def test_keras3_h5(tmp_path: Path, src: Path, labels4: Path) -> None:
+    path, model = sources.write_keras3_h5(src)
+    assert detect_kind(path) == (Kind.H5, path)
+    summary = _export(tmp_path, path, labels4)
+    pixels = _pixels(16)
+    expected = model(_minus_one_to_one(pixels), training=False).numpy()
+    np.testing.assert_allclose(_served(summary.path, pixels), expected, atol=1e-5)
+    meta = json.loads((summary.path / "assets.extra/dynoserve.json").read_text())
+    assert meta["source"] == {"kind": "h5", "path": str(path)}
+
+
+def test_kind_keras_reads_an_h5_with_keras_3(
+    tmp_path: Path, src: Path, h5_file: Any, labels4: Path
+) -> None:
+    keras3_h5, keras3_model = sources.write_keras3_h5(src)
+    pixels = _pixels(16)
+    for path, model in ((keras3_h5, keras3_model), h5_file):
+        summary = _export(tmp_path / path.stem, path, labels4, kind=Kind.KERAS)
+        expected = model(_minus_one_to_one(pixels), training=False).numpy()
+        np.testing.assert_allclose(_served(summary.path, pixels), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("keras_version", ["3.15.1", "2.15.0"])
+def test_h5_error_names_both_attempts(
+    tmp_path: Path, src: Path, labels4: Path, keras_version: str
+) -> None:
+    path = sources.write_h5_nobody_reads(src, keras_version)
+    with pytest.raises(UnreadableCheckpoint) as error:
+        _export(tmp_path, path, labels4)
+    message = str(error.value)
+    assert f"written by Keras {keras_version}" in message
+    assert "tried with Keras 3." in message
+    assert "tried with tf_keras 2." in message
+    assert "NoSuchLayer" in message
+    # The Keras that wrote the file is tried first.
+    keras3_first = message.index("tried with Keras 3.") < message.index("tried with tf_keras")
+    assert keras3_first == keras_version.startswith("3")
+
+
 def test_tf2_mobilenet_from_flags(tmp_path: Path, tf2_mobilenet: Any, labels4: Path) -> None:
     prefix, model = tf2_mobilenet
     load = LoadOptions(architecture="mobilenet_v1", alpha=0.25, input_size=(32, 32))
