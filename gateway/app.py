@@ -1,11 +1,10 @@
-"""The application factory: wires settings, predictor, metrics, auth, shedding and errors."""
+"""The application factory: wires settings, predictor, metrics, auth, admission and errors."""
 
 from __future__ import annotations
 
 import hmac
 import logging
 import re
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -14,8 +13,9 @@ from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
+from gateway.admission import AdmissionControl, AdmittedPredictor, Refused
 from gateway.errors import BadRequest as GatewayBadRequest
-from gateway.errors import GatewayError, MethodNotAllowed, NotFound, Overloaded, Unauthorized
+from gateway.errors import GatewayError, MethodNotAllowed, NotFound, Unauthorized
 from gateway.errors import PayloadTooLarge as GatewayPayloadTooLarge
 from gateway.logs import request_id_var
 from gateway.metrics import Metrics
@@ -50,6 +50,9 @@ def create_app(
     settings = settings or Settings()
     metrics = metrics or Metrics(settings.sync_status_file)
     predictor = predictor or ModelServerPredictor(settings, metrics=metrics)
+    # Predictions wait their turn here; the rest of the Predictor passes straight through.
+    admission = AdmissionControl.from_settings(settings, metrics)
+    predictor = AdmittedPredictor(predictor, admission, client_gone=_client_gone)
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -57,8 +60,7 @@ def create_app(
     app.extensions["dynoserve.predictor"] = predictor
     app.extensions["dynoserve.metrics"] = metrics
     app.register_blueprint(bp)
-    slots = threading.BoundedSemaphore(settings.max_in_flight)
-    _install_hooks(app, settings, predictor, metrics, slots)
+    _install_hooks(app, settings, predictor, metrics)
     _install_error_handlers(app, settings)
 
     @app.get("/metrics")
@@ -68,13 +70,7 @@ def create_app(
     return app
 
 
-def _install_hooks(
-    app: Flask,
-    settings: Settings,
-    predictor: Predictor,
-    metrics: Metrics,
-    slots: threading.BoundedSemaphore,
-) -> None:
+def _install_hooks(app: Flask, settings: Settings, predictor: Predictor, metrics: Metrics) -> None:
     @app.before_request
     def start_request() -> None:
         g.start = time.perf_counter()
@@ -83,13 +79,6 @@ def _install_hooks(
         request_id_var.set(g.request_id)
         if settings.api_keys and request.endpoint not in PUBLIC_ENDPOINTS:
             _authenticate(settings.api_keys)
-        view = app.view_functions.get(request.endpoint or "")
-        if getattr(view, "sheddable", False):
-            if not slots.acquire(blocking=False):
-                metrics.shed.inc()
-                raise Overloaded(f"more than {settings.max_in_flight} requests in flight")
-            g.slot = True
-            metrics.in_flight.inc()
 
     @app.after_request
     def finish_request(response: Response) -> Response:
@@ -99,11 +88,13 @@ def _install_hooks(
         _record(metrics, predictor, response.status_code)
         return response
 
-    @app.teardown_request
-    def release_slot(_exc: BaseException | None) -> None:
-        if g.pop("slot", False):
-            metrics.in_flight.dec()
-            slots.release()
+
+def _client_gone() -> bool:
+    """Whether the client of the current request closed its connection. Waitress notices only
+    while it reads from the connection during a request: server.py sets
+    channel_request_lookahead for that. Other servers (the test client) never say so."""
+    check = request.environ.get("waitress.client_disconnected")
+    return bool(check is not None and check())
 
 
 def _authenticate(keys: tuple[str, ...]) -> None:
@@ -148,7 +139,9 @@ def _install_error_handlers(app: Flask, settings: Settings) -> None:
     @app.errorhandler(GatewayError)
     def gateway_error(error: GatewayError) -> tuple[Response, int, dict[str, str]]:
         headers = {}
-        if error.retry_after is not None:
+        if isinstance(error, Refused):
+            headers["Retry-After"] = str(error.retry_after)  # from the admission estimate
+        elif error.retry_after is not None:
             headers["Retry-After"] = str(settings.retry_after_s)
         if error.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="dynoserve"'

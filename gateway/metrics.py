@@ -58,16 +58,51 @@ class Metrics:
         )
         self.in_flight = Gauge(
             "dynoserve_gateway_in_flight_requests",
-            "Prediction requests being processed now.",
+            "Prediction requests being processed now (admitted, not yet answered).",
             registry=r,
         )
         self.shed = Counter(
             "dynoserve_gateway_shed_requests",
-            "Prediction requests refused with 503 because too many were in flight.",
+            "Prediction requests refused with 503: they could not be answered within the budget.",
             registry=r,
         )
+        self._add_admission(r)
         if sync_status_file is not None:
             r.register(SyncStatusCollector(sync_status_file))
+
+    def _add_admission(self, r: CollectorRegistry) -> None:
+        """The admission queue (gateway/admission.py); its gauges read the queue at scrape time."""
+        self.admitted = Counter(
+            "dynoserve_gateway_admitted_requests",
+            "Prediction requests let through to the model server (at once or after waiting).",
+            registry=r,
+        )
+        self.abandoned = Counter(
+            "dynoserve_gateway_abandoned_requests",
+            "Waiting prediction requests dropped because their client closed the connection.",
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "dynoserve_gateway_queue_wait_seconds",
+            "Time admitted prediction requests waited in the admission queue.",
+            buckets=(0, *_LATENCY_BUCKETS),
+            registry=r,
+        )
+        self.queue_length = Gauge(
+            "dynoserve_gateway_queue_length",
+            "Prediction requests waiting in the admission queue now.",
+            registry=r,
+        )
+        self.admission_estimate = Gauge(
+            "dynoserve_gateway_admission_estimate_seconds",
+            "Estimated time to answer a one-image request arriving now (0 before any answer).",
+            registry=r,
+        )
+        self.service_rate = Gauge(
+            "dynoserve_gateway_service_rate_images_per_second",
+            "Recent rate at which images go through prediction (moving average).",
+            registry=r,
+        )
 
 
 class SyncStatusCollector(Collector):

@@ -41,12 +41,6 @@ def _predictor() -> Predictor:
     return predictor
 
 
-def sheddable(view: Any) -> Any:
-    """Mark a view as prediction work: counted against the in-flight bound, shed beyond it."""
-    view.sheddable = True
-    return view
-
-
 @bp.get("/healthz")
 def healthz() -> Response:
     return jsonify(status="ok")
@@ -84,14 +78,12 @@ def describe_model(model: str) -> Response:
 
 
 @bp.post("/v1/models/<model>:predict")
-@sheddable
 def predict(model: str) -> Response:
     images, batch = parse_images(_settings())
     return run_prediction(check_model_name(model), images, batch, request.args)
 
 
 @bp.get("/v1/models/<model>:predict")
-@sheddable
 def predict_get(model: str) -> Response:
     url = request.args.get("image_url")
     if not url:
@@ -100,7 +92,6 @@ def predict_get(model: str) -> Response:
 
 
 @bp.post("/predict")
-@sheddable
 def predict_legacy() -> Response:
     """The original blog's endpoint: `image_url` and `model` as form fields or JSON."""
     fields = _json_object() if request.is_json else request.form

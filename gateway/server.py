@@ -27,13 +27,18 @@ _POLL_S = 0.2
 
 
 def build_server(app: Flask, settings: Settings) -> BaseWSGIServer:
-    """Waitress sized to the in-flight bound, with a deep backlog (short ones stall bursts)."""
+    """Waitress with a thread for every request admission may hold (so refusals are immediate)
+    and a deep backlog (short ones stall bursts)."""
     server: BaseWSGIServer = create_server(
         app,
         host=settings.bind_host,
         port=settings.port,
         threads=settings.worker_threads,
         backlog=settings.backlog,
+        # With a request in progress waitress keeps reading its connection only if it may look
+        # ahead; that is how it notices a client that hung up (waitress.client_disconnected),
+        # so a request still waiting for admission is dropped instead of predicted.
+        channel_request_lookahead=1,
         connection_limit=max(1000, settings.worker_threads * 4),
         channel_timeout=60,
         asyncore_use_poll=True,  # select() fails beyond 1024 descriptors

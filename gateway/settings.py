@@ -58,9 +58,13 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     """If set, API requests need one of these keys (Bearer token or X-API-Key)."""
     max_in_flight: int = 32
-    """Requests processed at once; more are answered 503 at once instead of queuing."""
+    """Images in prediction at once (a batch of n counts n); more wait in the admission queue."""
+    max_queue: int = 256
+    """Images that may wait in the admission queue; past it requests are refused with 503."""
+    admission_budget_s: float = 12.0
+    """Refuse a request (503) only when its estimated time to answer is over this (< 30 s)."""
     threads: int = 0
-    """Waitress worker threads; 0 means max_in_flight + 4 (headroom to shed, answer probes)."""
+    """Waitress worker threads; 0 means max_in_flight + max_queue + 8 (every waiter a thread)."""
     backlog: int = 2048
     """Listen backlog; a small one stalls connection bursts."""
     retry_after_s: int = 1
@@ -74,8 +78,10 @@ class Settings:
 
     @property
     def worker_threads(self) -> int:
-        """Threads waitress runs: the explicit setting, or in-flight bound plus headroom."""
-        return self.threads or self.max_in_flight + 4
+        """Threads waitress runs: the explicit setting, or one per request that may be admitted
+        or waiting plus headroom, so a request past the queue is refused at once instead of
+        waiting in waitress's own queue for a thread, and probes always find one."""
+        return self.threads or self.max_in_flight + self.max_queue + 8
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -104,10 +110,15 @@ class Settings:
             "DYNOSERVE_MAX_IN_FLIGHT": self.max_in_flight,
             "DYNOSERVE_DEFAULT_TOP_K": self.default_top_k,
             "DYNOSERVE_FETCH_TOTAL_TIMEOUT_S": self.fetch_total_timeout_s,
+            "DYNOSERVE_ADMISSION_BUDGET_S": self.admission_budget_s,
         }
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
+        if self.max_queue < 0:
+            raise ConfigError(f"DYNOSERVE_MAX_QUEUE must be 0 or more, got {self.max_queue}")
+        if self.admission_budget_s >= 30:
+            raise ConfigError("DYNOSERVE_ADMISSION_BUDGET_S must stay below Heroku's 30 s limit")
         if self.grpc_deadline_s >= 30:
             raise ConfigError("DYNOSERVE_GRPC_DEADLINE_S must stay below Heroku's 30 s limit")
         if self.grpc_max_attempts > 5:

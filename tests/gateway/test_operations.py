@@ -85,7 +85,7 @@ def test_security_headers(client: Any) -> None:
 
 def test_sheds_beyond_max_in_flight(make_client: Any, fake_predictor: FakePredictor) -> None:
     fake_predictor.gate = threading.Event()
-    client = make_client(max_in_flight=1)
+    client = make_client(max_in_flight=1, max_queue=0)  # no room to wait: refused at once
     first: list[Any] = []
     worker = threading.Thread(
         target=lambda: first.append(

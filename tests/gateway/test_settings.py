@@ -15,7 +15,7 @@ def test_defaults_need_no_environment() -> None:
     assert settings == Settings()
     assert settings.port == 8080
     assert settings.grpc_deadline_s < 30
-    assert settings.worker_threads == settings.max_in_flight + 4
+    assert settings.worker_threads == settings.max_in_flight + settings.max_queue + 8
 
 
 def test_every_field_reads_its_variable() -> None:
