@@ -98,10 +98,9 @@ class AdmissionControl:
     def admitted(self, cost: int, client_gone: Callable[[], bool]) -> Iterator[None]:
         """Hold `cost` images of capacity for the block, waiting in line if need be."""
         cost = max(1, min(cost, self.capacity))  # a batch larger than capacity runs alone
-        start = self.clock()
-        began = self._enter(cost, start, client_gone)
+        began, waited = self._enter(cost, client_gone)
         if self.metrics is not None:
-            self.metrics.queue_wait.observe(began[0] - start)
+            self.metrics.queue_wait.observe(waited)
             self.metrics.admitted.inc()
         try:
             yield
@@ -109,14 +108,16 @@ class AdmissionControl:
             self._leave(cost, began)
 
     def _enter(
-        self, cost: int, start: float, client_gone: Callable[[], bool]
-    ) -> tuple[float, float]:
+        self, cost: int, client_gone: Callable[[], bool]
+    ) -> tuple[tuple[float, float], float]:
+        """Let in at once or after waiting: ((time, busy-area) when let in, seconds waited)."""
+        start = self.clock()
         with self._lock:
             if not self._queue and self._busy + cost <= self.capacity:
-                return self._take(cost)
+                return self._take(cost), 0.0
             waiter = self._join(cost)
         self._wait(waiter, start + self.budget_s, client_gone)
-        return waiter.began
+        return waiter.began, waiter.began[0] - start
 
     def _join(self, cost: int) -> _Waiter:
         """Queue behind the others, or refuse at once (caller holds the lock)."""

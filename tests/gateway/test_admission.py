@@ -269,6 +269,7 @@ def test_three_times_the_capacity_all_answered(
     assert len(running[0][1][0][2]["results"]) == 2
     assert metric(gw, "dynoserve_gateway_admitted_requests_total") == 6
     assert metric(gw, "dynoserve_gateway_queue_wait_seconds_count") == 6
+    assert metric(gw, 'dynoserve_gateway_queue_wait_seconds_bucket{le="0.0"}') == 1  # the batch
     assert metric(gw, "dynoserve_gateway_shed_requests_total") == 0
     assert metric(gw, "dynoserve_gateway_queue_length") == 0
     assert metric(gw, "dynoserve_gateway_service_rate_images_per_second") > 0
