@@ -1,6 +1,6 @@
-"""Turn bench/results/*.json into bench/results/summary.md (the README's table) and a plot.
+"""bench/results/: the run's JSON, a Markdown table (the README's) and the plot.
 
-Run: python -m bench.report
+Run alone to redraw from the last JSON: python -m bench.report [--results DIR]
 """
 
 from __future__ import annotations
@@ -13,112 +13,135 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+JSON_NAME, TABLE_NAME, PLOT_NAME = "bench.json", "bench.md", "bench.png"
+SYSTEMS = (("dynoserve", "Dynoserve"), ("baseline", "baseline (2019 Flask + gunicorn + Keras)"))
 
 
-def load(name: str) -> dict[str, Any] | None:
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def _fmt(value: Any) -> str:
+    return "–" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def serving_rows(serving: dict[str, Any]) -> list[str]:
-    targets = serving["targets"]
-    met = {True: "met", False: "missed"}
-    rows = [
-        f"| raw signature, batch 1 (in-process) | p50 {targets['raw_batch1_p50_ms']} ms | |",
-        f"| raw signature, batch 32 (in-process) | | "
-        f"{targets['raw_batch32_images_per_s']} images/s |",
+def _per_role(values: dict[str, Any]) -> str:
+    return ", ".join(f"{role} {_fmt(v)}" for role, v in sorted(values.items()) if v)
+
+
+def steps_table(steps: Sequence[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| clients | ok/s | mean ms | p50 ms | p95 ms | p99 ms | failed (by status) "
+        "| CPU s per 1,000 requests | RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for mode, title in (("grpc_no_batching", "no batching"), ("grpc_batching", "batching")):
-        for callers, stats in serving[mode].items():
-            rows.append(
-                f"| gRPC Predict, {callers} callers, {title} | p50 {stats['p50_ms']} ms, "
-                f"p99 {stats['p99_ms']} ms | {stats['requests_per_s']} images/s |"
-            )
-    rows.append(
-        f"| target: 1 caller p50 <= raw batch 1 + 1.5 ms | {targets['one_caller_p50_ms']} ms vs "
-        f"{targets['one_caller_budget_ms']} ms: {met[targets['one_caller_met']]} | |"
-    )
-    rows.append(
-        f"| target: 32 callers batched >= 0.9x raw batch 32 | | "
-        f"{targets['batched_32_callers_per_s']} vs {targets['batched_32_floor_per_s']} images/s: "
-        f"{met[targets['batched_32_met']]} |"
-    )
-    return rows
-
-
-def gateway_rows(gateway: dict[str, Any]) -> list[str]:
-    rows = []
-    for name, stats in gateway.get("sequential_latency", {}).items():
-        rows.append(
-            f"| {name.replace('_', ' ')}, sequential | p50 {stats['p50_ms']} ms, "
-            f"p99 {stats['p99_ms']} ms | |"
+    for s in steps:
+        failed = ", ".join(f"{n}× {k}" for k, n in s["failures"].items()) or "0"
+        warn = " ⚠" if s.get("warning") else ""
+        lines.append(
+            f"| {s['clients']}{warn} | {_fmt(s['ok_per_s'])} | {_fmt(s['mean_ms'])} "
+            f"| {_fmt(s['p50_ms'])} | {_fmt(s['p95_ms'])} | {_fmt(s['p99_ms'])} | {failed} "
+            f"| {_per_role(s['cpu_s_per_1000_requests'])} | {_per_role(s['rss_mb'])} |"
         )
-    for path, stats in gateway.get("gateway_overhead_paired_ms", {}).items():
-        own = gateway.get("gateway_own_time_ms", {}).get(path, {}).get("p50_ms", "?")
-        rows.append(
-            f"| added by the gateway ({path.removeprefix('gateway_')}), paired with direct gRPC "
-            f"| p50 {stats['p50_ms']} ms (own work {own} ms) | |"
+    return lines
+
+
+def limit_lines(limit: dict[str, Any]) -> list[str]:
+    lines = ["| input | batch 1 p50 ms | batch 32 images/s |", "|---|---|---|"]
+    for kind, title in (("jpeg", "JPEG bytes (serving_default)"), ("float", "float pixels")):
+        if kind in limit:
+            row = limit[kind]
+            lines.append(f"| {title} | {row['batch1_p50_ms']} | {row['batch32_images_per_s']} |")
+    return lines
+
+
+def target_lines(targets: Sequence[dict[str, Any]]) -> list[str]:
+    verdict = {True: "met", False: "**missed**", None: "not measured"}
+    lines = ["| target | measured | bound | |", "|---|---|---|---|"]
+    for t in targets:
+        lines.append(
+            f"| {t['target']} | {_fmt(t['value'])} | {_fmt(t['bound'])} | {verdict[t['met']]} |"
         )
-    for key, title in (("siege", "siege"), ("siege_past_the_in_flight_bound", "siege, overload")):
-        load = gateway.get(key)
-        if load:
-            rate = load.get("siege", {}).get("transaction_rate", "")
-            shed = f", {load['shed_total']:.0f} shed with 503" if load.get("shed_total") else ""
-            rows.append(
-                f"| gateway under {title} -c {load.get('concurrency')} | RSS high-water "
-                f"{load.get('rss_mb_high_water')} MB | {rate} requests/s{shed} |"
-            )
-    return rows
+    return lines
 
 
-def table(serving: dict[str, Any] | None, gateway: dict[str, Any] | None) -> str:
-    lines = ["| measurement | latency / memory | throughput |", "|---|---|---|"]
-    if serving:
-        lines += serving_rows(serving)
-    if gateway:
-        lines += gateway_rows(gateway)
-    return "\n".join(lines) + "\n"
+def markdown(results: dict[str, Any]) -> str:
+    m, s = results["machine"], results["settings"]
+    out = [
+        f"Run {results['started']} on {m['cpu']} ({m['cpus']} CPUs), {s['seconds']:g} s per "
+        f'step, siege posting {{"image_url": ...}} for {s["images"]} photo-like '
+        f"{s['image_size']} JPEGs of ~{s['image_kb']} KB served by nginx on loopback. "
+        "Latency percentiles: from siege's per-request lines (10 ms steps); "
+        "1-client p50: a keep-alive client, millisecond-precise.",
+        "",
+    ]
+    for key, title in SYSTEMS:
+        if key in results:
+            one = results[key].get("one_client", {})
+            out += [f"**{title}** (1 keep-alive client: p50 {_fmt(one.get('p50_ms'))} ms)", ""]
+            out += [*steps_table(results[key]["steps"]), ""]
+    out += ["**limit**: the SavedModel in-process, no server", "", *limit_lines(results["limit"])]
+    out += ["", "**targets** (ratios within this run)", "", *target_lines(results["targets"])]
+    warnings = [f"- {w}" for w in results.get("warnings", [])]
+    if warnings:
+        out += ["", "⚠ other processes used the CPU:", *warnings]
+    return "\n".join(out) + "\n"
 
 
-def plot(serving: dict[str, Any], path: Path) -> None:
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Latency and throughput against clients, like the original experiment's chart."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for mode, title in (("grpc_no_batching", "no batching"), ("grpc_batching", "batching")):
-        callers = [int(c) for c in serving[mode]]
-        left.plot(callers, [serving[mode][str(c)]["p50_ms"] for c in callers], "o-", label=title)
-        right.plot(
-            callers, [serving[mode][str(c)]["requests_per_s"] for c in callers], "o-", label=title
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key, title in SYSTEMS:
+        steps = results.get(key, {}).get("steps", [])
+        clients = [s["clients"] for s in steps]
+        left.plot(clients, [s["mean_ms"] for s in steps], "o-", label=f"{title}, mean")
+        right.plot(clients, [s["ok_per_s"] for s in steps], "o-", label=title)
+    limit = results["limit"].get("jpeg", {})
+    if limit:
+        left.axhline(limit["batch1_p50_ms"], ls="--", c="gray", label="limit: batch 1 JPEG")
+        right.axhline(
+            limit["batch32_images_per_s"], ls="--", c="gray", label="limit: batch 32 JPEG"
         )
-    raw32 = serving["targets"]["raw_batch32_images_per_s"]
-    right.axhline(raw32, ls="--", c="gray")
-    right.annotate("raw signature, batch 32", (1, raw32))
-    left.set(xscale="log", xlabel="concurrent callers", ylabel="p50 latency (ms)")
-    right.set(xscale="log", xlabel="concurrent callers", ylabel="images/s")
+    if "float" in results["limit"]:
+        right.axhline(
+            results["limit"]["float"]["batch32_images_per_s"],
+            ls=":",
+            c="gray",
+            label="limit: batch 32 float",
+        )
+    left.set(xscale="log", yscale="log", xlabel="clients", ylabel="latency (ms)")
+    right.set(xscale="log", xlabel="clients", ylabel="answered requests/s")
     for axis in (left, right):
-        axis.legend()
+        axis.legend(fontsize=8)
         axis.grid(alpha=0.3)
-    fig.suptitle("gRPC Predict on the local model server, MobileNet v1 224 (2 cores)")
+    fig.suptitle(f"siege, MobileNet v1 224 (40 classes), {results['machine']['cpu']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(results: dict[str, Any], folder: Path = RESULTS) -> str:
+    """Write the JSON, the Markdown table and the plot into `folder`; return the table."""
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / (JSON_NAME + ".tmp")
+    staging.write_text(json.dumps(results, indent=2) + "\n")
+    staging.replace(folder / JSON_NAME)
+    table = markdown(results)
+    (folder / TABLE_NAME).write_text(table)
+    plot(results, folder / PLOT_NAME)
+    return table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__)
-    parser.parse_args(argv)
-    serving, gateway = load("serving"), load("gateway")
-    if serving is None and gateway is None:
-        print("no results in bench/results: run `make bench`", file=sys.stderr)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    source = args.results / JSON_NAME
+    if not source.exists():
+        print(f"no {source}: run `make bench`", file=sys.stderr)
         return 1
-    summary = RESULTS / "summary.md"
-    summary.write_text(table(serving, gateway))
-    print(summary.read_text())
-    if serving:
-        plot(serving, RESULTS / "serving.png")
-        print(f"wrote {summary} and {RESULTS / 'serving.png'}")
+    print(write(json.loads(source.read_text()), args.results))
     return 0
 
 

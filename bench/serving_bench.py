@@ -1,66 +1,50 @@
-"""Model-server benchmark: the raw SavedModel signature against gRPC Predict on the local server.
+"""Model-server benchmark, the tool behind serving/batching.config: gRPC Predict on the local
+server against the raw SavedModel signature, without batching and with each batching file given.
 
-One run measures, on the benchmark model (MobileNet v1 224, 40 classes, serving_default with
-JPEG decoding in the graph): the signature called in-process at batch 1 and batch 32, then gRPC
-Predict with 1, 8, 32 and 64 concurrent callers each sending one JPEG, against the local server
-without and with server-side batching. Results go to bench/results/serving.json.
+On the benchmark model (MobileNet v1 224, 40 classes, JPEG decoded in the graph) with a
+640x480 photo-like JPEG (bench/images.py): the signature in-process at batch 1 and 32, then
+gRPC Predict with 1, 8, 32 and 64 concurrent callers (threads here, one JPEG per call).
 The client threads share the machine's cores with the server; the numbers say so.
-Run: python -m bench.serving_bench [--model-dir D] [--seconds S]
+Run: python -m bench.serving_bench [--seconds S] [--batching-file F ...] [--callers 1,8,32]
+Results: bench/results/serving.json (`make bench` is the end-to-end benchmark).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "serving.json"
+from bench.images import encode, photo
+from devtools.net import free_port, port_open
+from devtools.processes import REPO_ROOT, VENV_PYTHON, ManagedProcess, python_env
+
+RESULTS = REPO_ROOT / "bench" / "results" / "serving.json"
 MODEL = "mobilenet"
 CALLERS = (1, 8, 32, 64)
-BATCHING = (
-    "max_batch_size { value: 32 }\n"
-    "batch_timeout_micros { value: 0 }\n"
-    "num_batch_threads { value: 1 }\n"
-    "max_enqueued_batches { value: 64 }\n"
-)
+SHIPPED_BATCHING = REPO_ROOT / "serving" / "batching.config"
 
 
-def sample_jpeg(size: int = 224) -> bytes:
-    """A photo-like 224x224 JPEG (smooth gradients plus noise), about what a client sends."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:size, 0:size]
-    base = np.stack([x, y, (x + y) // 2], axis=-1) * (255 / size)
-    pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+def sample_jpeg() -> bytes:
+    """One of `make bench`'s photo-like 640x480 JPEGs (~145 KB)."""
+    return encode(photo(0))
 
 
 def ensure_model(model_dir: Path) -> Path:
     """The benchmark model's base path, exported by export.benchmodel if missing."""
     base = model_dir / MODEL
     if not (base / "1" / "saved_model.pb").exists():
-        subprocess.run(
-            [sys.executable, "-m", "export.benchmodel", "--export-dir", str(model_dir)],
-            check=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
+        argv = [str(VENV_PYTHON), "-m", "export.benchmodel", "--export-dir", str(model_dir)]
+        subprocess.run(argv, check=True, env=python_env())
     return base
 
 
@@ -107,43 +91,21 @@ def _timed_calls(call: Callable[[], Any], seconds: float) -> list[float]:
     return latencies
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(
-    base: Path, extra: Sequence[str], log: Path
-) -> tuple[subprocess.Popen[bytes], int, int]:
+def start_server(base: Path, extra: Sequence[str], log: Path) -> tuple[ManagedProcess, int, int]:
     """The local server (gRPC, REST with metrics) once its gRPC port accepts connections."""
     port, rest = free_port(), free_port()
     monitoring = log.with_suffix(".monitoring")
     monitoring.write_text("prometheus_config { enable: true }")
-    argv = [
-        sys.executable,
-        "-m",
-        "serving.local",
-        f"--port={port}",
-        f"--rest_api_port={rest}",
-        f"--monitoring_config_file={monitoring}",
-        f"--model_name={MODEL}",
-        f"--model_base_path={base}",
-        *extra,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited early; see {log}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return process, port, rest
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"server did not start; see {log}")
+    argv = [str(VENV_PYTHON), "-m", "serving.local", f"--port={port}", f"--rest_api_port={rest}"]
+    argv += [f"--monitoring_config_file={monitoring}", f"--model_name={MODEL}"]
+    argv += [f"--model_base_path={base}", *extra]
+    process = ManagedProcess(argv, log, env=python_env()).start()
+    try:
+        process.wait_ready(lambda: port_open(port), timeout=300)
+    except BaseException:
+        process.stop()
+        raise
+    return process, port, rest
 
 
 def load(port: int, image: bytes, callers: int, seconds: float) -> dict[str, Any]:
@@ -229,13 +191,19 @@ def server_means_ms(
 
 
 def run_server_series(
-    base: Path, image: bytes, extra: Sequence[str], seconds: float, log: Path, raw: RawSignature
+    base: Path,
+    image: bytes,
+    extra: Sequence[str],
+    seconds: float,
+    log: Path,
+    raw: RawSignature,
+    callers_list: Sequence[int] = CALLERS,
 ) -> dict[str, Any]:
     """Each caller count in turn; raw batch 1 / 32 re-measured around the runs they judge."""
     process, port, rest = start_server(base, extra, log)
     results: dict[str, Any] = {}
     try:
-        for callers in CALLERS:
+        for callers in callers_list:
             raw_before = raw.batch1(seconds / 2) if callers == 1 else None
             raw32_before = raw.batch32_images_per_s(seconds / 2) if callers == 32 else None
             snapshot = server_histograms(rest)
@@ -247,8 +215,7 @@ def run_server_series(
                 entry["raw_batch32_around"] = [raw32_before, raw.batch32_images_per_s(seconds / 2)]
             results[str(callers)] = entry
     finally:
-        process.terminate()
-        process.wait(60)
+        process.stop(60)
     return results
 
 
@@ -260,48 +227,61 @@ def verdict(plain: dict[str, Any], batched: dict[str, Any]) -> dict[str, Any]:
     return {
         "raw_batch1_p50_ms": round(raw1, 2),
         "one_caller_p50_ms": one_caller,
-        "one_caller_budget_ms": round(raw1 + 1.5, 2),
-        "one_caller_met": one_caller <= raw1 + 1.5,
         "server_overhead_ms": plain["1"]["server_overhead_ms"],
         "raw_batch32_images_per_s": round(raw32, 1),
         "batched_32_callers_per_s": batched["32"]["requests_per_s"],
-        "batched_32_floor_per_s": round(0.9 * raw32, 1),
-        "batched_32_met": batched["32"]["requests_per_s"] >= 0.9 * raw32,
+        "batched_32_vs_raw_batch32": round(batched["32"]["requests_per_s"] / raw32, 2),
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.serving_bench", description=__doc__)
-    parser.add_argument("--model-dir", type=Path, default=ROOT / "var" / "bench-models")
+    parser.add_argument("--model-dir", type=Path, default=REPO_ROOT / "var" / "bench-models")
     parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
+    parser.add_argument(
+        "--batching-file",
+        type=Path,
+        action="append",
+        help="BatchingParameters to measure (repeat to compare; default serving/batching.config)",
+    )
+    parser.add_argument(
+        "--callers", default="1,8,32,64", help="comma-separated; must include 1, 32"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    callers = [int(c) for c in args.callers.split(",")]
     base = ensure_model(args.model_dir)
     image = sample_jpeg()
     raw = RawSignature(base, image)
-    with tempfile.TemporaryDirectory() as tmp:
-        batching_file = Path(tmp) / "batching.config"
-        batching_file.write_text(BATCHING)
-        logs = Path(tmp)
-        plain = run_server_series(base, image, [], args.seconds, logs / "plain.log", raw)
-        print("gRPC, no batching:", json.dumps(plain))
-        batched_args = ["--enable_batching", f"--batching_parameters_file={batching_file}"]
-        batched = run_server_series(base, image, batched_args, args.seconds, logs / "b.log", raw)
-        print("gRPC, batching:", json.dumps(batched))
+    logs = REPO_ROOT / "var" / "bench" / "serving"
+    logs.mkdir(parents=True, exist_ok=True)
+    plain = run_server_series(base, image, [], args.seconds, logs / "plain.log", raw, callers)
+    print("gRPC, no batching:", json.dumps(plain))
+    batched: dict[str, Any] = {}
+    for index, path in enumerate(args.batching_file or [SHIPPED_BATCHING]):
+        extra = ["--enable_batching", f"--batching_parameters_file={path.resolve()}"]
+        log = logs / f"batching-{index}.log"
+        series = run_server_series(base, image, extra, args.seconds, log, raw, callers)
+        batched[str(path)] = {"parameters": path.read_text(), "series": series}
+        print(f"gRPC, batching {path}:", json.dumps(series))
+    first = next(iter(batched.values()))["series"]
     result = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "note": "client threads run on the same cores as the server",
         "image_bytes": len(image),
-        "batching_parameters": BATCHING,
         "load_average_at_end": os.getloadavg(),
         "grpc_no_batching": plain,
         "grpc_batching": batched,
-        "targets": verdict(plain, batched),
+        "targets": verdict(plain, first),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print("targets:", json.dumps(result["targets"]))
-    print(f"wrote {args.output}")
+    print("summary:", json.dumps(result["targets"]))
+    print(f"wrote {args.output}; logs in {logs}")
     return 0
 
 

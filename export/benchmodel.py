@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from export.errors import ExportError
 from export.settings import ExportSettings
@@ -49,20 +49,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def write_benchmark_model(target: Path, version: int, *, force: bool = False) -> ServableSummary:
     """Build the seeded random MobileNet and write it as `target`; returns the summary."""
-    import keras
-
-    from export.architectures import MobileNetSpec, build_mobilenet_v1
     from export.cli import ProgressPrinter
     from export.servable import Preprocessing, write_servable
 
     progress = ProgressPrinter()
-    keras.utils.set_random_seed(SEED)
     started = time.monotonic()
-    model = build_mobilenet_v1(MobileNetSpec(ALPHA, INPUT_SIZE, CLASSES))
+    model = build_classifier()
     progress(f"built MobileNet v1 in {time.monotonic() - started:.1f}s")
     return write_servable(
         model,
-        [f"class_{i:02d}" for i in range(CLASSES)],
+        labels(),
         Preprocessing(input_size=INPUT_SIZE, normalization="minus_one_to_one"),
         target,
         name=NAME,
@@ -71,6 +67,22 @@ def write_benchmark_model(target: Path, version: int, *, force: bool = False) ->
         overwrite=force,
         progress=progress,
     )
+
+
+def build_classifier() -> Any:
+    """The seeded random MobileNet as a Keras model: the same weights on every call, so the
+    benchmark's in-process baseline classifies with exactly the model that was exported."""
+    import keras
+
+    from export.architectures import MobileNetSpec, build_mobilenet_v1
+
+    keras.utils.set_random_seed(SEED)
+    return build_mobilenet_v1(MobileNetSpec(ALPHA, INPUT_SIZE, CLASSES))
+
+
+def labels() -> list[str]:
+    """The benchmark model's class names."""
+    return [f"class_{i:02d}" for i in range(CLASSES)]
 
 
 if __name__ == "__main__":

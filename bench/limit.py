@@ -1,0 +1,80 @@
+"""The limit: the benchmark SavedModel called in-process, no server, no network.
+
+Batch 1 and batch 32 through both signatures: `serving_default` from JPEG bytes (decoded in the
+graph) and `predict_pixels` from float pixels already at the input size. Run in its own process
+(`python -m bench.limit MODEL_DIR IMAGE --seconds S`, JSON on stdout) so the benchmark runner
+never holds the TensorFlow runtime while the servers are measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+BATCH = 32
+
+
+def timed(call: Callable[[], object], seconds: float) -> list[float]:
+    """Milliseconds of back-to-back calls for `seconds` (at least 5 calls)."""
+    samples: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(samples) < 5:
+        started = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def measure(model_dir: Path, image: bytes, seconds: float) -> dict[str, Any]:
+    """Batch-1 latency and batch-32 images/s for the JPEG and the float signature."""
+    import numpy as np
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(model_dir))
+    jpeg, pixels_fn = loaded.signatures["serving_default"], loaded.signatures["predict_pixels"]
+    height, width = pixels_fn.structured_input_signature[1]["pixels"].shape[1:3]
+    decoded = tf.image.resize(tf.io.decode_jpeg(image, channels=3), (height, width))
+    one_pixel = tf.constant(decoded.numpy()[np.newaxis])
+    inputs = {
+        "jpeg": (jpeg, "images", tf.constant([image]), tf.constant([image] * BATCH)),
+        "float": (pixels_fn, "pixels", one_pixel, tf.tile(one_pixel, [BATCH, 1, 1, 1])),
+    }
+    result: dict[str, Any] = {}
+    for kind, (fn, name, one, batch) in inputs.items():
+        result[kind] = _measure_signature(fn, name, one, batch, seconds)
+    return result
+
+
+def _measure_signature(
+    fn: Any, name: str, one: Any, batch: Any, seconds: float
+) -> dict[str, float]:
+    for _ in range(3):  # warm-up: first calls build kernels and thread pools
+        fn(**{name: one})
+        fn(**{name: batch})
+    ones = timed(lambda: fn(**{name: one}), seconds)
+    batches = timed(lambda: fn(**{name: batch}), seconds)
+    return {
+        "batch1_p50_ms": round(statistics.median(ones), 2),
+        "batch1_mean_ms": round(statistics.fmean(ones), 2),
+        "batch32_images_per_s": round(BATCH * 1000 / statistics.fmean(batches), 1),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.limit", description=__doc__)
+    parser.add_argument("model_dir", type=Path, help="a version folder (…/mobilenet/1)")
+    parser.add_argument("image", type=Path, help="a JPEG")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    args = parser.parse_args(argv)
+    print(json.dumps(measure(args.model_dir, args.image.read_bytes(), args.seconds)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The issue's targets, computed as ratios of numbers measured in one run (not timed tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+Step = dict[str, Any]
+
+
+def target(name: str, value: float | None, bound: float | None, *, at_most: bool) -> Step:
+    """One target: met when value <= bound (at_most) or value >= bound; unknown without data."""
+    if value is None or bound is None:
+        return {"target": name, "value": value, "bound": bound, "met": None}
+    met = value <= bound if at_most else value >= bound
+    return {"target": name, "value": round(value, 2), "bound": round(bound, 2), "met": met}
+
+
+def best_ok_per_s(steps: Sequence[Step]) -> float | None:
+    return max((s["ok_per_s"] for s in steps), default=None)
+
+
+def overload_targets(steps: Sequence[Step]) -> list[Step]:
+    """64 and 100 clients: no failure, throughput near the best, latency near the queueing bound."""
+    best = best_ok_per_s(steps)
+    found = []
+    for step in steps:
+        clients = step["clients"]
+        if clients not in (64, 100):
+            continue
+        found.append(target(f"{clients} clients: failed requests", step["failed"], 0, at_most=True))
+        floor = 0.9 * best if best else None
+        found.append(
+            target(
+                f"{clients} clients: ok/s >= 0.9x best step", step["ok_per_s"], floor, at_most=False
+            )
+        )
+        rate = step["transactions_per_s"]
+        bound = 1000 * clients / rate if rate else None
+        error = abs(step["mean_ms"] - bound) / bound if bound and step["mean_ms"] else None
+        found.append(
+            target(
+                f"{clients} clients: |mean - clients/throughput| / bound", error, 0.25, at_most=True
+            )
+        )
+    return found
+
+
+def one_client_targets(dyno_p50: float | None, base_p50: float | None, limit: Step) -> list[Step]:
+    limit_p50 = limit.get("jpeg", {}).get("batch1_p50_ms")
+    return [
+        target(
+            "1 client p50 (ms) <= limit batch-1 JPEG p50 + 3 ms",
+            dyno_p50,
+            limit_p50 + 3 if limit_p50 is not None else None,
+            at_most=True,
+        ),
+        target(
+            "1 client p50 (ms) <= 0.3x baseline 1 client p50",
+            dyno_p50,
+            0.3 * base_p50 if base_p50 is not None else None,
+            at_most=True,
+        ),
+    ]
+
+
+def throughput_targets(dyno: Sequence[Step], base: Sequence[Step], limit: Step) -> list[Step]:
+    best, base_best = best_ok_per_s(dyno), best_ok_per_s(base)
+    limit32 = limit.get("jpeg", {}).get("batch32_images_per_s")
+    return [
+        target(
+            "best ok/s >= 0.9x limit batch-32 JPEG images/s",
+            best,
+            0.9 * limit32 if limit32 else None,
+            at_most=False,
+        ),
+        target(
+            "best ok/s >= 4x baseline best ok/s",
+            best,
+            4 * base_best if base_best else None,
+            at_most=False,
+        ),
+    ]
+
+
+def evaluate(results: dict[str, Any]) -> list[Step]:
+    """Every target for a run's results (see bench.__main__ for the layout)."""
+    dyno, base = results["dynoserve"]["steps"], results.get("baseline", {}).get("steps", [])
+    one = results["dynoserve"].get("one_client", {}).get("p50_ms")
+    base_one = results.get("baseline", {}).get("one_client", {}).get("p50_ms")
+    limit = results.get("limit", {})
+    return [
+        *overload_targets(dyno),
+        *one_client_targets(one, base_one, limit),
+        *throughput_targets(dyno, base, limit),
+    ]

@@ -1,0 +1,184 @@
+"""The benchmark runner's pieces, on real parts: nginx serving photos, real siege output, /proc
+accounting, the targets and the report (JSON, Markdown, PNG). Seconds, not minutes: no model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import procstat, report, siege, steps, targets
+from bench.images import write_photos
+from bench.nginx import render_config, start_nginx
+from devtools.net import free_port
+from devtools.processes import ManagedProcess, python_env
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return write_photos(tmp_path_factory.mktemp("photos"), 2)
+
+
+@pytest.fixture(scope="module")
+def nginx(photos: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    proc, base = start_nginx(photos[0].parent, tmp_path_factory.mktemp("nginx"))
+    try:
+        yield proc, base
+    finally:
+        proc.stop()
+
+
+def test_photos_are_camera_sized_jpegs_of_about_145_kb(photos: list[Path]) -> None:
+    from PIL import Image
+
+    for path in photos:
+        with Image.open(path) as image:
+            assert (image.format, image.size) == ("JPEG", (640, 480))
+        assert 120_000 < path.stat().st_size < 170_000
+
+
+def test_nginx_config_binds_loopback_with_sized_backlog(tmp_path: Path) -> None:
+    conf = render_config(tmp_path / "root", tmp_path / "run", 8123)
+    assert "listen 127.0.0.1:8123 backlog=4096;" in conf
+    assert "keepalive_requests 1000000;" in conf
+    assert "daemon off;" in conf
+
+
+def test_real_siege_output_parses_into_statuses_latencies_and_summary(
+    nginx: Any, tmp_path: Path
+) -> None:
+    _, base = nginx
+    # nginx serves GET and refuses POST to a static file with 405: both kinds of answer.
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f'{base}/photo-0.jpg\n{base}/photo-1.jpg POST {{"image_url": "x"}}\n')
+    result = siege.run(urls, clients=2, seconds=1, workdir=tmp_path)
+    assert set(result.statuses) == {"200", "405"}
+    assert result.failures == {"405": result.statuses["405"]}
+    assert len(result.latencies_s) == sum(result.statuses.values())
+    assert result.summary["transactions"] == sum(result.statuses.values())
+    assert 0.5 < result.elapsed_s < 3
+
+
+def test_url_file_posts_json_bodies(tmp_path: Path) -> None:
+    path = siege.url_file(tmp_path / "u.txt", "http://h:1/predict", ["http://i/a.jpg"])
+    assert path.read_text() == 'http://h:1/predict POST {"image_url": "http://i/a.jpg"}\n'
+
+
+def test_one_real_step_counts_cpu_and_memory_by_role(nginx: Any, tmp_path: Path) -> None:
+    proc, base = nginx
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"{base}/photo-0.jpg\n")
+    roles = procstat.roles_under({proc.pid: "nginx"}, [])
+    record = steps.run_step(urls, 4, 1, procstat.Sampler(roles, interval=0.1), tmp_path)
+    assert record["failed"] == 0
+    assert record["ok"] > 50
+    assert record["cpu_s_per_1000_requests"]["nginx"] is not None
+    assert record["cpu_s_per_1000_requests"]["siege"] > 0
+    assert record["rss_mb"]["nginx"] > 1
+    assert set(record) >= {"transactions_per_s", "mean_ms", "p50_ms", "p95_ms", "p99_ms"}
+
+
+def test_sampler_sees_a_busy_child_use_cpu(tmp_path: Path) -> None:
+    spin = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\n"
+    spin += "import sys; sys.stdin.read()"
+    argv = [sys.executable, "-c", spin]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE) as child:
+        sampler = procstat.Sampler(lambda: {child.pid: "spinner"}, interval=0.05).start()
+        assert child.stdin is not None
+        while (procstat.cpu_seconds(child.pid) or 0) < 0.4:
+            pass  # a CPU-time condition, not a sleep: the child spins exactly that long
+        usage = sampler.stop()
+        child.stdin.close()
+    assert usage.cpu_s["spinner"] >= 0.3
+    assert usage.rss_mb["spinner"] > 1
+    assert usage.machine_busy_s >= usage.cpu_s["spinner"] - 0.05
+
+
+def _step(clients: int, ok_per_s: float, mean_ms: float, failed: int = 0) -> dict[str, Any]:
+    return {
+        "clients": clients,
+        "ok_per_s": ok_per_s,
+        "transactions_per_s": ok_per_s + failed,
+        "mean_ms": mean_ms,
+        "p50_ms": mean_ms,
+        "p95_ms": mean_ms,
+        "p99_ms": mean_ms,
+        "failed": failed,
+        "failures": {"503": failed} if failed else {},
+        "cpu_s_per_1000_requests": {"gateway": 5.0},
+        "rss_mb": {"gateway": 60.0},
+    }
+
+
+def sample_results() -> dict[str, Any]:
+    return {
+        "started": "2026-12-01T12:00:00+00:00",
+        "machine": {"cpu": "Test CPU", "cpus": 2},
+        "settings": {"seconds": 10.0, "images": 8, "image_size": "640x480", "image_kb": 145},
+        "limit": {
+            "jpeg": {"batch1_p50_ms": 16.0, "batch32_images_per_s": 90.0},
+            "float": {"batch1_p50_ms": 12.0, "batch32_images_per_s": 110.0},
+        },
+        "dynoserve": {
+            "one_client": {"p50_ms": 18.0},
+            "steps": [_step(1, 50, 20), _step(64, 85, 64_000 / 85), _step(100, 70, 2000, failed=3)],
+        },
+        "baseline": {
+            "one_client": {"p50_ms": 65.0},
+            "steps": [_step(1, 15, 65), _step(64, 21, 3000)],
+        },
+    }
+
+
+def test_targets_are_ratios_within_the_run() -> None:
+    verdicts = {t["target"]: t["met"] for t in targets.evaluate(sample_results())}
+    assert verdicts["64 clients: failed requests"] is True
+    assert verdicts["100 clients: failed requests"] is False
+    assert verdicts["64 clients: ok/s >= 0.9x best step"] is True
+    assert verdicts["100 clients: ok/s >= 0.9x best step"] is False  # 70 < 0.9 x 85
+    assert verdicts["64 clients: |mean - clients/throughput| / bound"] is True
+    assert verdicts["100 clients: |mean - clients/throughput| / bound"] is False
+    assert verdicts["1 client p50 (ms) <= limit batch-1 JPEG p50 + 3 ms"] is True
+    assert verdicts["1 client p50 (ms) <= 0.3x baseline 1 client p50"] is True  # 18 <= 19.5
+    assert verdicts["best ok/s >= 0.9x limit batch-32 JPEG images/s"] is True  # 85 >= 81
+    assert verdicts["best ok/s >= 4x baseline best ok/s"] is True  # 85 >= 84
+
+
+def test_report_writes_json_markdown_and_plot(tmp_path: Path) -> None:
+    results = sample_results()
+    results["targets"] = targets.evaluate(results)
+    table = report.write(results, tmp_path)
+    assert json.loads((tmp_path / report.JSON_NAME).read_text()) == results
+    assert (tmp_path / report.TABLE_NAME).read_text() == table
+    assert "| 100 | 70 | 2000 |" in table
+    assert "3× 503" in table
+    assert "**missed**" in table
+    assert (tmp_path / report.PLOT_NAME).read_bytes().startswith(b"\x89PNG")
+
+
+def test_busy_machine_is_flagged() -> None:
+    usage = procstat.StepUsage(cpu_s={"gateway": 1.0}, machine_busy_s=5.0, cpus=2)
+    record = steps.step_record(8, siege.parse("", ""), usage, wall_s=10.0)
+    assert "warning" in record
+    quiet = procstat.StepUsage(cpu_s={"gateway": 1.0}, machine_busy_s=1.2, cpus=2)
+    assert "warning" not in steps.step_record(8, siege.parse("", ""), quiet, wall_s=10.0)
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    samples = [i / 1000 for i in range(1, 101)]
+    stats = steps.latency_stats_ms(samples)
+    assert (stats["p50_ms"], stats["p95_ms"], stats["p99_ms"]) == (50.0, 95.0, 99.0)
+
+
+def test_devtools_process_keeps_its_log(tmp_path: Path) -> None:
+    argv = [sys.executable, "-c", "print('boom'); raise SystemExit(3)"]
+    proc = ManagedProcess(argv, tmp_path / "child.log", env=python_env()).start()
+    with pytest.raises(RuntimeError, match="boom"):
+        proc.wait_ready(lambda: False, timeout=10)
+    assert "boom" in (tmp_path / "child.log").read_text()
+    assert free_port() > 0
