@@ -54,6 +54,12 @@ class ForbiddenImageUrl(BadRequest):
     code = "image_url_forbidden"
 
 
+class TooManyRedirects(BadRequest):
+    """The URL leads through more redirects than DYNOSERVE_FETCH_MAX_REDIRECTS: the URL's fault."""
+
+    code = "too_many_redirects"
+
+
 class InvalidArgument(BadRequest):
     """The model server rejected the request's content."""
 

@@ -2,15 +2,19 @@
 
 Per hop: parse and vet the URL, resolve the name once, vet every address, connect to exactly
 the vetted address (TLS still verifies the certificate against the name), read at most the byte
-cap within a total time budget, and vet redirects the same way. Proxy variables are never read.
+cap, and vet redirects the same way. One time budget covers the whole fetch: every phase of
+every hop (DNS, connect, TLS, response headers, body) ends when it runs out. Proxy variables are
+never read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import socket
 import ssl
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +29,7 @@ from gateway.errors import (
     ImageHostError,
     InvalidImageUrl,
     PayloadTooLarge,
+    TooManyRedirects,
 )
 from gateway.netguard import IPAddress, Resolver, host_allowed, pick_address, system_resolver
 from gateway.settings import Settings
@@ -101,13 +106,15 @@ def parse_target(url: str, allow_hosts: tuple[str, ...] = ()) -> Target:
     if parts.username is not None or parts.password is not None:
         raise ForbiddenImageUrl("image_url must not contain credentials")
     host = _ascii_host(parts)
-    if not host_allowed(host, allow_hosts):
-        raise ForbiddenImageUrl(f"image host {host!r} is not on the allow-list")
+    port = port or (443 if parts.scheme == "https" else 80)
+    if not host_allowed(host, allow_hosts, parts.scheme, port):
+        raise ForbiddenImageUrl(
+            f"image origin {parts.scheme}://{host}:{port} is not on the allow-list"
+        )
     path = quote(parts.path or "/", safe=_URL_SAFE)
     if parts.query:
         path += "?" + quote(parts.query, safe=_URL_SAFE)
-    default_port = 443 if parts.scheme == "https" else 80
-    return Target(parts.scheme, host, port or default_port, path)
+    return Target(parts.scheme, host, port, path)
 
 
 def _ascii_host(parts: SplitResult) -> str:
@@ -120,19 +127,71 @@ def _ascii_host(parts: SplitResult) -> str:
         raise InvalidImageUrl("image_url has an invalid host name") from exc
 
 
+class _Watchdog:
+    """Shuts a hop's socket down when the fetch's budget runs out, whatever phase it is in.
+
+    Socket timeouts bound each read, not a phase: a host that sends one header line per second
+    would never trip them. Shutting the socket down wakes any blocked read at once.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.fired = False
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._done = False
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        """Guard `sock` from now on (TLS replaces the TCP socket with a wrapped one)."""
+        with self._lock:
+            self._sock = sock
+            if self.fired:
+                _shutdown(sock)
+
+    def _cut(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.fired = True
+            if self._sock is not None:
+                _shutdown(self._sock)
+
+    def cancel(self) -> None:
+        """Stop guarding; after this returns the watchdog never touches the socket again."""
+        self._timer.cancel()
+        with self._lock:
+            self._done = True
+
+
+def _shutdown(sock: socket.socket) -> None:
+    # Already closed or never connected: nothing left to wake.
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     """An HTTP connection to a pre-vetted address, whatever the Host header says."""
 
     def __init__(
-        self, address: IPAddress, target: Target, timeout: float, tls: ssl.SSLContext
+        self,
+        address: IPAddress,
+        target: Target,
+        timeout: float,
+        tls: ssl.SSLContext,
+        watchdog: _Watchdog,
     ) -> None:
         super().__init__(target.host, target.port, timeout=timeout)
         self.address = address
         self.tls = tls
+        self.watchdog = watchdog
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((str(self.address), self.port), self.timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = socket.create_connection((str(self.address), self.port), self.timeout)
+        self.watchdog.watch(sock)
+        self.sock = sock
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class _PinnedHTTPSConnection(_PinnedHTTPConnection):
@@ -140,7 +199,14 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection):
 
     def connect(self) -> None:
         super().connect()
-        self.sock = self.tls.wrap_socket(self.sock, server_hostname=self.host)
+        assert self.sock is not None
+        # Handshake after the watchdog holds the TLS socket, so a slow handshake is cut too.
+        wrapped = self.tls.wrap_socket(
+            self.sock, server_hostname=self.host, do_handshake_on_connect=False
+        )
+        self.watchdog.watch(wrapped)
+        self.sock = wrapped
+        wrapped.do_handshake()
 
 
 class ImageFetcher:
@@ -172,27 +238,34 @@ class ImageFetcher:
             if isinstance(location, bytes):
                 return Fetched(location, url, time.monotonic() - start)
             url = urljoin(url, location)
-        raise ImageHostError(f"image host redirected more than {self.policy.max_redirects} times")
+        raise TooManyRedirects(
+            f"image_url redirected more than {self.policy.max_redirects} times "
+            "(DYNOSERVE_FETCH_MAX_REDIRECTS)"
+        )
 
     def _fetch_hop(self, target: Target, deadline: float) -> bytes | str:
         """One request: the body, or the Location of a redirect."""
         resolver = functools.partial(self._resolve, deadline=deadline)
         address = pick_address(target.host, target.port, resolver, self.policy.allow_private)
-        conn = self._connection(address, target, deadline)
+        watchdog = _Watchdog(deadline)
+        conn = self._connection(address, target, deadline, watchdog)
         response: http.client.HTTPResponse | None = None
         try:
             response, sock = self._request(conn, target)
-            return self._handle(response, sock, deadline)
-        except GatewayError:
-            raise
-        except TimeoutError as exc:
-            raise ImageHostError("image host timed out", code="image_host_timeout") from exc
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            raise ImageHostError(f"image host failed: {type(exc).__name__}") from exc
+            result = self._handle(response, sock, deadline)
+        except Exception as exc:
+            translated = _translate(exc, watchdog.fired)
+            if translated is exc:
+                raise
+            raise translated from exc
         finally:
+            watchdog.cancel()
             if response is not None:
                 response.close()
             conn.close()
+        if watchdog.fired:  # a cut body can look complete when the host sent no length
+            raise _out_of_time()
+        return result
 
     def _handle(
         self, response: http.client.HTTPResponse, sock: socket.socket, deadline: float
@@ -217,11 +290,11 @@ class ImageFetcher:
             ) from exc
 
     def _connection(
-        self, address: IPAddress, target: Target, deadline: float
+        self, address: IPAddress, target: Target, deadline: float, watchdog: _Watchdog
     ) -> _PinnedHTTPConnection:
         timeout = min(self.policy.connect_timeout_s, _remaining(deadline))
         cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
-        return cls(address, target, timeout, self.tls)
+        return cls(address, target, timeout, self.tls, watchdog)
 
     def _request(
         self, conn: _PinnedHTTPConnection, target: Target
@@ -272,8 +345,25 @@ def _decoder(encoding: str | None) -> zlib._Decompress | None:
     raise ImageHostError(f"image host used an unsupported Content-Encoding {name!r}")
 
 
+def _translate(exc: Exception, out_of_time: bool) -> Exception:
+    """What a failed hop answers: the budget first (a cut socket fails in many ways)."""
+    if out_of_time:
+        return _out_of_time()
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return ImageHostError("image host timed out", code="image_host_timeout")
+    if isinstance(exc, OSError | http.client.HTTPException | ValueError):
+        return ImageHostError(f"image host failed: {type(exc).__name__}")
+    return exc
+
+
+def _out_of_time() -> ImageHostError:
+    return ImageHostError("image fetch exceeded its time budget", code="image_host_timeout")
+
+
 def _remaining(deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise ImageHostError("image fetch exceeded its time budget", code="image_host_timeout")
+        raise _out_of_time()
     return left

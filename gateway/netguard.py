@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from gateway.errors import ForbiddenImageUrl, ImageHostError
 
@@ -79,18 +81,58 @@ def _private_reason(address: IPAddress) -> str | None:
     return next((reason for hit, reason in checks if hit), None)
 
 
-def host_allowed(host: str, allow_hosts: Iterable[str]) -> bool:
-    """True if `host` is on the allow-list (".example.com" also matches its subdomains)."""
-    patterns = [p.lower().rstrip(".") for p in allow_hosts]
-    if not patterns:
+@dataclass(frozen=True)
+class AllowEntry:
+    """One DYNOSERVE_FETCH_ALLOW_HOSTS entry: a host pattern, or an origin (scheme://host:port)."""
+
+    host: str
+    scheme: str | None = None
+    port: int | None = None
+
+    def matches(self, host: str, scheme: str | None, port: int | None) -> bool:
+        if self.scheme is not None:  # an origin: all three must match exactly
+            return (self.scheme, self.host, self.port) == (scheme, host, port)
+        if self.host.startswith("."):
+            return host.endswith(self.host) or host == self.host[1:]
+        return host == self.host
+
+
+def parse_allow_entry(text: str) -> AllowEntry:
+    """`images.example.com`, `.example.com` (and subdomains) or `https://images.example.com:8443`
+    (that scheme, host and port only; the port defaults to the scheme's); ValueError if neither."""
+    if "://" not in text:
+        if not text or (any(c in text for c in "/:@?#") and not _ip_literal(text)):
+            raise ValueError(f"{text!r} is neither a host name nor an origin")
+        return AllowEntry(_normal_host(text))
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a valid origin: {exc}") from exc
+    extra = parts.username or parts.password or parts.query or parts.fragment
+    if parts.scheme not in ("http", "https") or not parts.hostname or extra:
+        raise ValueError(f"{text!r} is not an origin like https://images.example.com:8443")
+    if parts.path not in ("", "/"):
+        raise ValueError(f"{text!r} has a path; an origin is scheme://host[:port] only")
+    default = 443 if parts.scheme == "https" else 80
+    return AllowEntry(_normal_host(parts.hostname), parts.scheme, port or default)
+
+
+def _normal_host(host: str) -> str:
+    name = host.strip("[]").lower().rstrip(".")
+    return name.encode("idna").decode("ascii") if not name.isascii() else name
+
+
+def host_allowed(
+    host: str, allow_hosts: Iterable[str], scheme: str | None = None, port: int | None = None
+) -> bool:
+    """True if the allow-list is empty or an entry matches (host patterns ignore scheme and
+    port; origin entries need `scheme` and `port` to match as well)."""
+    entries = [parse_allow_entry(p.strip()) for p in allow_hosts]
+    if not entries:
         return True
-    name = host.lower().rstrip(".")
-    for pattern in patterns:
-        if pattern.startswith(".") and (name.endswith(pattern) or name == pattern[1:]):
-            return True
-        if name == pattern:
-            return True
-    return False
+    name = _normal_host(host)
+    return any(entry.matches(name, scheme, port) for entry in entries)
 
 
 def system_resolver(host: str, port: int) -> list[str]:

@@ -94,25 +94,44 @@ def _schemas(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _body_options(as_text: bool = False) -> dict[str, Any]:
+    """version / label / top_k in a body, as in the query string (if both: they must agree)."""
+    number = {"type": "string", "pattern": "^[0-9]+$"} if as_text else {"type": "integer"}
+    return {
+        "version": {**number, "description": "Same as the query parameter."},
+        "label": {"type": "string", "description": "Same as the query parameter."},
+        "top_k": {**number, "description": "Same as the query parameter."},
+    }
+
+
 def _request_schemas(settings: Settings) -> dict[str, Any]:
     url = {"type": "string", "format": "uri", "maxLength": 2048}
     b64 = {"type": "string", "format": "byte", "description": "Base64 image (data: URL allowed)"}
+    options = "version, label and top_k may also be given here; if the query string gives one "
+    options += "too, both must agree (else 400 conflicting_parameter)."
     return {
         "Image": {
             "type": "object",
             "description": "Exactly one of image_url or image_b64.",
             "properties": {"image_url": url, "image_b64": b64},
         },
+        "ImageRequest": {
+            "type": "object",
+            "description": "Exactly one of image_url or image_b64. " + options,
+            "properties": {"image_url": url, "image_b64": b64, **_body_options()},
+        },
         "BatchRequest": {
             "type": "object",
             "required": ["images"],
+            "description": options,
             "properties": {
                 "images": {
                     "type": "array",
                     "minItems": 1,
                     "maxItems": settings.max_batch,
                     "items": _ref("Image"),
-                }
+                },
+                **_body_options(),
             },
         },
     }
@@ -195,13 +214,13 @@ def _model_schemas() -> dict[str, Any]:
 
 
 def _predict_post() -> dict[str, Any]:
-    single = {"oneOf": [_ref("Image"), _ref("BatchRequest")]}
-    form = {
+    single = {"oneOf": [_ref("ImageRequest"), _ref("BatchRequest")]}
+    upload = {"image": {"type": "string", "format": "binary"}, "image_url": {"type": "string"}}
+    form = {"type": "object", "properties": {**upload, **_body_options(as_text=True)}}
+    urlencoded = {
         "type": "object",
-        "properties": {
-            "image": {"type": "string", "format": "binary"},
-            "image_url": {"type": "string"},
-        },
+        "required": ["image_url"],
+        "properties": {"image_url": {"type": "string"}, **_body_options(as_text=True)},
     }
     return {
         "summary": "Classify an image by URL, base64 or upload, or a batch of them",
@@ -209,7 +228,11 @@ def _predict_post() -> dict[str, Any]:
         "parameters": [_MODEL_PARAM, *_SELECTOR_PARAMS],
         "requestBody": {
             "required": True,
-            "content": {_JSON: {"schema": single}, "multipart/form-data": {"schema": form}},
+            "content": {
+                _JSON: {"schema": single},
+                "multipart/form-data": {"schema": form},
+                "application/x-www-form-urlencoded": {"schema": urlencoded},
+            },
         },
         "responses": {
             "200": _json(
@@ -246,8 +269,7 @@ def _predict_legacy() -> dict[str, Any]:
         "properties": {
             "image_url": {"type": "string"},
             "model": {"type": "string"},
-            "version": {"type": "integer", "minimum": 1},
-            "top_k": {"type": "integer", "minimum": 1, "maximum": 100},
+            **_body_options(),
         },
     }
     return {

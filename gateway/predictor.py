@@ -12,7 +12,6 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from gateway.catalog import ModelCatalog
 from gateway.client import (
@@ -20,6 +19,7 @@ from gateway.client import (
     PredictOutput,
     Signature,
     VersionMetadata,
+    VersionStatus,
     float_tensor,
     string_tensor,
 )
@@ -47,6 +47,7 @@ from gateway.results import (
     VersionInfo,
 )
 from gateway.settings import Settings
+from gateway.signatures import InputPlan, check_tensor, describe_signature, input_plan
 
 log = logging.getLogger(__name__)
 
@@ -57,37 +58,6 @@ READINESS_TIMEOUT_S = 2.0
 
 class VersionUnloaded(ModelNotReady):
     """The version a request was pinned to went away between metadata and Predict."""
-
-
-@dataclass(frozen=True)
-class InputPlan:
-    """How to feed a signature: encoded bytes to a string input, or resized float pixels."""
-
-    key: str
-    kind: str  # "encoded" or "pixels"
-    height: int = 0
-    width: int = 0
-
-
-def input_plan(signature: Signature) -> InputPlan:
-    """Decide from the signature's single input what the gateway must send."""
-    if len(signature.inputs) != 1:
-        raise ModelServerError(
-            f"signature {signature.name!r} takes {len(signature.inputs)} inputs; "
-            "the gateway feeds exactly one image input",
-            code="unsupported_model",
-        )
-    key, spec = next(iter(signature.inputs.items()))
-    if spec.dtype == "DT_STRING":
-        return InputPlan(key, "encoded")
-    shape = spec.shape or ()
-    if spec.dtype == "DT_FLOAT" and len(shape) == 4 and shape[3] == 3 and min(shape[1:3]) > 0:
-        return InputPlan(key, "pixels", height=shape[1], width=shape[2])
-    raise ModelServerError(
-        f"signature {signature.name!r} input {key!r} is {spec.dtype} {shape}; "
-        "expected DT_STRING images or DT_FLOAT [-1, H, W, 3] pixels",
-        code="unsupported_model",
-    )
 
 
 def top_k(scores: list[float], classes: list[str] | None, k: int) -> list[Score]:
@@ -212,24 +182,52 @@ class ModelServerPredictor:
             raise self._not_found(request.model, request.version, request.label) from exc
         except InvalidArgument as exc:
             if request.label is not None and "label" in exc.message.lower():
-                raise LabelNotFound(
-                    f"model {request.model!r} has no version labelled {request.label!r}"
-                ) from exc
+                raise self._label_error(request.model, request.label, None) from exc
             raise
 
     def _not_found(self, model: str, version: int | None, label: str | None) -> GatewayError:
-        """Tell apart an unknown model, an unknown version and a model still loading."""
-        try:
-            statuses = self.client.status(model)
-        except NotFound:
-            statuses = []
+        """Tell apart an unknown model, version or label and one still loading; say what exists."""
+        statuses = self._statuses(model)
+        if label is not None and (statuses or model in self.known_models()):
+            return self._label_error(model, label, statuses)
         if statuses and version is not None:
-            return VersionNotFound(f"model {model!r} has no version {version}")
-        if statuses and label is not None:
-            return LabelNotFound(f"model {model!r} has no version labelled {label!r}")
+            listed = ", ".join(
+                f"{s.version} ({s.state})" for s in sorted(statuses, key=_by_version)
+            )
+            return VersionNotFound(f"model {model!r} has no version {version}; versions: {listed}")
         if statuses or model in self.known_models():
             return ModelNotReady(f"model {model!r} has no AVAILABLE version yet")
-        return ModelNotFound(f"no model named {model!r}")
+        return self._model_not_found(model)
+
+    def _label_error(
+        self, model: str, label: str, statuses: list[VersionStatus] | None
+    ) -> GatewayError:
+        """A label models.config names is only waiting for its version (503, retry); any other
+        is unknown (404, listing the labels there are)."""
+        entry = self.catalog.get(model)
+        labels = entry.labels if entry is not None else {}
+        if label not in labels:
+            listed = ", ".join(f"{k} (v{v})" for k, v in sorted(labels.items())) or "none"
+            return LabelNotFound(
+                f"model {model!r} has no version labelled {label!r}; labels: {listed}"
+            )
+        version = labels[label]
+        states = self._statuses(model) if statuses is None else statuses
+        state = next((s.state for s in states if s.version == version), "not loaded")
+        return ModelNotReady(
+            f"label {label!r} of model {model!r} points at version {version}, which is not "
+            f"AVAILABLE yet ({state}); retry shortly"
+        )
+
+    def _model_not_found(self, model: str) -> ModelNotFound:
+        names = ", ".join(sorted(self.known_models())) or "none configured"
+        return ModelNotFound(f"no model named {model!r}; models: {names}")
+
+    def _statuses(self, model: str) -> list[VersionStatus]:
+        try:
+            return self.client.status(model)
+        except NotFound:
+            return []
 
     def _signature(self, meta: VersionMetadata) -> Signature:
         name = self.settings.signature_name
@@ -296,6 +294,7 @@ class ModelServerPredictor:
             if plan.kind == "encoded"
             else float_tensor(payloads, plan.height, plan.width)
         )
+        check_tensor(plan.key, self._signature(meta).inputs[plan.key], tensor)
         signature = self.settings.signature_name
         try:
             output, elapsed = self.client.predict(
@@ -332,7 +331,7 @@ class ModelServerPredictor:
         versions = self._versions(model, request_id)
         entry = self.catalog.get(model)
         if not versions and entry is None:
-            raise ModelNotFound(f"no model named {model!r}")
+            raise self._model_not_found(model)
         info = ModelInfo(model, versions, entry.labels if entry else {})
         if any(v.state == "AVAILABLE" for v in versions):
             meta = self.versions.resolve(model, None, None, request_id)
@@ -367,24 +366,5 @@ class ModelServerPredictor:
         return ",".join(f"{s.version}:{s.state}" for s in statuses) or "no versions"
 
 
-def describe_signature(signature: Signature) -> tuple[dict[str, object], int | None]:
-    """A JSON-ready view of a signature, and the number of classes it ranks."""
-
-    def tensors(specs: dict[str, object]) -> dict[str, object]:
-        return {
-            k: {"dtype": s.dtype, "shape": list(s.shape) if s.shape is not None else None}  # type: ignore[attr-defined]
-            for k, s in sorted(specs.items())
-        }
-
-    plan = input_plan(signature)
-    scores = signature.outputs.get("probabilities")
-    num_classes = scores.shape[-1] if scores and scores.shape and scores.shape[-1] > 0 else None
-    view: dict[str, object] = {
-        "name": signature.name,
-        "input_kind": plan.kind,
-        "inputs": tensors(dict(signature.inputs)),
-        "outputs": tensors(dict(signature.outputs)),
-    }
-    if plan.kind == "pixels":
-        view["input_size"] = [plan.height, plan.width]
-    return view, num_classes
+def _by_version(status: VersionStatus) -> int:
+    return status.version

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ bp = Blueprint("gateway", __name__)
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 MAX_TOP_K = 100
+SELECTOR_FIELDS = ("version", "label", "top_k")
 
 
 def _settings() -> Settings:
@@ -80,7 +82,8 @@ def describe_model(model: str) -> Response:
 @bp.post("/v1/models/<model>:predict")
 def predict(model: str) -> Response:
     images, batch = parse_images(_settings())
-    return run_prediction(check_model_name(model), images, batch, request.args)
+    params = merge_selector(request.args, _body_fields())
+    return run_prediction(check_model_name(model), images, batch, params)
 
 
 @bp.get("/v1/models/<model>:predict")
@@ -100,8 +103,7 @@ def predict_legacy() -> Response:
         raise BadRequest("field model is required", code="missing_model")
     if not isinstance(url, str) or not url:
         raise BadRequest("field image_url is required", code="missing_image")
-    params = {"version": fields.get("version"), "top_k": fields.get("top_k")}
-    params = {k: str(v) for k, v in params.items() if v is not None}
+    params = merge_selector(request.args, fields)
     return run_prediction(check_model_name(model), (ImageInput(url=url),), False, params)
 
 
@@ -112,7 +114,9 @@ def run_prediction(
     g.model = model
     req = PredictRequest(model, images, version, label, k, g.request_id)
     result = _predictor().predict(req)
-    g.served_version = result.version
+    # Metrics name a version only if it served something: a refused image was served by none.
+    if any(item.predictions is not None for item in result.items):
+        g.served_version = result.version
     if not batch and result.items[0].error is not None:
         raise result.items[0].error
     return jsonify(render_result(result, batch))
@@ -124,8 +128,49 @@ def check_model_name(model: str) -> str:
     return model
 
 
+def _body_fields() -> Mapping[str, Any]:
+    """The body's top-level fields (JSON object or form), where options may also be given."""
+    if request.is_json:
+        return _json_object()
+    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return request.form
+    return {}
+
+
+def merge_selector(query: Mapping[str, Any], body: Mapping[str, Any]) -> dict[str, str]:
+    """version, label and top_k from the query string or the body. Given in both places they
+    must agree: a request whose query says one version and body another is refused (400),
+    never answered from one of them silently."""
+    merged: dict[str, str] = {}
+    for name in SELECTOR_FIELDS:
+        in_query = _option_text(name, query.get(name))
+        in_body = _option_text(name, body.get(name))
+        if in_query is not None and in_body is not None and in_query != in_body:
+            raise InvalidParameter(
+                f"{name} is {in_query!r} in the query string but {in_body!r} in the body; "
+                "give it once",
+                code="conflicting_parameter",
+            )
+        value = in_query if in_query is not None else in_body
+        if value is not None:
+            merged[name] = value
+    return merged
+
+
+def _option_text(name: str, raw: Any) -> str | None:
+    """An option as text: strings as given, JSON integers for version/top_k; else a 400."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, str):
+        return raw
+    if name != "label" and isinstance(raw, int) and not isinstance(raw, bool):
+        return str(raw)
+    kind = "a string" if name == "label" else "an integer"
+    raise InvalidParameter(f"{name} must be {kind}, got {type(raw).__name__}")
+
+
 def parse_selector(params: Any, default_k: int) -> tuple[int | None, str | None, int]:
-    """version / label / top_k from query parameters (or legacy form fields)."""
+    """version / label / top_k, validated, from merge_selector's answer or the query string."""
     version_raw, label = params.get("version"), params.get("label")
     if version_raw not in (None, "") and label not in (None, ""):
         raise InvalidParameter("give either version or label, not both")
@@ -162,7 +207,11 @@ def parse_images(settings: Settings) -> tuple[tuple[ImageInput, ...], bool]:
 
 
 def _json_object() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        # json gives up on deep nesting (about 1,000 levels) with RecursionError, not ValueError.
+        body = None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="malformed_json")
     return body

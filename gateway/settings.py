@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from gateway.errors import ConfigError
+from gateway.netguard import parse_allow_entry
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -52,7 +53,8 @@ class Settings:
     fetch_max_redirects: int = 3
     """Redirects followed per fetch; each hop is checked again."""
     fetch_allow_hosts: tuple[str, ...] = ()
-    """If set, only these hosts (".example.com" matches subdomains) may be fetched."""
+    """If set, only these hosts (".example.com" matches subdomains) or origins
+    ("https://images.example.com:8443": scheme, host and port must all match) may be fetched."""
     fetch_allow_private: bool = False
     """Allow loopback and private addresses (tests, benchmarks, private networks only)."""
     api_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -123,6 +125,11 @@ class Settings:
             raise ConfigError("DYNOSERVE_GRPC_DEADLINE_S must stay below Heroku's 30 s limit")
         if self.grpc_max_attempts > 5:
             raise ConfigError("DYNOSERVE_GRPC_MAX_ATTEMPTS is capped at 5 by gRPC")
+        for entry in self.fetch_allow_hosts:
+            try:
+                parse_allow_entry(entry)
+            except ValueError as exc:
+                raise ConfigError(f"DYNOSERVE_FETCH_ALLOW_HOSTS: {exc}") from exc
 
 
 def _base_path_defaults(env: Mapping[str, str], values: dict[str, object]) -> dict[str, Path]:

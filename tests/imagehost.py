@@ -34,6 +34,8 @@ class ImageServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.routes: dict[str, Route] = {}
         self.hits: list[tuple[str, dict[str, str]]] = []
+        # Set when the server shuts down, so slow routes end at once instead of sleeping on.
+        self.closing = threading.Event()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients that hang up early (timeouts under test) are expected; anything else is shown.
@@ -67,6 +69,39 @@ class ImageServer(ThreadingHTTPServer):
         self.routes[path] = route
         return self.base + path
 
+    def add_slow_headers(self, path: str, interval_s: float, lines: int = 60) -> str:
+        """A host that sends its status line, then one header line every `interval_s`, `lines`
+        times: each read is quick, so only a budget over the whole header phase stops it."""
+
+        def route(h: BaseHTTPRequestHandler) -> None:
+            h.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            for n in range(lines):
+                h.wfile.flush()
+                if self.closing.wait(interval_s):
+                    return
+                h.wfile.write(f"X-Slow-{n}: {'x' * 8}\r\n".encode())
+            h.wfile.write(b"Content-Length: 0\r\n\r\n")
+            h.close_connection = True
+
+        self.routes[path] = route
+        return self.base + path
+
+    def add_partial_body(self, path: str, declared: int, body: bytes, hold_s: float) -> str:
+        """A host that declares Content-Length `declared`, sends `body` (shorter), then stays
+        silent for `hold_s` seconds with the connection open."""
+
+        def route(h: BaseHTTPRequestHandler) -> None:
+            h.send_response(200)
+            h.send_header("Content-Length", str(declared))
+            h.end_headers()
+            h.wfile.write(body)
+            h.wfile.flush()
+            self.closing.wait(hold_s)
+            h.close_connection = True
+
+        self.routes[path] = route
+        return self.base + path
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -94,5 +129,6 @@ def serving_images() -> Iterator[ImageServer]:
     try:
         yield server
     finally:
+        server.closing.set()
         server.shutdown()
         server.server_close()

@@ -47,6 +47,9 @@ class FakeModelServer(
         self.lock = threading.Lock()
         self.unloaded_versions: set[int] = set()
         self.latest = 3
+        self.input_dtype = 7  # DT_STRING
+        self.input_shape: list[int] = [-1]
+        self.predicted: list[tuple[str, list[int]]] = []  # (model, input dims) per Predict
 
     def _maybe_fail(self, context: grpc.ServicerContext) -> None:
         with self.lock:
@@ -60,17 +63,20 @@ class FakeModelServer(
 
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._maybe_fail(context)
+        dims = [d.size for d in next(iter(request.inputs.values())).tensor_shape.dim]
+        self.predicted.append((request.model_spec.name, dims))
         version = request.model_spec.version.value or self.latest
         if version in self.unloaded_versions:
             context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found: Specific(m, {version})")
         response = predict_pb2.PredictResponse()
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = version
+        rows = max(1, next(iter(request.inputs.values())).tensor_shape.dim[0].size)
         probs = response.outputs["probabilities"]
         probs.dtype = 1
-        probs.tensor_shape.dim.add(size=1)
+        probs.tensor_shape.dim.add(size=rows)
         probs.tensor_shape.dim.add(size=3)
-        probs.tensor_content = struct.pack("<3f", 0.2, 0.5, 0.3)
+        probs.tensor_content = struct.pack("<3f", 0.2, 0.5, 0.3) * rows
         return response
 
     def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -79,7 +85,10 @@ class FakeModelServer(
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = request.model_spec.version.value or self.latest
         sigs = get_model_metadata_pb2.SignatureDefMap()
-        sigs.signature_def["serving_default"].inputs["images"].dtype = 7
+        images = sigs.signature_def["serving_default"].inputs["images"]
+        images.dtype = self.input_dtype
+        for size in self.input_shape:
+            images.tensor_shape.dim.add(size=size)
         response.metadata["signature_def"].Pack(sigs)
         return response
 
@@ -112,6 +121,7 @@ def fake(
     servicer.code = grpc.StatusCode.UNAVAILABLE
     servicer.metadata.clear()
     servicer.unloaded_versions, servicer.latest = set(), 3
+    servicer.input_dtype, servicer.input_shape = 7, [-1]
     client = ModelServerClient(target, deadline_s=2.0, max_attempts=3)
     yield servicer, client
     client.close()
@@ -246,3 +256,54 @@ def test_a_rollout_between_metadata_and_predict_is_retried_once(fake: Any) -> No
     pinned = PredictRequest("m", request.images, version=3)
     with pytest.raises(ModelNotReady):
         predictor.predict(pinned)
+
+
+# --- the gateway never sends a tensor the signature does not take (issue 13) ------------------
+
+
+def _predict_images(client: ModelServerClient, model: str, count: int) -> Any:
+    from gateway.predictor import ModelServerPredictor
+    from gateway.results import ImageInput, PredictRequest
+    from gateway.settings import Settings
+    from tests.imagehost import image_bytes
+
+    predictor = ModelServerPredictor(Settings(), client=client)
+    images = tuple(ImageInput(data=image_bytes("PNG")) for _ in range(count))
+    return predictor.predict(PredictRequest(model, images))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape", "count", "code"),
+    [
+        (7, [1], 2, "batch_size_mismatch"),  # fixed batch of 1, two images
+        (1, [2, 32, 32, 3], 1, "batch_size_mismatch"),  # fixed batch of 2, one image
+        (7, [], 1, "unsupported_model"),  # a scalar string: the gateway sends [N]
+        (7, [-1, 1], 1, "unsupported_model"),  # rank 2 strings
+        (1, [-1, 32, 32], 1, "unsupported_model"),  # rank-3 floats
+        (3, [-1, 32, 32, 3], 1, "unsupported_model"),  # DT_INT32 pixels
+    ],
+)
+def test_a_tensor_that_disagrees_with_the_signature_is_never_sent(
+    fake: Any, dtype: int, shape: list[int], count: int, code: str
+) -> None:
+    from gateway.errors import GatewayError
+
+    servicer, client = fake
+    servicer.input_dtype, servicer.input_shape = dtype, shape
+    model = f"mismatch-{dtype}-{len(shape)}-{count}"
+    with pytest.raises(GatewayError) as info:
+        _predict_images(client, model, count)
+    assert info.value.code == code, info.value.message
+    assert info.value.status == (400 if code == "batch_size_mismatch" else 502)
+    assert [m for m, _ in servicer.predicted if m == model] == []
+
+
+@pytest.mark.parametrize(("dtype", "shape"), [(7, [-1]), (7, [2]), (1, [2, 32, 32, 3])])
+def test_a_tensor_that_fits_the_signature_is_sent(fake: Any, dtype: int, shape: list[int]) -> None:
+    servicer, client = fake
+    servicer.input_dtype, servicer.input_shape = dtype, shape
+    model = f"fits-{dtype}-{len(shape)}-{shape[0]}"
+    result = _predict_images(client, model, 2)
+    assert [item.predictions is not None for item in result.items] == [True, True]
+    sent = [dims for m, dims in servicer.predicted if m == model]
+    assert sent == ([[2]] if dtype == 7 else [[2, 32, 32, 3]])

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import ForbiddenImageUrl, ImageHostError, PayloadTooLarge
+from gateway.errors import ForbiddenImageUrl, ImageHostError, PayloadTooLarge, TooManyRedirects
 from gateway.fetch import FetchPolicy, ImageFetcher
-from tests.imagehost import ImageServer, image_bytes
+from tests.imagehost import ImageServer, image_bytes, serving_images
 
 PUBLIC = "93.184.216.34"
 PUBLIC_2 = "93.184.216.35"
@@ -142,7 +142,7 @@ def test_redirect_to_forbidden_place_is_refused(
 
 def test_too_many_redirects(image_server: ImageServer, internet: FakeInternet) -> None:
     image_server.add_redirect("/loop", "/loop")
-    with pytest.raises(ImageHostError, match="redirected"):
+    with pytest.raises(TooManyRedirects, match="redirected"):
         fetcher(max_redirects=2).fetch("http://images.test/loop")
     assert len(internet.attempts) == 3
 
@@ -340,3 +340,113 @@ def test_https_verifies_the_name_while_connecting_to_the_pinned_address(
     # Same server, another name: the certificate does not match it, so nothing is read.
     with pytest.raises(ImageHostError):
         fetcher_.fetch("https://other.test/tls.png")
+
+
+# --- every phase inside the one budget (issue 11, item 8) -------------------------------------
+
+
+def loopback_fetcher(**overrides: Any) -> ImageFetcher:
+    """A fetcher that may reach the loopback image server (and nothing else: see conftest)."""
+    return ImageFetcher(policy(allow_private=True, **overrides))
+
+
+def test_slow_headers_are_cut_off_by_the_total_budget(image_server: ImageServer) -> None:
+    # One header line every 0.2 s: each read is far inside the read timeout, 60 lines take 12 s.
+    url = image_server.add_slow_headers("/slow-headers", interval_s=0.2, lines=60)
+    start = time.monotonic()
+    with pytest.raises(ImageHostError) as info:
+        loopback_fetcher(total_timeout_s=1.0, read_timeout_s=0.5).fetch(url)
+    elapsed = time.monotonic() - start
+    assert info.value.code == "image_host_timeout"
+    assert elapsed < 1.5, f"the header phase ran {elapsed:.2f}s past a 1 s budget"
+
+
+def test_partial_body_ends_within_the_budget(image_server: ImageServer) -> None:
+    url = image_server.add_partial_body("/partial", declared=1000, body=PNG[:10], hold_s=20)
+    start = time.monotonic()
+    with pytest.raises(ImageHostError) as info:
+        loopback_fetcher(total_timeout_s=1.0, read_timeout_s=5.0).fetch(url)
+    assert info.value.code == "image_host_timeout"
+    assert time.monotonic() - start < 1.5
+
+
+def test_budget_covers_every_redirect_hop(image_server: ImageServer) -> None:
+    # Each hop alone is quick (0.3 s); a loop of them exceeds the 1 s budget.
+    image_server.routes["/slow-hop"] = _slow_redirect(image_server, "/slow-hop2")
+    image_server.routes["/slow-hop2"] = _slow_redirect(image_server, "/slow-hop3")
+    image_server.routes["/slow-hop3"] = _slow_redirect(image_server, "/slow-hop")
+    start = time.monotonic()
+    with pytest.raises(ImageHostError) as info:
+        loopback_fetcher(total_timeout_s=1.0, max_redirects=20).fetch(
+            image_server.base + "/slow-hop"
+        )
+    assert info.value.code == "image_host_timeout"
+    assert time.monotonic() - start < 1.5
+
+
+def _slow_redirect(server: ImageServer, location: str) -> Any:
+    def route(h: BaseHTTPRequestHandler) -> None:
+        time.sleep(0.3)
+        h.send_response(302)
+        h.send_header("Location", location)
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    return route
+
+
+# --- redirect limits (item 12) ----------------------------------------------------------------
+
+
+def _chain(server: ImageServer, name: str, length: int, final: str) -> str:
+    """`length` redirects in a row (relative Locations) ending at `final`; the first path."""
+    target = final
+    for n in range(length, 0, -1):
+        server.add_redirect(f"/{name}-{n}", target)
+        target = f"/{name}-{n}"
+    return target
+
+
+def test_max_redirects_allows_exactly_that_many(image_server: ImageServer) -> None:
+    image_server.add_bytes("/chain-end.png", PNG)
+    start = image_server.base + _chain(image_server, "three", 3, "/chain-end.png")
+    assert loopback_fetcher(max_redirects=3).fetch(start).data == PNG
+    with pytest.raises(TooManyRedirects) as info:
+        loopback_fetcher(max_redirects=2).fetch(start)
+    assert (info.value.status, info.value.code) == (400, "too_many_redirects")
+
+
+def test_redirect_chain_ending_at_loopback_is_forbidden(
+    image_server: ImageServer, internet: FakeInternet
+) -> None:
+    start = _chain(image_server, "toloop", 3, "http://127.0.0.1:8500/")
+    with pytest.raises(ForbiddenImageUrl, match="loopback"):
+        fetcher().fetch("http://images.test" + start)
+    assert internet.attempts == [(PUBLIC, 80)] * 3
+
+
+# --- allow-list entries may be origins (item 11) ----------------------------------------------
+
+
+@pytest.fixture
+def other_server() -> Iterator[ImageServer]:
+    with serving_images() as server:
+        yield server
+
+
+def test_an_origin_entry_pins_scheme_host_and_port(
+    image_server: ImageServer, other_server: ImageServer
+) -> None:
+    good = image_server.add_bytes("/origin.png", PNG)
+    other = other_server.add_bytes("/origin.png", PNG)
+    allow = (image_server.base,)
+    assert loopback_fetcher(allow_hosts=allow).fetch(good).data == PNG
+    with pytest.raises(ForbiddenImageUrl, match="allow-list"):
+        loopback_fetcher(allow_hosts=allow).fetch(other)
+    # A redirect from the allowed origin to another port on the same host is refused too.
+    bounce = image_server.add_redirect("/bounce", other)
+    with pytest.raises(ForbiddenImageUrl, match="allow-list"):
+        loopback_fetcher(allow_hosts=allow).fetch(bounce)
+    assert other_server.hits == []
+    # A bare host entry still allows every port of that host.
+    assert loopback_fetcher(allow_hosts=("127.0.0.1",)).fetch(other).data == PNG

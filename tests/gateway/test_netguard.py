@@ -7,9 +7,10 @@ import socket
 
 import pytest
 
-from gateway.errors import ForbiddenImageUrl, ImageHostError, InvalidImageUrl
+from gateway.errors import ConfigError, ForbiddenImageUrl, ImageHostError, InvalidImageUrl
 from gateway.fetch import parse_target
 from gateway.netguard import host_allowed, pick_address, refusal_reason
+from gateway.settings import Settings
 
 REFUSED = [
     "127.0.0.1",
@@ -176,3 +177,26 @@ def test_allow_list() -> None:
     assert not host_allowed("sub.cdn.test", ("cdn.test",))
     with pytest.raises(ForbiddenImageUrl, match="allow-list"):
         parse_target("http://other.test/x.png", ("cdn.test",))
+
+
+def test_allow_list_origins_match_scheme_host_and_port() -> None:
+    origin = ("http://127.0.0.2:8602",)
+    assert host_allowed("127.0.0.2", origin, "http", 8602)
+    assert not host_allowed("127.0.0.2", origin, "http", 18099)
+    assert not host_allowed("127.0.0.2", origin, "https", 8602)
+    assert not host_allowed("127.0.0.3", origin, "http", 8602)
+    assert host_allowed("images.example.com", ("https://Images.Example.com",), "https", 443)
+    assert not host_allowed("images.example.com", ("https://images.example.com",), "https", 8443)
+    assert host_allowed("::1", ("http://[::1]:8080",), "http", 8080)
+    assert parse_target("http://127.0.0.2:8602/x.png", origin).port == 8602
+    with pytest.raises(ForbiddenImageUrl, match="allow-list"):
+        parse_target("http://127.0.0.2:18099/x.png", origin)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["ftp://images.test", "http://images.test/path", "http://u:p@images.test", "http://", "a/b"],
+)
+def test_malformed_allow_list_entries_stop_the_gateway(entry: str) -> None:
+    with pytest.raises(ConfigError, match="DYNOSERVE_FETCH_ALLOW_HOSTS"):
+        Settings.from_env({"DYNOSERVE_FETCH_ALLOW_HOSTS": f"images.test,{entry}"})

@@ -135,6 +135,46 @@ def test_unknown_model_version_label(
     assert (got, body["error"]["code"]) == (status, code)
 
 
+def test_a_label_whose_version_is_not_available_yet_is_503(
+    model_stack: Stack, tmp_path: Path
+) -> None:
+    """models.config names label `next` -> version 3, which the model server has not loaded
+    (as while a new version is still loading): retry later, not "no such label"."""
+    config = tmp_path / "models.config"
+    canary = 'version_labels { key: "canary" value: 2 }'
+    text = model_stack.config_file.read_text()
+    next_label = canary + '\n    version_labels { key: "next" value: 3 }'
+    config.write_text(text.replace(canary, next_label))
+    app = create_app(Settings(model_server=model_stack.grpc_target, model_config_file=config))
+    client = app.test_client()
+    try:
+        assert client.get("/v1/models/shapes").get_json()["labels"]["next"] == 3
+        image = {"image_b64": b64(PNG)}
+        waiting = client.post("/v1/models/shapes:predict?label=next", json=image)
+        assert waiting.status_code == 503, waiting.get_json()
+        assert waiting.headers["Retry-After"] == "1"
+        assert waiting.get_json()["error"]["code"] == "model_not_ready"
+        assert "version 3" in waiting.get_json()["error"]["message"]
+        assert client.post("/v1/models/shapes:predict?label=stable", json=image).status_code == 200
+    finally:
+        app.extensions["dynoserve.predictor"].close()
+
+
+@pytest.mark.parametrize(
+    ("path", "lists"),
+    [
+        ("/v1/models/shapes:predict?version=9", "versions: 1 (AVAILABLE), 2 (AVAILABLE)"),
+        ("/v1/models/shapes:predict?label=nope", "labels: canary (v2), stable (v1)"),
+        ("/v1/models/unknown:predict", "models: shapes"),
+    ],
+)
+def test_not_found_messages_list_what_exists(
+    gateway: GatewayProcess, path: str, lists: str
+) -> None:
+    _, _, body = call(gateway, path, {"image_b64": b64(PNG)})
+    assert lists in body["error"]["message"], body
+
+
 @pytest.mark.parametrize(
     ("route", "payload", "status", "code"),
     [
