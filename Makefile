@@ -8,7 +8,7 @@ GW_VENV     := .venv-gateway
 PY          := $(VENV)/bin/python
 GW_PY       := $(GW_VENV)/bin/python
 PIP_FLAGS   := --disable-pip-version-check --quiet
-APT_PACKAGES := chromium siege
+APT_PACKAGES := chromium siege nginx
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 
 EXPORT_DIR  ?= exports
@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help setup run test test-kernels lint export publish bench clean demo-model bench-model apt-deps fmt
+.PHONY: help setup run test test-kernels lint export publish bench bench-quick clean demo-model bench-model apt-deps fmt
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
@@ -45,7 +45,7 @@ gateway/_proto/.stamp: $(VENV)/.stamp $(wildcard gateway/protos/*/*/*/*.proto ga
 	$(PY) -m gateway.protogen
 	touch $@
 
-apt-deps: ## Install the Debian packages tests and benchmarks use (chromium, siege)
+apt-deps: ## Install the Debian packages tests and benchmarks use (chromium, siege, nginx)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
@@ -100,8 +100,13 @@ publish: setup ## Upload an exported version to S3: make publish NAME=model [VER
 	@test -n "$(NAME)" || { echo "usage: make publish NAME=<model> [VERSION=<n>]"; exit 2; }
 	$(GW_PY) -m sync.publish --name "$(NAME)" --export-dir "$(EXPORT_DIR)" $(if $(VERSION),--version "$(VERSION)") $(ARGS)
 
-bench: setup apt-deps ## Benchmarks: numbers in bench/results, plot in bench/results
-	$(PY) -m bench
+# siege at 1-100 clients against Dynoserve, the 2019-style baseline and the model alone (bench/);
+# about 6 minutes with 10 s steps; ARGS=--original runs 60 s steps like the original experiment.
+bench: setup apt-deps ## The original experiment side by side: table and plot in bench/results [ARGS=--original]
+	$(PY) -m bench $(ARGS)
+
+bench-quick: setup apt-deps ## make bench in about two minutes (4 client counts, 5 s steps)
+	$(PY) -m bench --quick $(ARGS)
 
 # Exports are your models: clean leaves $(EXPORT_DIR) alone (delete a version by hand).
 clean: ## Remove virtualenvs, generated code, synced models and caches (not exports/)
