@@ -40,7 +40,8 @@ def build_server(app: Flask, settings: Settings) -> BaseWSGIServer:
         # so a request still waiting for admission is dropped instead of predicted.
         channel_request_lookahead=1,
         connection_limit=max(1000, settings.worker_threads * 4),
-        channel_timeout=60,
+        channel_timeout=settings.client_timeout_s,  # silent clients, incomplete bodies too
+        cleanup_interval=1,  # check for them every second, not every 30 s
         asyncore_use_poll=True,  # select() fails beyond 1024 descriptors
         clear_untrusted_proxy_headers=True,
         expose_tracebacks=False,

@@ -69,6 +69,9 @@ class Settings:
     """Waitress worker threads; 0 means max_in_flight + max_queue + 8 (every waiter a thread)."""
     backlog: int = 2048
     """Listen backlog; a small one stalls connection bursts."""
+    client_timeout_s: int = 10
+    """Seconds a client connection may stay silent (an incomplete request body included) before
+    it is closed; waitress buffers bodies itself, so such a client never holds a worker."""
     retry_after_s: int = 1
     """Retry-After seconds sent with 503 answers."""
     shutdown_timeout_s: float = 12.0
@@ -112,6 +115,7 @@ class Settings:
             "DYNOSERVE_MAX_IN_FLIGHT": self.max_in_flight,
             "DYNOSERVE_DEFAULT_TOP_K": self.default_top_k,
             "DYNOSERVE_FETCH_TOTAL_TIMEOUT_S": self.fetch_total_timeout_s,
+            "DYNOSERVE_CLIENT_TIMEOUT_S": self.client_timeout_s,
             "DYNOSERVE_ADMISSION_BUDGET_S": self.admission_budget_s,
         }
         for name, value in positive.items():
