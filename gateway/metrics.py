@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 # `_created` series double the exposition for no use here.
@@ -125,4 +125,7 @@ class SyncStatusCollector(Collector):
         }
         for key, value in sorted(numbers.items()):
             name = "dynoserve_sync_" + "".join(c if c.isalnum() else "_" for c in key)
-            yield GaugeMetricFamily(name, f"sync status field {key!r}", value=value)
+            if key.endswith("_total"):  # sync's counters: they only grow within one process
+                yield CounterMetricFamily(name, f"sync status field {key!r}", value=value)
+            else:
+                yield GaugeMetricFamily(name, f"sync status field {key!r}", value=value)

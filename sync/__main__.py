@@ -1,4 +1,4 @@
-"""Entry point: `python -m sync [--once]`."""
+"""Entry point: `python -m sync [--once | --prune]`."""
 
 import sys
 

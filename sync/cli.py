@@ -2,7 +2,8 @@
 
 Exit codes: 0 done (`--once`) or stopped by SIGTERM; 2 bad arguments; 69 source unreachable
 with no local copy; 75 another sync holds the repository; 77 credentials refused;
-78 configuration error (bad setting, no such bucket).
+78 configuration error (bad setting, no such bucket). Without `--once` a failed boot pass is
+retried with exponential backoff (capped) instead of exiting 69 / 77 / 78.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from sync.source import Source
 from sync.syncer import Syncer
 
 log = logging.getLogger("sync")
+
+# Watch mode retries a failed boot pass after 1, 2, 4 ... seconds, at most this far apart.
+BOOT_RETRY_FIRST_S = 1.0
+BOOT_RETRY_MAX_S = 30.0
 
 
 def build_source(settings: Settings) -> Source:
@@ -53,6 +58,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "77 credentials refused, 78 configuration. Settings and rules: docs/sync.md.",
     )
     parser.add_argument("--once", action="store_true", help="boot sync only, then exit")
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="one pass that also drops models gone from the source (from models.config and "
+        "disk), then exit; run it with the dyno stopped (make prune)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser.parse_args(argv)
 
@@ -67,8 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("configuration error: %s", exc)
         return exc.exit_code
     log.info("syncing %s -> %s", settings.describe_source(), settings.model_base_path)
+    syncer = Syncer(settings, source)
+    syncer.prune_confirmed = args.prune
     try:
-        return _run(Syncer(settings, source), once=args.once)
+        return _run(syncer, once=args.once or args.prune)
     finally:
         source.close()
 
@@ -83,20 +96,35 @@ def _run(syncer: Syncer, once: bool) -> int:
 
 
 def _boot_and_watch(syncer: Syncer, once: bool) -> int:
-    try:
-        syncer.boot()
-    except SyncError as exc:
-        log.error("boot sync failed and there is no local copy to serve: %s", exc)
-        return exc.exit_code
-    if once:
-        return 0
     stop = threading.Event()
+    # Handlers first: a SIGTERM during the boot pass lets the install in progress finish
+    # (Heroku signals every process at once; supervisord allows stopwaitsecs).
+    _stop_on_signals(stop)
+    delay = BOOT_RETRY_FIRST_S
+    while True:
+        try:
+            syncer.boot()
+            break
+        except SyncError as exc:
+            log.error("boot sync failed and there is no local copy to serve: %s", exc)
+            if once:
+                return exc.exit_code
+        # Under supervisord: back off here rather than exit into a tight restart loop; the
+        # status file (and so the gateway's /readyz) names the cause meanwhile.
+        log.info("retrying the boot sync in %gs", delay)
+        if stop.wait(delay):
+            return 0
+        delay = min(delay * 2, BOOT_RETRY_MAX_S)
+    if once or stop.is_set():
+        return 0
+    syncer.watch(stop)
+    return 0
 
+
+def _stop_on_signals(stop: threading.Event) -> None:
     def request_stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping after the current pass", signum)
         stop.set()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    syncer.watch(stop)
-    return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 EX_SOFTWARE = 70
 EX_USAGE = 64
+EX_DATAERR = 65
 EX_UNAVAILABLE = 69
 EX_NOPERM = 77
 EX_CONFIG = 78
@@ -91,3 +92,11 @@ class PublishError(SyncError):
 
     exit_code = EX_CANTCREAT
     code = "publish"
+
+
+class LabelsError(SyncError):
+    """A manifest change that would not serve what it names (a label on an unpublished or
+    unserved version); nothing is written."""
+
+    exit_code = EX_DATAERR
+    code = "labels"

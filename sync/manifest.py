@@ -47,6 +47,14 @@ class VersionPolicy:
             return "specific " + ",".join(str(v) for v in sorted(self.versions))
         return "all"
 
+    def to_json(self) -> dict[str, Any]:
+        """The proto3 JSON form `_policy` parses."""
+        if self.kind == "latest":
+            return {"latest": {"num_versions": self.num_versions}}
+        if self.kind == "specific":
+            return {"specific": {"versions": sorted(self.versions)}}
+        return {"all": {}}
+
 
 @dataclass(frozen=True)
 class ModelManifest:
@@ -54,6 +62,18 @@ class ModelManifest:
 
     policy: VersionPolicy = field(default_factory=VersionPolicy)
     labels: Mapping[str, int] = field(default_factory=dict)
+
+    def render(self) -> str:
+        """The manifest file's text (what parse_manifest reads back)."""
+        body = {
+            "model_version_policy": self.policy.to_json(),
+            "version_labels": dict(sorted(self.labels.items())),
+        }
+        return json.dumps(body, indent=2) + "\n"
+
+    def describe(self) -> str:
+        labels = " ".join(f"{k}={v}" for k, v in sorted(self.labels.items())) or "none"
+        return f"policy {self.policy.describe()}, labels {labels}"
 
 
 DEFAULT_MANIFEST = ModelManifest()
@@ -120,3 +140,36 @@ def _is_version(value: Any) -> bool:
     if isinstance(value, str):
         return value.isdigit() and int(value) > 0
     return isinstance(value, int) and value > 0
+
+
+def parse_policy(text: str) -> VersionPolicy:
+    """The command-line form: `all`, `latest` / `latest:N`, `specific:1,2`."""
+    kind, _, rest = text.strip().partition(":")
+    try:
+        if kind == "all" and not rest:
+            return VersionPolicy("all")
+        if kind == "latest":
+            count = int(rest) if rest else 1
+            if count >= 1:
+                return VersionPolicy("latest", num_versions=count)
+        if kind == "specific":
+            versions = frozenset(int(v) for v in rest.split(","))
+            if versions and all(v > 0 for v in versions):
+                return VersionPolicy("specific", versions=versions)
+    except ValueError:
+        pass
+    raise ManifestError(f"policy {text!r}: use all, latest:N or specific:V1,V2")
+
+
+def parse_label_assignments(items: Iterable[str]) -> dict[str, int | None]:
+    """`stable=3` sets a label, `stable=` removes it: label -> version, or None to remove."""
+    changes: dict[str, int | None] = {}
+    for item in items:
+        for word in item.split():  # LABELS="stable=1 canary=2" arrives as one argument
+            name, sign, version = word.partition("=")
+            if not sign or not LABEL_PATTERN.match(name):
+                raise ManifestError(f"{word!r}: write LABEL=VERSION (or LABEL= to remove it)")
+            if version and not _is_version(version):
+                raise ManifestError(f"{word!r}: the version must be a positive integer")
+            changes[name] = int(version) if version else None
+    return changes

@@ -7,7 +7,9 @@ Pure functions, no I/O, so the rules TF Serving imposes are tested directly:
   only at one the server reports AVAILABLE, except a new label when the server runs with
   --allow_version_labels_for_unavailable_models; otherwise the label stays where it was, its
   old version stays served, and the move is pending until the target is loaded;
-- a version leaves the disk only after the server stopped holding it.
+- a version leaves the disk only after the server stopped holding it;
+- a model gone from the source keeps serving (an emptied bucket or a wrong prefix must not
+  wipe the dyno) unless it is pruned (DYNOSERVE_SYNC_PRUNE, `python -m sync --prune`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class ModelInputs:
     previous: ServedModel | None
     states: Mapping[int, str] | None
     """Model server's version states; None when the server did not answer."""
+    dropped: bool = False
+    """The model is gone from the source and is being pruned: serve nothing, delete when free."""
 
 
 @dataclass
@@ -58,6 +62,10 @@ def wanted_versions(complete: Set[int], manifest: ModelManifest | None) -> set[i
 
 
 def plan_model(inputs: ModelInputs, labels_for_unavailable: bool) -> ModelPlan:
+    if inputs.dropped:
+        plan = ModelPlan(ServedModel(inputs.name, inputs.base_path, ()))
+        _removals(inputs, set(), plan)
+        return plan
     previous_versions = set(inputs.previous.versions) if inputs.previous else set()
     previous_labels = dict(inputs.previous.labels) if inputs.previous else {}
     frozen = inputs.manifest is None or not inputs.complete

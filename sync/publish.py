@@ -1,4 +1,5 @@
-"""`python -m sync.publish` (`make publish`): upload one exported version, completion marker last.
+"""`python -m sync.publish` (`make publish`): upload exported versions, completion marker last,
+then the model's manifest (labels) if the export folder has one and the bucket has none.
 
 Files go up in parallel through boto3's transfer manager with a progress bar; the marker (the
 file list with sizes and SHA-256) is written only after every file is in the bucket with the
@@ -23,6 +24,8 @@ from botocore.exceptions import ClientError
 
 from sync.cli import configure_logging
 from sync.errors import EX_USAGE, ConfigError, PublishError, SyncError
+from sync.manifest import MANIFEST_NAME, ModelManifest
+from sync.manifests import BucketManifests, FolderManifests
 from sync.marker import MARKER_NAME, Marker, build_marker, check_layout
 from sync.progress import Progress
 from sync.s3 import ProgressSubscriber, make_client, s3_errors, transfer_config
@@ -39,6 +42,21 @@ class PublishRequest:
     name: str
     version: int
     folder: Path
+
+
+def pick_versions(
+    export_dir: Path, name: str, version: int | None, every: bool
+) -> list[PublishRequest]:
+    """`--all`: every exported version, oldest first; else the one `pick_version` picks."""
+    if not every:
+        return [pick_version(export_dir, name, version)]
+    if version is not None:
+        raise ConfigError("--all publishes every exported version: leave out --version")
+    found = [parse_version(p.name) for p in (export_dir / name).glob("*") if p.is_dir()]
+    versions = sorted(v for v in found if v is not None)
+    if not versions:
+        raise PublishError(f"no exported version in {export_dir / name}; run `make export` first")
+    return [pick_version(export_dir, name, v) for v in versions]
 
 
 def pick_version(export_dir: Path, name: str, version: int | None) -> PublishRequest:
@@ -78,11 +96,15 @@ class Publisher:
         self._check_uploaded(marker, prefix)
         self._put_marker(marker, prefix)
         log.info(
-            "published %s/%s: %d files, %.1f MB in %.1f s to %s%s",
+            "published %s/%s: %d files, %.1f MB in %.1f s to %s",
             request.name, request.version, len(marker.files), marker.total_bytes / 2**20,
-            time.monotonic() - started, self.settings.describe(), f"/{request.name}",
+            time.monotonic() - started, self.settings.describe(prefix[len(self._root):]),
         )  # fmt: skip
         return marker
+
+    def published(self, request: PublishRequest) -> bool:
+        """True when the version's completion marker is in the bucket."""
+        return MARKER_NAME in self._existing(f"{self._root}{request.name}/{request.version}/")
 
     def _existing(self, prefix: str) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -158,6 +180,56 @@ def _is_precondition(exc: ClientError) -> bool:
     return str(error.get("Code")) in ("PreconditionFailed", "412", "ConditionalRequestConflict")
 
 
+def carry_manifest(
+    store: BucketManifests, model: str, local: ModelManifest, source: str, replace: bool
+) -> None:
+    """Upload the export folder's manifest, unless the bucket has a different one already.
+
+    The bucket's manifest is what dynos serve and `make labels` edits it there, so a stale
+    copy in the export folder must not move labels back; `replace` says it should.
+    """
+    remote = store.read(model)
+    where = store.describe(model)
+    if remote == local:
+        log.info("manifest %s unchanged: %s", where, local.describe())
+        return
+    if remote is not None and not replace:
+        log.warning(
+            "kept the bucket's manifest %s (%s); %s differs (%s): change the bucket's with "
+            "make labels, or publish with ARGS=--replace-manifest to upload yours",
+            where, remote.describe(), source, local.describe(),
+        )  # fmt: skip
+        return
+    published = store.versions(model)
+    for label, version in sorted(local.labels.items()):
+        if version not in published:
+            log.warning(
+                "label %r -> %s: %s/%s is not in the bucket; sync ignores the label until it is "
+                "(make publish NAME=%s VERSION=%s)",
+                label, version, model, version, model, version,
+            )  # fmt: skip
+    store.write(model, local)
+    log.info("wrote manifest %s: %s", where, local.describe())
+
+
+def publish_all(
+    settings: S3Settings, export_dir: Path, args: argparse.Namespace, bar: bool
+) -> None:
+    """The versions the arguments name, then the export folder's manifest if there is one."""
+    requests = pick_versions(export_dir, args.name, args.version, args.all)
+    folder = FolderManifests(export_dir)
+    local = folder.read(args.name)  # a malformed manifest stops the publish before any upload
+    publisher = Publisher(settings, bar=bar)
+    for request in requests:
+        if args.all and publisher.published(request):
+            log.info("%s/%s is published already; skipping it", request.name, request.version)
+            continue
+        publisher.publish(request)
+    if local is not None:
+        store = BucketManifests(settings, publisher.client)
+        carry_manifest(store, args.name, local, folder.describe(args.name), args.replace_manifest)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m sync.publish",
@@ -166,6 +238,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", required=True, help="model name (folder under the export dir)")
     parser.add_argument("--export-dir", type=Path, help="default: DYNOSERVE_EXPORT_DIR or exports")
     parser.add_argument("--version", type=int, default=None, help="default: the newest export")
+    parser.add_argument(
+        "--all", action="store_true", help="every exported version not in the bucket yet"
+    )
+    parser.add_argument(
+        "--replace-manifest",
+        action="store_true",
+        help=f"upload <export-dir>/<name>/{MANIFEST_NAME} even over a different one in the bucket",
+    )
     return parser.parse_args(argv)
 
 
@@ -182,8 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "no bucket configured: export BUCKETEER_BUCKET_NAME, BUCKETEER_AWS_ACCESS_KEY_ID "
                 "and BUCKETEER_AWS_SECRET_ACCESS_KEY (`heroku config -s` prints them) to publish"
             )
-        request = pick_version(args.export_dir or settings.export_dir, args.name, args.version)
-        Publisher(settings.s3, bar=sys.stderr.isatty()).publish(request)
+        export_dir = args.export_dir or settings.export_dir
+        publish_all(settings.s3, export_dir, args, bar=sys.stderr.isatty())
     except SyncError as exc:
         log.error("publish failed: %s", exc)
         return exc.exit_code

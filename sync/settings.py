@@ -32,9 +32,15 @@ class S3Settings:
     max_bandwidth: int | None
     """Transfer bandwidth cap in bytes per second, so a big sync cannot starve the dyno."""
 
-    def describe(self) -> str:
+    def url(self, key: str = "") -> str:
+        """The s3:// URL of `key` under the prefix (of the prefix itself without a key)."""
+        path = "/".join(part for part in (self.prefix, key) if part)
+        return f"s3://{self.bucket}/{path}"
+
+    def describe(self, key: str = "") -> str:
+        """`url(key)`, with the endpoint when it is not AWS's (never glued onto the key)."""
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
-        return f"s3://{self.bucket}/{self.prefix}{where}"
+        return f"{self.url(key)}{where}"
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,9 @@ class Settings:
     checksum_retries: int
     """Extra download attempts for a file whose checksum does not match before the version is
     skipped."""
+    prune_missing: bool = False
+    """Stop serving and delete models gone from the source (DYNOSERVE_SYNC_PRUNE); never
+    while the source lists no model at all."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -76,6 +85,7 @@ class Settings:
             ).rstrip("/"),
             labels_for_unavailable=_flag(env, "DYNOSERVE_LABELS_FOR_UNAVAILABLE_MODELS"),
             checksum_retries=int(_number(env, "DYNOSERVE_SYNC_RETRIES", 2, minimum=0)),
+            prune_missing=_flag(env, "DYNOSERVE_SYNC_PRUNE"),
         )
 
     def describe_source(self) -> str:

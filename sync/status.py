@@ -31,6 +31,7 @@ class ModelStatus:
     available_in_source: list[int] = field(default_factory=list)
     incomplete_in_source: list[int] = field(default_factory=list)
     waiting_removal: list[int] = field(default_factory=list)
+    missing_from_source: bool = False
     problems: list[str] = field(default_factory=list)
 
 
@@ -80,11 +81,13 @@ class StatusBook:
         body = {k: v for k, v in vars(self).items() if k not in ("path", "models")}
         body["format"] = STATUS_FORMAT
         models = self.models.values()
-        # Flat numbers at the top level: the gateway turns each into a dynoserve_sync_* gauge.
+        # Flat numbers at the top level: the gateway exports each as dynoserve_sync_<field>, a
+        # counter when the name ends in _total, else a gauge.
         body["versions_served"] = sum(len(m.served) for m in models)
         body["versions_in_source"] = sum(len(m.available_in_source) for m in models)
         body["labels_pending"] = sum(len(m.pending_labels) for m in models)
         body["versions_waiting_removal"] = sum(len(m.waiting_removal) for m in models)
+        body["models_missing_from_source"] = sum(1 for m in models if m.missing_from_source)
         body["degraded_flag"] = 1 if self.degraded else 0
         body["models"] = {name: vars(model) for name, model in sorted(self.models.items())}
         return body

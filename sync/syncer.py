@@ -48,6 +48,9 @@ class Syncer:
         self._listing: Listing | None = None
         self._scanned_at = 0.0
         self._plans: dict[str, ModelPlan] = {}
+        self.prune_confirmed = False
+        """`python -m sync --prune`: prune even when the source lists no model, and treat a
+        model server that does not answer as holding nothing (the dyno is stopped)."""
 
     def boot(self) -> None:
         """First pass. Without the source, fall back on an earlier boot's copy or raise."""
@@ -107,10 +110,14 @@ class Syncer:
             raise
         errors = [f"{key}: {why}" for key, why in sorted(listing.problems.items())]
         failed = self._install_wanted(listing, self.repository.installed(), errors)
-        plans = self._plan(listing, self.repository.installed(), failed)
+        installed = self.repository.installed()
+        missing = self._missing(listing, installed)
+        dropped = self._to_drop(listing, missing)
+        plans = self._plan(listing, installed, failed, dropped)
         self._write_config(plans)
         self._delete_released(plans)
-        self._record(listing, plans, errors, time.monotonic() - started)
+        self._report_missing(missing, dropped, plans)
+        self._record(listing, plans, errors, time.monotonic() - started, missing)
         self._plans = plans
         return plans
 
@@ -179,13 +186,44 @@ class Syncer:
             return True
         return False
 
+    def _missing(self, listing: Listing, installed: Installed) -> set[str]:
+        """Models on disk of which the source has no trace any more."""
+        return {
+            name
+            for name in installed
+            if not listing.complete.get(name)
+            and name not in listing.incomplete
+            and not any(key == name or key.startswith(f"{name}/") for key in listing.problems)
+        }
+
+    def _to_drop(self, listing: Listing, missing: set[str]) -> set[str]:
+        if not missing or not (self.settings.prune_missing or self.prune_confirmed):
+            return set()
+        if listing.is_empty() and not self.prune_confirmed:
+            # The aws s3 sync --delete lesson: an empty listing is more often a wrong prefix or
+            # an emptied bucket than the wish to serve nothing.
+            log.warning(
+                "not pruning %s: %s lists no model at all (wrong prefix? emptied bucket?); "
+                "`make prune` (python -m sync --prune) prunes anyway",
+                ", ".join(sorted(missing)), self.source.describe(),
+            )  # fmt: skip
+            return set()
+        return missing
+
     def _plan(
-        self, listing: Listing, installed: Installed, failed: Mapping[str, set[int]]
+        self,
+        listing: Listing,
+        installed: Installed,
+        failed: Mapping[str, set[int]],
+        dropped: set[str] | None = None,
     ) -> dict[str, ModelPlan]:
         previous = read_previous(self.settings.config_file)
         names = sorted(set(listing.complete) | set(installed) | set(previous))
         plans = {}
         for name in names:
+            states = self.server.states(name)
+            if states is None and self.prune_confirmed and name in (dropped or ()):
+                states = {}  # `--prune` runs with the dyno stopped: nothing holds the files
             inputs = ModelInputs(
                 name=name,
                 base_path=self._base_path(name),
@@ -194,10 +232,30 @@ class Syncer:
                 installed=set(installed.get(name, {})),
                 failed=failed.get(name, set()),
                 previous=previous.get(name),
-                states=self.server.states(name),
+                states=states,
+                dropped=name in (dropped or ()),
             )
             plans[name] = plan_model(inputs, self.settings.labels_for_unavailable)
         return plans
+
+    def _report_missing(
+        self, missing: set[str], dropped: set[str], plans: Mapping[str, ModelPlan]
+    ) -> None:
+        """One line per pass and model, so a model nobody publishes any more is noticed."""
+        where = self.source.describe()
+        for name in sorted(missing - dropped):
+            served = list(plans[name].served.versions) if name in plans else []
+            log.warning(
+                "%s is gone from %s but still on disk (served: %s); `make prune` or "
+                "DYNOSERVE_SYNC_PRUNE=true drops it (docs/sync.md)",
+                name, where, served or "none",
+            )  # fmt: skip
+        for name in sorted(dropped):
+            waiting = sorted(plans[name].waiting_removal) if name in plans else []
+            log.info(
+                "pruned %s: gone from %s, no longer served%s",
+                name, where, f"; versions {waiting} deleted once unloaded" if waiting else "",
+            )  # fmt: skip
 
     def _base_path(self, model: str) -> Path:
         return (self.settings.model_base_path / model).resolve()
@@ -225,7 +283,12 @@ class Syncer:
                 log.info("removed %s/%s from disk: no longer served", name, version)
 
     def _record(
-        self, listing: Listing, plans: Mapping[str, ModelPlan], errors: list[str], seconds: float
+        self,
+        listing: Listing,
+        plans: Mapping[str, ModelPlan],
+        errors: list[str],
+        seconds: float,
+        missing: set[str] | None = None,
     ) -> None:
         self.status.models = {
             name: ModelStatus(
@@ -235,6 +298,7 @@ class Syncer:
                 available_in_source=sorted(listing.complete.get(name, {})),
                 incomplete_in_source=sorted(listing.incomplete.get(name, [])),
                 waiting_removal=sorted(plan.waiting_removal),
+                missing_from_source=name in (missing or ()),
                 problems=plan.notes + [e for e in errors if e.startswith((f"{name}/", f"{name}:"))],
             )
             for name, plan in plans.items()

@@ -4,6 +4,7 @@ the gateway's virtualenv (boto3, no TensorFlow), against the moto server."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sync.local import LocalSource
+from sync.manifests import BucketManifests
 from sync.repository import Repository
 from sync.settings import Settings
 from sync.syncer import Syncer
@@ -23,7 +25,7 @@ from tests.support import (
     port_open,
     python_env,
 )
-from tests.sync.helpers import make_version, publish, served, version_dirs
+from tests.sync.helpers import FakeModelServer, make_version, publish, served, version_dirs
 
 
 def run(
@@ -40,12 +42,17 @@ def run(
 
 
 def test_publish_then_sync_round_trip(env: dict) -> None:
+    endpoint = env["DYNOSERVE_S3_ENDPOINT_URL"]
     exports = Path(env["DYNOSERVE_EXPORT_DIR"])
     make_version(exports, "cats", 1)
     folder = make_version(exports, "cats", 2, size=300_000)
     published = run("sync.publish", env, "--name", "cats", "--export-dir", str(exports))
     assert published.returncode == 0, published.stderr
     assert "published cats/2" in published.stderr
+    # The bucket URL, then the endpoint: never the model name glued onto the endpoint URL.
+    where = f"to s3://{env['BUCKETEER_BUCKET_NAME']}/models/cats/2/ at {endpoint}"
+    assert where in published.stderr
+    assert f"{endpoint}/cats" not in published.stderr
     again = run("sync.publish", env, "--name", "cats", "--version", "2")
     assert again.returncode == 73
     assert "already published" in again.stderr
@@ -169,3 +176,114 @@ def test_second_sync_on_the_same_repository_exits_75(env: dict) -> None:
         result = run("sync", env, "--once")
     assert result.returncode == 75
     assert "another sync process" in result.stderr
+
+
+def bucket_manifest(env: Mapping[str, str], model: str) -> dict | None:
+    settings = Settings.from_env(env)
+    assert settings.s3 is not None
+    store = BucketManifests(settings.s3)
+    try:
+        manifest = store.read(model)
+    finally:
+        store.close()
+    return None if manifest is None else json.loads(manifest.render())
+
+
+def test_publish_carries_the_manifest_and_labels_move_in_the_bucket(
+    env: dict, model_server: FakeModelServer
+) -> None:
+    exports = Path(env["DYNOSERVE_EXPORT_DIR"])
+    make_version(exports, "cats", 1)
+    make_version(exports, "cats", 2)
+    demo = {"model_version_policy": {"all": {}}, "version_labels": {"stable": 1, "canary": 2}}
+    (exports / "cats" / "dynoserve-model.json").write_text(json.dumps(demo))
+    published = run("sync.publish", env, "--name", "cats", "--all")
+    assert published.returncode == 0, published.stderr
+    assert "published cats/1" in published.stderr
+    assert "published cats/2" in published.stderr
+    where = f"s3://{env['BUCKETEER_BUCKET_NAME']}/models/cats/dynoserve-model.json"
+    assert f"wrote manifest {where}" in published.stderr
+    assert bucket_manifest(env, "cats") == demo
+    again = run("sync.publish", env, "--name", "cats", "--all")
+    assert again.returncode == 0, again.stderr
+    assert "cats/2 is published already" in again.stderr
+    assert "unchanged" in again.stderr
+
+    assert run("sync", env, "--once").returncode == 0
+    model_server.serve_config(env)  # both versions load; now the labels may be written
+    assert run("sync", env, "--once").returncode == 0
+    assert served(env) == {"cats": ((1, 2), {"stable": 1, "canary": 2})}
+
+    # `make labels NAME=cats LABELS="stable=2"`: same credentials and endpoint as sync.
+    moved = run("sync.labels", env, "--name", "cats", "stable=2")
+    assert moved.returncode == 0, moved.stderr
+    assert bucket_manifest(env, "cats") == {**demo, "version_labels": {"canary": 2, "stable": 2}}
+    assert run("sync", env, "--once").returncode == 0
+    assert served(env) == {"cats": ((1, 2), {"stable": 2, "canary": 2})}
+
+    # The export folder's older manifest does not move the labels back...
+    kept = run("sync.publish", env, "--name", "cats", "--all")
+    assert "kept the bucket's manifest" in kept.stderr
+    assert bucket_manifest(env, "cats")["version_labels"]["stable"] == 2  # type: ignore[index]
+    # ...unless asked to.
+    replaced = run("sync.publish", env, "--name", "cats", "--all", "--replace-manifest")
+    assert replaced.returncode == 0, replaced.stderr
+    assert bucket_manifest(env, "cats") == demo
+
+
+def test_labels_sync_would_ignore_are_refused(env: dict) -> None:
+    exports = Path(env["DYNOSERVE_EXPORT_DIR"])
+    for version in (1, 2):
+        make_version(exports, "cats", version)
+    assert run("sync.publish", env, "--name", "cats", "--all").returncode == 0
+    unpublished = run("sync.labels", env, "--name", "cats", "stable=7")
+    assert unpublished.returncode == 65
+    assert "no complete version 7 (published: 1, 2)" in unpublished.stderr
+    unserved = run("sync.labels", env, "--name", "cats", "stable=1 canary=2")
+    assert unserved.returncode == 65
+    assert "serves 2 only; add POLICY=all or POLICY=specific:1,2" in unserved.stderr
+    assert bucket_manifest(env, "cats") is None
+    ok = run("sync.labels", env, "--name", "cats", "stable=1 canary=2", "--policy", "all")
+    assert ok.returncode == 0, ok.stderr
+    assert bucket_manifest(env, "cats") == {
+        "model_version_policy": {"all": {}},
+        "version_labels": {"canary": 2, "stable": 1},
+    }
+    assert run("sync.labels", env, "--name", "cats", "stable").returncode == 64
+
+
+def test_labels_without_a_bucket_go_to_the_export_folder(tmp_path: Path) -> None:
+    env = {"DYNOSERVE_EXPORT_DIR": str(tmp_path / "exports")}
+    make_version(tmp_path / "exports", "cats", 1)
+    result = run("sync.labels", env, "--name", "cats", "stable=1")
+    assert result.returncode == 0, result.stderr
+    written = json.loads((tmp_path / "exports/cats/dynoserve-model.json").read_text())
+    assert written["version_labels"] == {"stable": 1}
+
+
+def test_model_removed_from_the_export_folder_is_reported_then_pruned(tmp_path: Path) -> None:
+    exports = tmp_path / "exports"
+    env = {
+        "DYNOSERVE_EXPORT_DIR": str(exports),
+        "DYNOSERVE_MODEL_BASE_PATH": str(tmp_path / "models"),
+        # No model server runs: as after `make run` was stopped.
+        "DYNOSERVE_MODEL_SERVER_REST_URL": f"http://127.0.0.1:{free_port()}",
+    }
+    make_version(exports, "cats", 1)
+    make_version(exports, "dogs", 1)
+    assert run("sync", env, "--once").returncode == 0
+    shutil.rmtree(exports / "cats")
+    kept = run("sync", env, "--once")
+    assert kept.returncode == 0, kept.stderr
+    assert "cats is gone from local folder" in kept.stderr
+    assert served(env) == {"cats": ((1,), {}), "dogs": ((1,), {})}
+    pruned = run("sync", env, "--prune")
+    assert pruned.returncode == 0, pruned.stderr
+    assert "pruned cats" in pruned.stderr
+    assert served(env) == {"dogs": ((1,), {})}
+    assert version_dirs(env, "cats") == []
+    # The last model too: `--prune` is an explicit request, even for an empty source.
+    shutil.rmtree(exports / "dogs")
+    assert run("sync", env, "--prune").returncode == 0
+    assert served(env) == {}
+    assert version_dirs(env, "dogs") == []

@@ -123,6 +123,15 @@ def test_empty_or_unreadable_listing_freezes_the_model() -> None:
         assert not plan.waiting_removal
 
 
+def test_a_dropped_model_serves_nothing_and_leaves_once_released() -> None:
+    dropped = inputs(complete=set(), states={1: "AVAILABLE"}, dropped=True)
+    plan = plan_model(dropped, False)
+    assert (plan.served.versions, plan.served.labels) == ((), {})
+    assert (plan.waiting_removal, plan.deletable) == ({1}, {2})
+    released = plan_model(inputs(complete=set(), states={}, dropped=True), False)
+    assert released.deletable == {1, 2}
+
+
 def test_config_text_round_trips_and_tf_serving_parses_it() -> None:
     models = [
         ServedModel("b", Path("/models/b"), (3,)),

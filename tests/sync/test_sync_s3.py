@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -281,3 +283,83 @@ def test_version_removed_from_bucket_falls_back_and_is_deleted_after_unload(
     syncer.run_pass()
     assert version_dirs(env, "cats") == [1]
     assert status(env)["versions_removed_total"] == 1
+
+
+def delete_model(s3: Any, env: Mapping[str, str], model: str) -> None:
+    bucket = env["BUCKETEER_BUCKET_NAME"]
+    for item in s3.list_objects_v2(Bucket=bucket, Prefix=f"models/{model}/")["Contents"]:
+        s3.delete_object(Bucket=bucket, Key=item["Key"])
+
+
+def scrape(env: Mapping[str, str]) -> str:
+    """/metrics as the gateway renders sync's status file."""
+    from prometheus_client import generate_latest
+
+    from gateway.metrics import Metrics
+
+    status_file = Path(env["DYNOSERVE_MODEL_BASE_PATH"]) / "sync-status.json"
+    return generate_latest(Metrics(status_file).registry).decode()
+
+
+def test_model_gone_from_the_source_is_kept_and_reported_every_pass(
+    env: dict, s3: Any, model_server: FakeModelServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    publish(env, "cats", 1)
+    publish(env, "dogs", 1)
+    syncer = make_syncer(env)
+    syncer.boot()
+    model_server.serve_config(env)
+    delete_model(s3, env, "cats")
+    for _ in range(2):
+        caplog.clear()
+        syncer.run_pass()
+        assert "cats is gone from s3://" in caplog.text
+        assert "make prune" in caplog.text
+    assert served(env) == {"cats": ((1,), {}), "dogs": ((1,), {})}
+    assert version_dirs(env, "cats") == [1]
+    report = status(env)
+    assert report["models"]["cats"]["missing_from_source"] is True
+    assert report["models"]["dogs"]["missing_from_source"] is False
+    assert report["models_missing_from_source"] == 1
+    metrics = scrape(env)
+    assert "# TYPE dynoserve_sync_models_missing_from_source gauge" in metrics
+    assert "dynoserve_sync_models_missing_from_source 1.0" in metrics
+
+
+def test_sync_counters_are_prometheus_counters(env: dict) -> None:
+    publish(env, "cats", 1)
+    syncer = make_syncer(env)
+    syncer.boot()
+    syncer.run_pass()
+    metrics = scrape(env)
+    for counter in ("passes", "failures", "versions_installed", "bytes_downloaded"):
+        assert re.search(rf"^# TYPE dynoserve_sync_{counter}(_total)? counter$", metrics, re.M)
+    assert "dynoserve_sync_passes_total 2.0" in metrics
+    assert "dynoserve_sync_versions_installed_total 1.0" in metrics
+    assert "# TYPE dynoserve_sync_versions_served gauge" in metrics
+    assert "dynoserve_sync_versions_served 1.0" in metrics
+
+
+def test_prune_setting_drops_a_model_gone_from_the_source_once_unloaded(
+    env: dict, s3: Any, model_server: FakeModelServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sync")
+    env = {**env, "DYNOSERVE_SYNC_PRUNE": "true"}
+    publish(env, "cats", 1)
+    publish(env, "dogs", 1)
+    syncer = make_syncer(env)
+    syncer.boot()
+    model_server.serve_config(env)
+    delete_model(s3, env, "cats")
+    syncer.run_pass()
+    assert served(env) == {"dogs": ((1,), {})}
+    assert "pruned cats" in caplog.text
+    assert version_dirs(env, "cats") == [1]  # the server still holds it
+    model_server.serve_config(env)  # it rereads models.config and unloads cats
+    syncer.run_pass()
+    assert version_dirs(env, "cats") == []
+    # A source that lists nothing at all is not trusted to mean "serve nothing".
+    delete_model(s3, env, "dogs")
+    syncer.run_pass()
+    assert served(env) == {"dogs": ((1,), {})}
+    assert "not pruning dogs" in caplog.text

@@ -1,0 +1,151 @@
+"""`python -m sync.labels` (`make labels`): set a model's version labels and policy.
+
+Writes the model's manifest where sync reads it, with sync's own settings: the bucket when
+BUCKETEER_BUCKET_NAME is set (the same credentials and endpoint), else the export folder that
+`make run` serves. Labels are checked before anything is written: each must name a complete
+version that the policy serves, or sync would ignore it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from sync.cli import configure_logging
+from sync.errors import EX_USAGE, LabelsError, ManifestError, SyncError
+from sync.manifest import DEFAULT_MANIFEST, ModelManifest, VersionPolicy, parse_label_assignments
+from sync.manifest import parse_policy as parse_policy_text
+from sync.manifests import BucketManifests, FolderManifests, ManifestStore
+from sync.settings import Settings
+from sync.source import MODEL_NAME
+
+log = logging.getLogger("sync.labels")
+
+
+def open_store(settings: Settings) -> BucketManifests | FolderManifests:
+    """The bucket when one is configured, else the export folder (as sync's source)."""
+    if settings.s3 is not None:
+        return BucketManifests(settings.s3)
+    return FolderManifests(settings.export_dir)
+
+
+def updated_manifest(
+    current: ModelManifest | None,
+    changes: Mapping[str, int | None],
+    policy: VersionPolicy | None,
+) -> ModelManifest:
+    """`current` with the label changes (None removes a label) and, if given, a new policy."""
+    base = current or DEFAULT_MANIFEST
+    labels = dict(base.labels)
+    for name, version in changes.items():
+        if version is None:
+            labels.pop(name, None)
+        else:
+            labels[name] = version
+    return ModelManifest(policy or base.policy, labels)
+
+
+def check_serves_labels(manifest: ModelManifest, versions: set[int], model: str) -> None:
+    """Refuse labels sync would ignore: on a version not published, or not served."""
+    if not versions and manifest.labels:
+        raise LabelsError(f"{model} has no published version yet: run make publish first")
+    served = manifest.policy.select(versions)
+    for label, version in sorted(manifest.labels.items()):
+        if version not in versions:
+            raise LabelsError(
+                f"label {label!r} -> {version}: {model} has no complete version {version} "
+                f"(published: {_list(versions)}); publish it first"
+            )
+        if version not in served:
+            wanted = ",".join(str(v) for v in sorted(set(manifest.labels.values()) | served))
+            raise LabelsError(
+                f"label {label!r} -> {version}: the policy ({manifest.policy.describe()}) serves "
+                f"{_list(served)} only; add POLICY=all or POLICY=specific:{wanted} "
+                f"(--policy with python -m sync.labels)"
+            )
+
+
+def apply(
+    store: ManifestStore,
+    model: str,
+    changes: Mapping[str, int | None],
+    policy: VersionPolicy | None,
+) -> ModelManifest:
+    """Read, change, check and write the model's manifest; returns what is now in place."""
+    current = store.read(model)
+    manifest = updated_manifest(current, changes, policy)
+    check_serves_labels(manifest, store.versions(model), model)
+    where = store.describe(model)
+    if manifest == current:
+        log.info("%s unchanged: %s", where, manifest.describe())
+        return manifest
+    store.write(model, manifest)
+    before = current.describe() if current else "no manifest (latest 1, no labels)"
+    log.info("wrote %s: %s (was %s)", where, manifest.describe(), before)
+    return manifest
+
+
+def _list(versions: set[int]) -> str:
+    return ", ".join(str(v) for v in sorted(versions)) or "none"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m sync.labels",
+        description="Set version labels (and the version policy) in a model's manifest, in the "
+        "bucket when BUCKETEER_BUCKET_NAME is set, else in the export folder. Without "
+        "labels or --policy, show the manifest.",
+        epilog="example: python -m sync.labels --name shapes stable=1 canary=2 --policy all "
+        '(make labels NAME=shapes LABELS="stable=1 canary=2" POLICY=all); LABEL= removes one. '
+        "Exit codes: 0 ok, 64 usage, 65 a label sync would ignore, 69/77/78 as sync.",
+    )
+    parser.add_argument("--name", required=True, help="model name")
+    parser.add_argument("labels", nargs="*", metavar="LABEL=VERSION", help="labels to set")
+    parser.add_argument("--policy", help="all, latest:N or specific:V1,V2 (default: keep)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        return EX_USAGE if exc.code else 0
+    configure_logging()
+    try:
+        if not MODEL_NAME.match(args.name):
+            raise ManifestError(f"model name {args.name!r}: use letters, digits, '_', '.', '-'")
+        changes = parse_label_assignments(args.labels)
+        policy = parse_policy_text(args.policy) if args.policy else None
+    except ManifestError as exc:
+        log.error("%s", exc)
+        return EX_USAGE
+    try:
+        store = open_store(Settings.from_env(os.environ))
+        try:
+            if changes or policy:
+                apply(store, args.name, changes, policy)
+            else:
+                _show(store, args.name)
+        finally:
+            store.close()
+    except SyncError as exc:
+        log.error("labels not changed: %s", exc)
+        return exc.exit_code
+    return 0
+
+
+def _show(store: ManifestStore, model: str) -> None:
+    manifest = store.read(model)
+    versions = _list(store.versions(model))
+    if manifest is None:
+        log.info("%s: none (latest 1, no labels); versions: %s", store.describe(model), versions)
+        return
+    log.info("%s: %s; versions: %s", store.describe(model), manifest.describe(), versions)
+    sys.stdout.write(manifest.render())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
