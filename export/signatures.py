@@ -12,6 +12,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from export.errors import InvalidPreprocessing
 from export.preprocessing import Preprocessing
 
 SERVING_DEFAULT = "serving_default"
@@ -25,6 +26,17 @@ CLASSES = "classes"
 _DECODE_PARALLELISM = 8
 
 Classifier = Callable[..., Any]
+
+# How the serving graph decodes a JPEG before the bilinear resize to the input size:
+# "full" decodes every pixel; "scaled" lets libjpeg scale by 1/2, 1/4 or 1/8 in the DCT domain
+# (decode_jpeg's `ratio`), the largest that keeps both sides >= the input size, read from the
+# header. A 640x480 photo for a 224 model decodes at 320x240: fewer pixels to decode and resize.
+# The pixels differ slightly (DCT scaling averages, like an antialiased resize), so answers can
+# too: bench/jpeg_decode.py measures the time and the top-1 agreement.
+JPEG_FULL = "full"
+JPEG_SCALED = "scaled"
+JPEG_DECODES = (JPEG_FULL, JPEG_SCALED)
+_DCT_RATIOS = (1, 2, 4, 8)
 
 
 def is_keras_model(obj: object) -> bool:
@@ -51,9 +63,18 @@ class ServingModule(tf.Module):
     """The object tf.saved_model.save writes: the classifier plus the two serving functions."""
 
     def __init__(
-        self, classifier: Classifier, labels: Sequence[str], preprocessing: Preprocessing
+        self,
+        classifier: Classifier,
+        labels: Sequence[str],
+        preprocessing: Preprocessing,
+        jpeg_decode: str = JPEG_FULL,
     ) -> None:
         super().__init__(name="dynoserve_servable")
+        if jpeg_decode not in JPEG_DECODES:
+            raise InvalidPreprocessing(
+                f"jpeg_decode must be one of {', '.join(JPEG_DECODES)}; got {jpeg_decode!r}"
+            )
+        self._jpeg_decode = jpeg_decode
         # An attribute, so the saver tracks (and writes) the classifier's variables.
         self.classifier = classifier
         self._labels = tf.constant(list(labels), dtype=tf.string)
@@ -97,16 +118,53 @@ class ServingModule(tf.Module):
         )
 
     def _decode_one(self, data: tf.Tensor) -> tf.Tensor:
-        # expand_animations=False: a GIF yields its first frame as [H, W, 3], like a still image.
-        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-        resized = tf.image.resize(image, self._size, method=tf.image.ResizeMethod.BILINEAR)
-        return tf.ensure_shape(resized, [*self._size, 3])
+        return decode_and_resize(data, self._size, self._jpeg_decode)
 
     def serve_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._classify(self.decode_images(images))
 
     def serve_pixels(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._classify(pixels)
+
+
+def decode_and_resize(data: tf.Tensor, size: tuple[int, int], jpeg_decode: str) -> tf.Tensor:
+    """One encoded image (JPEG/PNG/BMP/GIF) to float32 RGB [H, W, 3] in 0..255 at `size`."""
+    if jpeg_decode == JPEG_SCALED:
+        image = tf.cond(
+            tf.io.is_jpeg(data), lambda: decode_jpeg_scaled(data, size), lambda: _decode_any(data)
+        )
+    else:
+        image = _decode_any(data)
+    resized = tf.image.resize(image, size, method=tf.image.ResizeMethod.BILINEAR)
+    return tf.ensure_shape(resized, [*size, 3])
+
+
+def _decode_any(data: tf.Tensor) -> tf.Tensor:
+    # expand_animations=False: a GIF yields its first frame as [H, W, 3], like a still image.
+    return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+
+
+def dct_ratio_index(data: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Index into _DCT_RATIOS of the largest ratio whose output (ceil(side / ratio), as libjpeg
+    scales) stays >= `size` on both sides, from the JPEG header alone."""
+    shape = tf.io.extract_jpeg_shape(data)
+    height, width = shape[0], shape[1]
+    index = tf.constant(0)
+    for i, ratio in enumerate(_DCT_RATIOS[1:], start=1):
+        fits = tf.logical_and(
+            (height + ratio - 1) // ratio >= size[0], (width + ratio - 1) // ratio >= size[1]
+        )
+        index = tf.where(fits, i, index)
+    return index
+
+
+def decode_jpeg_scaled(data: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Decode a JPEG at the smallest DCT scale that still covers `size`; uint8 [h, w, 3]."""
+    # `ratio` is an attribute of the op, not an input: one branch per ratio.
+    branches = [
+        (lambda r=ratio: tf.io.decode_jpeg(data, channels=3, ratio=r)) for ratio in _DCT_RATIOS
+    ]
+    return tf.switch_case(dct_ratio_index(data, size), branches)
 
 
 def build_signatures(module: ServingModule) -> dict[str, Any]:
