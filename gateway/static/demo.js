@@ -1,8 +1,12 @@
 // The demo page: lists models, sends a URL (JSON) or a file (multipart), draws the top-5 bars.
+// The last image sent stays current: changing model or version, or pressing Classify with an
+// empty URL field, classifies it again.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 let models = [];
+let current = null; // {file} or {url}: the image on screen
+let latest = 0; // number of the newest request; answers to older ones are dropped
 
 function headers(extra) {
   const h = Object.assign({}, extra || {});
@@ -56,13 +60,14 @@ function predictUrl() {
 
 async function classify(init) {
   if (!$("model").value) { setStatus("Choose a model first.", true); return; }
-  $("submit").disabled = true;
+  const mine = ++latest;
   setStatus("Classifying…", false);
   $("results").replaceChildren();
   $("meta").textContent = "";
   try {
     const res = await fetch(predictUrl(), Object.assign({ method: "POST" }, init));
     const body = await res.json();
+    if (mine !== latest) { return; } // a newer request (other version, other image) owns the page
     if (!res.ok) {
       const e = body.error || {};
       setStatus((e.code || res.status) + ": " + (e.message || res.statusText), true);
@@ -70,9 +75,7 @@ async function classify(init) {
     }
     render(body);
   } catch (err) {
-    setStatus("Request failed: " + err.message, true);
-  } finally {
-    $("submit").disabled = false;
+    if (mine === latest) { setStatus("Request failed: " + err.message, true); }
   }
 }
 
@@ -101,26 +104,46 @@ function render(body) {
     " ms · inference " + t.inference.toFixed(1) + " ms · total " + t.total.toFixed(1) + " ms";
 }
 
+function showPreview(src) {
+  const old = $("preview").src;
+  if (old.startsWith("blob:")) { URL.revokeObjectURL(old); }
+  $("preview").src = src;
+  $("preview").hidden = false;
+}
+
 function classifyFile(file) {
   if (!file) { return; }
-  $("preview").src = URL.createObjectURL(file);
-  $("preview").hidden = false;
-  const form = new FormData();
-  form.append("image", file);
-  classify({ body: form, headers: headers() });
+  current = { file };
+  $("image-url").value = ""; // the field shows what is current: a file now, no URL
+  // Empty the input, or choosing the same file again would fire no change event.
+  $("file").value = "";
+  showPreview(URL.createObjectURL(file));
+  classifyCurrent();
 }
 
 function classifyUrl(url) {
-  $("preview").src = url;
-  $("preview").hidden = false;
+  current = { url };
+  showPreview(url);
+  classifyCurrent();
+}
+
+function classifyCurrent() {
+  if (!current) { return; }
+  if (current.file) {
+    const form = new FormData();
+    form.append("image", current.file);
+    classify({ body: form, headers: headers() });
+    return;
+  }
   classify({
-    body: JSON.stringify({ image_url: url }),
+    body: JSON.stringify({ image_url: current.url }),
     headers: headers({ "Content-Type": "application/json" }),
   });
 }
 
 function wire() {
-  $("model").addEventListener("change", fillVersions);
+  $("model").addEventListener("change", () => { fillVersions(); classifyCurrent(); });
+  $("version").addEventListener("change", classifyCurrent);
   $("api-key").addEventListener("change", () => {
     localStorage.setItem("dynoserve-key", $("api-key").value);
     loadModels();
@@ -128,7 +151,13 @@ function wire() {
   $("form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const url = $("image-url").value.trim();
-    if (url) { classifyUrl(url); } else { setStatus("Paste an image URL or drop a file.", true); }
+    if (url) {
+      classifyUrl(url);
+    } else if (current) {
+      classifyCurrent();
+    } else {
+      setStatus("Paste an image URL or drop a file.", true);
+    }
   });
   $("file").addEventListener("change", () => classifyFile($("file").files[0]));
   const drop = $("drop");

@@ -19,7 +19,7 @@ from gateway.server import build_server, serve
 from gateway.settings import Settings
 from tests.gateway.conftest import FakePredictor
 from tests.imagehost import ImageServer, image_bytes
-from tests.support import free_port
+from tests.support import free_port, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -139,3 +139,83 @@ def test_errors_are_shown(page: Any, live_predictor: FakePredictor) -> None:
     page.wait_for_selector("#status.error")
     assert "model_not_ready" in page.inner_text("#status")
     assert page.query_selector_all("#results li") == []
+
+
+# --- the current image is classified again (issue 11, item 6) ---------------------------------
+
+
+def upload(page: Any) -> None:
+    page.set_input_files("#file", files=[{"name": "o.png", "mimeType": "image/png", "buffer": PNG}])
+
+
+def wait_for_calls(predictor: FakePredictor, count: int) -> None:
+    wait_for(lambda: len(predictor.calls) >= count, timeout=10, what=f"{count} predict calls")
+
+
+def meta_says(page: Any, text: str) -> None:
+    page.wait_for_function(
+        "t => document.getElementById('meta').textContent.includes(t)", arg=text, timeout=10_000
+    )
+
+
+def test_changing_the_version_reclassifies_the_current_file(
+    page: Any, live_predictor: FakePredictor
+) -> None:
+    upload(page)
+    meta_says(page, "shapes v2")
+    before = len(live_predictor.calls)
+    page.select_option("#version", label="v1 available")
+    wait_for_calls(live_predictor, before + 1)
+    meta_says(page, "shapes v1")
+    assert (live_predictor.calls[-1].images[0].data, live_predictor.calls[-1].version) == (PNG, 1)
+    page.select_option("#version", label="stable (v1)")
+    wait_for_calls(live_predictor, before + 2)
+    assert live_predictor.calls[-1].label == "stable"
+    # Classify with an empty URL field sends the current file again (no "paste a URL" error).
+    page.click("#submit")
+    wait_for_calls(live_predictor, before + 3)
+    assert live_predictor.calls[-1].images[0].data == PNG
+    assert "Paste" not in page.inner_text("#status")
+    assert rendered(page)[0] == ("cat", "70.0%")
+
+
+def test_choosing_the_same_file_again_classifies_it_again(
+    page: Any, live_predictor: FakePredictor
+) -> None:
+    upload(page)
+    meta_says(page, "shapes v2")
+    # A browser fires no change event when the file chosen equals the input's value, so the
+    # page empties the input once it holds the file (Playwright fires change regardless).
+    assert page.eval_on_selector("#file", "e => e.value") == ""
+    before = len(live_predictor.calls)
+    upload(page)
+    wait_for_calls(live_predictor, before + 1)
+    assert live_predictor.calls[-1].images[0].data == PNG
+
+
+def test_changing_model_or_version_reclassifies_the_current_url(
+    page: Any, image_server: ImageServer, live_predictor: FakePredictor
+) -> None:
+    url = image_server.add_bytes("/again.png", PNG, {"Content-Type": "image/png"})
+    live_predictor.models["circles"] = [7]
+    try:
+        page.reload()
+        page.wait_for_selector("#model option[value=circles]", state="attached")
+        page.select_option("#model", "shapes")  # no image yet: nothing is sent
+        page.fill("#image-url", url)
+        page.click("#submit")
+        meta_says(page, "shapes v2")
+        before = len(live_predictor.calls)
+        page.select_option("#model", "circles")
+        wait_for_calls(live_predictor, before + 1)
+        meta_says(page, "circles v7")
+        call = live_predictor.calls[-1]
+        assert (call.model, call.images[0].url, call.version) == ("circles", url, None)
+        page.select_option("#version", label="v7 available")
+        wait_for_calls(live_predictor, before + 2)
+        assert (live_predictor.calls[-1].images[0].url, live_predictor.calls[-1].version) == (
+            url,
+            7,
+        )
+    finally:
+        del live_predictor.models["circles"]
