@@ -346,3 +346,30 @@ def raw_post(path: str, body: str) -> bytes:
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return (head + body).encode()
+
+
+@pytest.mark.slow
+def test_refusals_do_not_wait_for_a_thread(small_gateway: Any, image_server: ImageServer) -> None:
+    """Every waiting request holds a waitress thread; the pool has one for each plus headroom,
+    so with the slot and the queue full, more clients are refused at once (with 3 threads this
+    test times out: the refusals would wait for the held request)."""
+    gw = small_gateway(max_in_flight="1", max_queue="2")
+    gate = threading.Event()
+    post = {"image_url": held_route(image_server, "/admission/held-4.jpg", gate)}
+
+    def call() -> tuple[int, Any, Any]:
+        return http_json(gw.base + "/v1/models/shapes:predict", post)
+
+    admitted = [in_thread(call) for _ in range(3)]
+    try:
+        until(gw, "dynoserve_gateway_queue_length", 2)
+        refused = [in_thread(call) for _ in range(8)]
+        for thread, _ in refused:
+            thread.join(10)
+        answers = [out[0] for _, out in refused if out]
+    finally:
+        gate.set()
+    assert [(status, headers["Retry-After"]) for status, headers, _ in answers] == [(503, "1")] * 8
+    for thread, out in admitted:
+        thread.join(30)
+        assert out[0][0] == 200, out
