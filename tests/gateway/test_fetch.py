@@ -450,3 +450,18 @@ def test_an_origin_entry_pins_scheme_host_and_port(
     assert other_server.hits == []
     # A bare host entry still allows every port of that host.
     assert loopback_fetcher(allow_hosts=("127.0.0.1",)).fetch(other).data == PNG
+
+
+def test_a_stalled_tls_handshake_is_cut_off_by_the_budget() -> None:
+    # A host that accepts the TCP connection and never answers the ClientHello.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(ImageHostError) as info:
+            loopback_fetcher(total_timeout_s=0.8, connect_timeout_s=5.0).fetch(
+                f"https://127.0.0.1:{port}/x.png"
+            )
+    assert info.value.code == "image_host_timeout"
+    assert time.monotonic() - start < 1.3

@@ -51,7 +51,7 @@ def scores(body: dict[str, Any]) -> dict[str, float]:
 
 def test_ready_and_listed(gateway: GatewayProcess) -> None:
     status, _, body = call(gateway, "/readyz")
-    assert (status, body) == (200, {"ready": True, "models": {"shapes": "AVAILABLE"}})
+    assert (status, body["ready"], body["models"]) == (200, True, {"shapes": "AVAILABLE"})
     _, _, listing = call(gateway, "/v1/models")
     assert listing["models"] == [
         {
@@ -197,6 +197,14 @@ def test_image_errors_through_the_process(
         image_server.add_bytes(route, payload)
     got, _, body = call(gateway, "/v1/models/shapes:predict", {"image_url": url})
     assert (got, body["error"]["code"]) == (status, code), body
+
+
+def test_too_many_redirects_through_the_process(
+    gateway: GatewayProcess, image_server: ImageServer
+) -> None:
+    url = image_server.add_redirect("/round-and-round", "/round-and-round")
+    got, _, body = call(gateway, "/v1/models/shapes:predict", {"image_url": url})
+    assert (got, body["error"]["code"]) == (400, "too_many_redirects"), body
 
 
 def test_forbidden_url_through_the_process(gateway: GatewayProcess) -> None:
