@@ -34,15 +34,20 @@ RUN python -m venv /opt/venv \
 COPY gateway gateway
 COPY serving serving
 COPY sync sync
+COPY dyno dyno
 COPY supervisord.conf supervisord.conf
 # Generate the gateway's protobuf classes, then drop the generator: it is a build-time tool.
+# /app stays root's and read-only to the dyno's user; only /models and the run dir are written.
 RUN /opt/venv/bin/python -m gateway.protogen \
  && /opt/venv/bin/pip uninstall -y grpcio-tools \
  && mkdir -p /models /tmp/dynoserve \
- && useradd --create-home --uid 10001 dyno \
+ && groupadd --gid 10001 dyno \
+ && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin dyno \
  && chmod 1777 /models /tmp/dynoserve
 
-# Heroku runs containers as a non-root user (not necessarily this one) and sets $PORT;
-# only the gateway binds it. /models and the run dir are world-writable for that reason.
-USER dyno
-CMD ["/opt/venv/bin/supervisord", "-n", "-c", "/app/supervisord.conf"]
+# Heroku runs containers as a non-root user (not necessarily this one, so numeric here) and
+# sets $PORT; only the gateway binds it. /models and the run dir are world-writable for that.
+# `python -m dyno` runs supervisord with every program's log on this process's stdout, whoever
+# owns it, and passes it the signals (see dyno/entrypoint.py and supervisord.conf).
+USER 10001:10001
+CMD ["/opt/venv/bin/python", "-m", "dyno"]

@@ -71,7 +71,7 @@ run: setup demo-model ## Serve the demo model on http://127.0.0.1:8080 (PORT): s
 	DYNOSERVE_RUN_DIR=$(CURDIR)/var/run \
 	DYNOSERVE_MODEL_SERVER_GRPC_PORT=$${DYNOSERVE_MODEL_SERVER_GRPC_PORT:-8500} \
 	DYNOSERVE_MODEL_SERVER_REST_PORT=$${DYNOSERVE_MODEL_SERVER_REST_PORT:-8501} \
-	$(GW_PY) -m supervisor.supervisord -n -c supervisord.conf
+	$(GW_PY) -m dyno
 
 test: setup apt-deps demo-model lint ## Lint, then run every test (slow end-to-end ones included)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -82,10 +82,11 @@ TF_TESTS := tests/serving tests/export tests/e2e
 test-kernels: setup apt-deps demo-model ## Re-run the TensorFlow-touching tests with one kernel family: make test-kernels ONEDNN=0 (or 1)
 	TF_ENABLE_ONEDNN_OPTS=$(or $(ONEDNN),0) $(PY) -m pytest $(TF_TESTS) $(PYTEST_ARGS)
 
-lint: setup ## ruff and mypy
+lint: setup ## ruff, mypy and hadolint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
 
 fmt: setup ## Format the code with ruff
 	$(VENV)/bin/ruff format .

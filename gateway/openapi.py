@@ -332,6 +332,12 @@ def _operational_paths() -> dict[str, Any]:
         "properties": {
             "ready": {"type": "boolean"},
             "models": {"type": "object", "additionalProperties": {"type": "string"}},
+            "reason": {"type": "string", "description": "why not ready (503 only)"},
+            "sync": {
+                "type": "object",
+                "nullable": True,
+                "description": "sync's boot state and last error (sync-status.json)",
+            },
         },
     }
     readyz = {"200": _json("Ready", ready), "503": _json("Not ready", ready)}

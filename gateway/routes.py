@@ -24,6 +24,7 @@ from gateway.results import (
     PredictResult,
 )
 from gateway.settings import Settings
+from gateway.syncstatus import not_ready_reason, sync_summary
 
 bp = Blueprint("gateway", __name__)
 
@@ -51,9 +52,11 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int, dict[str, str]] | Response:
     readiness = _predictor().readiness()
-    body = jsonify(ready=readiness.ready, models=readiness.models)
+    sync = sync_summary(_settings().sync_status_file)
     if readiness.ready:
-        return body
+        return jsonify(ready=True, models=readiness.models, sync=sync)
+    reason = not_ready_reason(readiness.models, sync)
+    body = jsonify(ready=False, reason=reason, models=readiness.models, sync=sync)
     return body, 503, {"Retry-After": str(_settings().retry_after_s)}
 
 

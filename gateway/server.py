@@ -1,17 +1,26 @@
 """`python -m gateway`: read the settings, log JSON, serve with waitress, drain on SIGTERM.
 
-Heroku sends SIGTERM and kills 30 s later. On SIGTERM the gateway stops listening at once,
-lets in-flight requests finish (at most shutdown_timeout_s), then exits 0.
+Heroku sends SIGTERM (to every process of the dyno at once) and SIGKILLs 30 s later. On SIGTERM
+the gateway loses no request it has accepted: it stops new TCP handshakes on the listening socket
+(Linux), accepts the connections already in the kernel's accept queue, then closes the listening
+socket (new connections are refused from then on, none is reset), lets every request in flight
+finish with `Connection: close` (at most shutdown_timeout_s), then exits 0. The model server
+outlives this drain: it ignores SIGTERM and supervisord stops it after the gateway.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from types import FrameType
+from typing import Any
 
 from flask import Flask
 from waitress import create_server, wasyncore
@@ -24,13 +33,37 @@ from gateway.settings import Settings
 
 log = logging.getLogger("gateway.server")
 _POLL_S = 0.2
+# After new handshakes stop, those the kernel already answered with SYN-ACK complete within one
+# round trip (the Heroku router is in the dyno's region); wait that long before closing.
+HANDSHAKE_GRACE_S = 0.1
+_SO_ATTACH_FILTER = 26  # Linux <asm-generic/socket.h>
+
+StartResponse = Callable[..., Any]
+
+
+class Draining:
+    """WSGI wrapper: once `active`, every response carries `Connection: close`, so keep-alive
+    clients finish their request and go instead of holding the drain open."""
+
+    def __init__(self, app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]]) -> None:
+        self.app = app
+        self.active = False
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if self.active:
+                headers = [(k, v) for k, v in headers if k.lower() != "connection"]
+                headers.append(("Connection", "close"))
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, respond)
 
 
 def build_server(app: Flask, settings: Settings) -> BaseWSGIServer:
     """Waitress with a thread for every request admission may hold (so refusals are immediate)
     and a deep backlog (short ones stall bursts)."""
     server: BaseWSGIServer = create_server(
-        app,
+        Draining(app),
         host=settings.bind_host,
         port=settings.port,
         threads=settings.worker_threads,
@@ -54,33 +87,110 @@ def serve(server: BaseWSGIServer, stop: threading.Event, shutdown_timeout_s: flo
     """Run the event loop until `stop` is set, then drain and close."""
     socket_map = server._map  # waitress keeps its channels here; we drive the loop ourselves
     while not stop.is_set():
-        wasyncore.loop(timeout=_POLL_S, use_poll=True, map=socket_map, count=1)
+        _loop_once(socket_map)
     log.info("stop signal: no new connections; draining in-flight requests")
-    server.accepting = False
-    server.del_channel()
-    server.socket.close()
+    server.application.active = True
+    stop_listening(server)
     deadline = time.monotonic() + shutdown_timeout_s
     while _busy(socket_map) and time.monotonic() < deadline:
-        wasyncore.loop(timeout=_POLL_S, use_poll=True, map=socket_map, count=1)
+        _loop_once(socket_map)
     if _busy(socket_map):
         log.warning("shutdown timeout: closing connections with requests still in flight")
     server.task_dispatcher.shutdown(timeout=1)
     wasyncore.close_all(socket_map)
 
 
-def _busy(socket_map: dict[int, object]) -> bool:
-    """A connection still has a request in progress or a response not yet sent."""
+def _loop_once(socket_map: dict[int, Any], timeout: float = _POLL_S) -> None:
+    wasyncore.loop(timeout=timeout, use_poll=True, map=socket_map, count=1)
+
+
+def stop_listening(server: BaseWSGIServer) -> None:
+    """Close the listening socket without resetting a connection the kernel has accepted.
+
+    Closing a listening socket resets every connection still in its accept queue: clients that
+    connected and sent a request get ECONNRESET. So first stop new handshakes (a socket filter
+    drops incoming SYNs: new clients are refused once the socket is closed), let handshakes in
+    progress complete, accept everything queued, and only then close.
+    """
+    if _drop_new_handshakes(server.socket):
+        grace_end = time.monotonic() + HANDSHAKE_GRACE_S
+        while time.monotonic() < grace_end:
+            _loop_once(server._map, timeout=0.01)
+    accepted = 0
+    while _accept_one(server):
+        accepted += 1
+    server.accepting = False
+    server.del_channel()
+    server.socket.close()
+    log.info("listening socket closed", extra={"accepted_at_close": accepted})
+
+
+def _accept_one(server: BaseWSGIServer) -> bool:
+    """Accept one queued connection into waitress; False when the queue is empty."""
+    try:
+        pending = server.accept()
+    except OSError:
+        return False
+    if pending is None:
+        return False
+    conn, addr = pending
+    server.channel_class(server, conn, server.fix_addr(addr), server.adj, map=server._map)
+    return True
+
+
+def _drop_new_handshakes(sock: socket.socket) -> bool:
+    """Attach a classic BPF filter that drops TCP segments with SYN set and ACK clear (Linux)."""
+    program = [
+        (0x30, 0, 0, 13),  # ldb [13]: the TCP flags byte
+        (0x54, 0, 0, 0x12),  # and #(SYN|ACK)
+        (0x15, 0, 1, 0x02),  # jeq #SYN: drop, else keep
+        (0x06, 0, 0, 0),  # ret #0: drop
+        (0x06, 0, 0, 0xFFFFFFFF),  # ret: keep the whole segment
+    ]
+    code = b"".join(struct.pack("HBBI", *insn) for insn in program)
+    buffer = ctypes.create_string_buffer(code)
+    fprog = struct.pack("HP", len(program), ctypes.addressof(buffer))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+    except OSError as exc:
+        log.warning("cannot stop new handshakes before closing (%s); closing at once", exc)
+        return False
+    return True
+
+
+def _busy(socket_map: dict[int, Any]) -> bool:
+    """A connection has a request half-received, in progress, or a response not yet sent."""
     return any(
-        getattr(ch, "requests", None) or getattr(ch, "total_outbufs_len", 0)
+        getattr(ch, "request", None) is not None
+        or getattr(ch, "requests", None)
+        or getattr(ch, "total_outbufs_len", 0)
         for ch in list(socket_map.values())
     )
 
 
-def install_signal_handlers(stop: threading.Event) -> None:
+class _Waker(wasyncore.dispatcher):
+    """Readable when a signal arrived (signal.set_wakeup_fd writes a byte): the event loop
+    wakes at once instead of at the end of its poll timeout."""
+
+    def __init__(self, socket_map: dict[int, Any]) -> None:
+        self.reader, self.writer = socket.socketpair()
+        self.writer.setblocking(False)
+        super().__init__(self.reader, map=socket_map)
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_read(self) -> None:
+        self.recv(512)
+
+
+def install_signal_handlers(stop: threading.Event, server: BaseWSGIServer | None = None) -> None:
     def handler(signum: int, _frame: FrameType | None) -> None:
         # Only set the flag: logging here could deadlock on a lock the main thread holds.
         stop.set()
 
+    if server is not None:
+        signal.set_wakeup_fd(_Waker(server._map).writer.fileno(), warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
 
@@ -95,7 +205,7 @@ def main() -> int:
     app = create_app(settings)
     server = build_server(app, settings)
     stop = threading.Event()
-    install_signal_handlers(stop)
+    install_signal_handlers(stop, server)
     log.info(
         "listening on http://%s:%s",
         settings.bind_host,

@@ -7,14 +7,25 @@ DYNOSERVE_MODEL_SERVER_FLAGS names another file, empty for none).
 It then waits (bounded) for --model_config_file to exist, because sync writes that file at boot
 and stock TF Serving exits at once when it is missing. The stock binary gets the flags in its
 own `--name=value` form; the process is replaced (exec), so supervisord signals the server itself.
+
+Two things a dyno needs that TF Serving does not do by itself:
+- SIGTERM is ignored across the exec. Heroku sends SIGTERM to every process of the dyno at once
+  and stock TF Serving dies on it at once (tensorflow/serving#1853) while the gateway still
+  drains requests that need it; supervisord stops the server with SIGINT after the gateway.
+- TensorFlow sizes its thread pools from the host's CPU count, which on a dyno is not the
+  dyno's share. The launcher passes --tensorflow_intra_op_parallelism and
+  --tensorflow_inter_op_parallelism from the cgroup CPU quota (or DYNOSERVE_MODEL_SERVER_THREADS)
+  with the other project defaults, unless the command line sets them.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +39,8 @@ log = logging.getLogger("serving.launcher")
 STOCK_BINARY = "tensorflow_model_server"
 DEV_PYTHON = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
 EXIT_CONFIG_MISSING = 3
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
 
 
 def find_stock_binary(settings: Settings) -> str | None:
@@ -64,6 +77,80 @@ def local_server_python(settings: Settings) -> str:
     return str(DEV_PYTHON)
 
 
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _v2_limit(folder: Path) -> float | None:
+    """CPUs allowed by a cgroup v2 `cpu.max` ("max 100000" or "<quota> <period>")."""
+    quota, _, period = (_read(folder / "cpu.max") or "max").strip().partition(" ")
+    if quota == "max" or not period:
+        return None
+    return int(quota) / int(period)
+
+
+def _v1_limit(folder: Path) -> float | None:
+    """CPUs allowed by a cgroup v1 CFS quota (-1: none)."""
+    quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
+    if quota is None or period is None or int(quota) <= 0:
+        return None
+    return int(quota) / int(period)
+
+
+def _with_ancestors(base: Path, cgroup_path: str) -> list[Path]:
+    """The cgroup folder and every parent up to the hierarchy's root: a parent's quota binds too."""
+    folder = base / cgroup_path.strip("/")
+    return [folder, *[p for p in folder.parents if p.is_relative_to(base)]]
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> float | None:
+    """CPUs the process's cgroup quota allows (v2 cpu.max, v1 cfs quota); None when unlimited."""
+    limits: list[float | None] = []
+    for line in (_read(proc_cgroup) or "0::/").splitlines():
+        controllers, _, path = line.partition(":")[2].partition(":")
+        if not controllers:
+            limits += [_v2_limit(f) for f in _with_ancestors(root, path)]
+        elif "cpu" in controllers.split(","):
+            limits += [_v1_limit(f) for f in _with_ancestors(root / controllers, path)]
+    found = [limit for limit in limits if limit is not None]
+    return min(found) if found else None
+
+
+def available_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> int:
+    """Whole CPUs this process may use: the CPUs it may run on, capped by the cgroup quota."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    limit = cgroup_cpu_limit(root, proc_cgroup)
+    if limit is not None:
+        cpus = min(cpus or 1, math.ceil(limit))
+    return max(1, cpus or 1)
+
+
+def thread_flags(settings: Settings) -> list[str]:
+    """TensorFlow's thread-pool flags: DYNOSERVE_MODEL_SERVER_THREADS, else the CPUs available.
+
+    0 passes nothing (TensorFlow then sizes its pools from the host's CPU count).
+    """
+    threads = settings.model_server_threads
+    if threads == 0:
+        return []
+    count = threads if threads is not None else available_cpus()
+    return [
+        f"--tensorflow_intra_op_parallelism={count}",
+        f"--tensorflow_inter_op_parallelism={count}",
+    ]
+
+
+def project_defaults(settings: Settings) -> list[str]:
+    """Flags added when the command line does not set them: the flags file's and the thread
+    counts. DYNOSERVE_MODEL_SERVER_FLAGS='' turns both off, unless the thread count is set."""
+    if not settings.flags_file:
+        return thread_flags(settings) if settings.model_server_threads is not None else []
+    return [*flags.read_flags_file(settings.flags_file), *thread_flags(settings)]
+
+
 def command(argv: Sequence[str], settings: Settings) -> list[str]:
     """The argv to exec: the stock binary with canonical flags, or the local server."""
     binary = find_stock_binary(settings)
@@ -76,8 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s] %(message)s")
     settings = Settings.from_env()
     args = list(sys.argv[1:] if argv is None else argv)
-    if settings.flags_file:
-        args = flags.with_defaults(args, flags.read_flags_file(settings.flags_file))
+    args = flags.with_defaults(args, project_defaults(settings))
     options = flags.parse_or_exit(args, "python -m serving")
     if options.model_config_file and not os.path.exists(options.model_config_file):
         log.info(
@@ -90,5 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("starting %s", " ".join(argv_to_run))
     sys.stdout.flush()
     sys.stderr.flush()
+    # Survives exec: the server outlives the gateway's drain; supervisord stops it with SIGINT.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.execv(argv_to_run[0], argv_to_run)  # noqa: S606 - replacing ourselves is the point
     return 0  # not reached

@@ -70,7 +70,10 @@ def serve(server: ModelServer) -> int:
         stop.set()
         server.abort_startup()
 
-    signal.signal(signal.SIGTERM, on_signal)
+    # Under supervisord the launcher makes SIGTERM ignored, as for stock TF Serving, so the
+    # server outlives the gateway's drain; it is stopped with SIGINT. Keep that.
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
         server.start()

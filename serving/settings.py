@@ -26,6 +26,8 @@ class Settings:
     """Project default flags the launcher adds (empty: none)."""
     local_server_python: str = ""
     """Interpreter for the local server; empty: this one if it has TensorFlow, else .venv's."""
+    model_server_threads: int | None = None
+    """TensorFlow intra- and inter-op threads; None: the CPUs the cgroup quota allows; 0: TF's."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -37,4 +39,16 @@ class Settings:
             bind_host=env.get("DYNOSERVE_MODEL_SERVER_HOST", "127.0.0.1"),
             flags_file=env.get("DYNOSERVE_MODEL_SERVER_FLAGS", str(DEFAULT_FLAGS_FILE)),
             local_server_python=env.get("DYNOSERVE_MODEL_SERVER_PYTHON", ""),
+            model_server_threads=_threads(env.get("DYNOSERVE_MODEL_SERVER_THREADS", "")),
         )
+
+
+def _threads(raw: str) -> int | None:
+    """DYNOSERVE_MODEL_SERVER_THREADS: empty or `auto` means None (from the CPU quota)."""
+    text = raw.strip().lower()
+    if text in ("", "auto"):
+        return None
+    count = int(text)
+    if count < 0:
+        raise ValueError(f"DYNOSERVE_MODEL_SERVER_THREADS={raw!r} must be 0 or more")
+    return count

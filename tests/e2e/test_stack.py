@@ -96,8 +96,7 @@ def dyno(
     s3.put_object(
         Bucket=bucket, Key="models/shapes/dynoserve-model.json", Body=json.dumps(manifest).encode()
     )
-    argv = [str(GATEWAY_PYTHON), "-m", "supervisor.supervisord", "-n"]
-    argv += ["-c", str(REPO_ROOT / "supervisord.conf")]
+    argv = [str(GATEWAY_PYTHON), "-m", "dyno"]  # the image's CMD: supervisord + log FIFO
     with ManagedProcess(argv, root / "dyno.log", env=env) as proc:
         base = f"http://127.0.0.1:{port}"
         proc.wait_ready(lambda: http_ok(base + "/readyz"), timeout=180)

@@ -39,7 +39,26 @@ def test_readyz_follows_the_predictor(make_client: Any, fake_predictor: FakePred
     response = make_client().get("/readyz")
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
-    assert response.get_json() == {"ready": False, "models": {"shapes": "LOADING"}}
+    body = response.get_json()
+    body.pop("sync")  # whatever a `make run` left in var/models
+    assert body == {
+        "ready": False,
+        "reason": "no AVAILABLE version yet for shapes",
+        "models": {"shapes": "LOADING"},
+    }
+
+
+def test_readyz_says_sync_has_not_booted_and_why(
+    make_client: Any, fake_predictor: FakePredictor, tmp_path: Any
+) -> None:
+    status = tmp_path / "sync-status.json"
+    status.write_text('{"boot_completed_at": null, "last_error": "cannot reach s3://b/models"}')
+    fake_predictor.ready = False
+    response = make_client(sync_status_file=status).get("/readyz")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["reason"] == "sync has not completed its boot pass: cannot reach s3://b/models"
+    assert body["sync"]["last_error"] == "cannot reach s3://b/models"
 
 
 def test_predict_b64_single(client: Any, fake_predictor: FakePredictor) -> None:

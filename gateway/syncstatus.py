@@ -1,0 +1,38 @@
+"""What sync's status file says about the models on disk, for /readyz: why nothing is ready yet
+(the bucket unreachable at boot, say) or why what is served may be stale (a cached copy)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# The fields /readyz repeats; the whole file's schema is in docs/sync.md.
+FIELDS = ("boot_completed_at", "degraded", "last_error", "consecutive_failures", "last_success_at")
+MAX_ERROR_CHARS = 500
+
+
+def sync_summary(path: Path) -> dict[str, Any] | None:
+    """The status file's boot and error fields; None when there is no readable file."""
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(status, dict):
+        return None
+    summary = {name: status.get(name) for name in FIELDS}
+    if isinstance(summary["last_error"], str):
+        summary["last_error"] = summary["last_error"][:MAX_ERROR_CHARS]
+    return summary
+
+
+def not_ready_reason(models: dict[str, str], sync: dict[str, Any] | None) -> str:
+    """One sentence on why the dyno is not ready."""
+    if sync is not None and not sync.get("boot_completed_at"):
+        if sync.get("last_error"):
+            return f"sync has not completed its boot pass: {sync['last_error']}"
+        return "sync has not completed its boot pass yet"
+    if not models:
+        return "no model is configured yet"
+    waiting = sorted(name for name, state in models.items() if state != "AVAILABLE")
+    return "no AVAILABLE version yet for " + ", ".join(waiting)

@@ -1,0 +1,120 @@
+"""Bounded closed-loop load on the dyno, every request classified.
+
+Each client opens a new connection per request (as Heroku's router does) and records:
+ok (200), shed (503 with Retry-After), refused (the connection was not accepted: the dyno
+is going away), failed (any other answer) and lost (accepted, then reset or no answer).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+from tests.support import REPO_ROOT
+
+SAMPLE = REPO_ROOT / "docs" / "samples" / "red-circle.png"
+BODY = json.dumps({"image_b64": base64.b64encode(SAMPLE.read_bytes()).decode()}).encode()
+PATH = "/v1/models/shapes:predict"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    started: float
+    ended: float
+    kind: str  # ok, shed, refused, failed, lost
+    detail: str = ""
+
+
+@dataclass
+class Load:
+    """`clients` threads sending predictions to `port` until stop() (or each is refused)."""
+
+    port: int
+    clients: int = 4
+    stop_when_refused: bool = True
+    bodies: tuple[bytes, ...] = (BODY,)
+    """Client i sends bodies[i % len(bodies)]."""
+    outcomes: list[Outcome] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> Load:
+        for i in range(self.clients):
+            body = self.bodies[i % len(self.bodies)]
+            thread = threading.Thread(target=self._client, args=(body,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        assert not any(t.is_alive() for t in self._threads), "a load client hung"
+
+    def wait_done(self, timeout: float) -> None:
+        """Until every client has stopped by itself (refused), at most `timeout`."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.stop()
+
+    def _client(self, body: bytes) -> None:
+        while not self._stop.is_set():
+            outcome = one_request(self.port, body)
+            with self._lock:
+                self.outcomes.append(outcome)
+            if outcome.kind == "refused" and self.stop_when_refused:
+                return
+            if outcome.kind in ("shed", "refused"):
+                self._stop.wait(0.1)  # a polite client backs off (Retry-After: 1)
+
+    def counts(self, after: float = 0.0) -> dict[str, int]:
+        kinds = ("ok", "shed", "refused", "failed", "lost")
+        chosen = [o for o in self.outcomes if o.started >= after]
+        counts = {kind: sum(o.kind == kind for o in chosen) for kind in kinds}
+        counts["sent"] = len(chosen) - counts["refused"]
+        return counts
+
+    def problems(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.kind in ("failed", "lost")]
+
+
+def url_body(url: str) -> bytes:
+    """A prediction request for the image at `url` (the gateway fetches it)."""
+    return json.dumps({"image_url": url}).encode()
+
+
+def one_request(port: int, body: bytes = BODY, timeout: float = 20) -> Outcome:
+    started = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        try:
+            conn.connect()
+        except OSError as exc:
+            return Outcome(started, time.monotonic(), "refused", repr(exc))
+        try:
+            conn.request("POST", PATH, body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            return Outcome(started, time.monotonic(), "lost", repr(exc))
+        return Outcome(
+            started, time.monotonic(), classify(response, payload), payload[:200].decode()
+        )
+    finally:
+        conn.close()
+
+
+def classify(response: http.client.HTTPResponse, payload: bytes) -> str:
+    if response.status == 200:
+        return "ok"
+    if response.status == 503 and response.getheader("Retry-After"):
+        return "shed"
+    del payload
+    return "failed"
