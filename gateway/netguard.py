@@ -102,7 +102,10 @@ def parse_allow_entry(text: str) -> AllowEntry:
     (that scheme, host and port only; the port defaults to the scheme's); ValueError if neither."""
     if "://" not in text:
         if not text or (any(c in text for c in "/:@?#") and not _ip_literal(text)):
-            raise ValueError(f"{text!r} is neither a host name nor an origin")
+            raise ValueError(
+                f"{text!r} is neither a host name nor an origin "
+                "(to pin a port, write an origin: http://host:port)"
+            )
         return AllowEntry(_normal_host(text))
     try:
         parts = urlsplit(text)
@@ -128,11 +131,20 @@ def host_allowed(
 ) -> bool:
     """True if the allow-list is empty or an entry matches (host patterns ignore scheme and
     port; origin entries need `scheme` and `port` to match as well)."""
-    entries = [parse_allow_entry(p.strip()) for p in allow_hosts]
-    if not entries:
+    patterns = [p.strip() for p in allow_hosts]
+    if not patterns:
         return True
     name = _normal_host(host)
-    return any(entry.matches(name, scheme, port) for entry in entries)
+    return any(_entry_matches(p, name, scheme, port) for p in patterns)
+
+
+def _entry_matches(pattern: str, host: str, scheme: str | None, port: int | None) -> bool:
+    """A malformed entry matches nothing (fail closed); Settings.validate reports it at start."""
+    try:
+        entry = parse_allow_entry(pattern)
+    except ValueError:
+        return False
+    return entry.matches(host, scheme, port)
 
 
 def system_resolver(host: str, port: int) -> list[str]:

@@ -200,3 +200,6 @@ def test_allow_list_origins_match_scheme_host_and_port() -> None:
 def test_malformed_allow_list_entries_stop_the_gateway(entry: str) -> None:
     with pytest.raises(ConfigError, match="DYNOSERVE_FETCH_ALLOW_HOSTS"):
         Settings.from_env({"DYNOSERVE_FETCH_ALLOW_HOSTS": f"images.test,{entry}"})
+    # Should one get past the settings, it allows nothing rather than everything.
+    assert not host_allowed("images.test", (entry,), "http", 80)
+    assert host_allowed("images.test", (entry, "images.test"), "http", 80)
