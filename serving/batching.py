@@ -193,13 +193,15 @@ class BatchScheduler:
         if not batch:
             return
         try:
-            merged, size, padded = self._merge(batch)
-            outputs = self._run(merged)
-            self._observe(size, padded)
-            self._split(batch, outputs, padded)
+            self._run_batch(batch)
         except ServingError as exc:
-            for task in batch:
-                task.error = exc
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:
+                # One bad request must not fail the others that shared its batch (stock TF
+                # Serving fails them all): each runs again on its own and gets its own answer.
+                for task in batch:
+                    self._run_alone(task)
         except Exception as exc:  # a batch thread must never die
             log.exception("batch failed")
             for task in batch:
@@ -208,15 +210,32 @@ class BatchScheduler:
             for task in batch:
                 task.done.set()
 
+    def _run_batch(self, batch: list[_Task]) -> None:
+        merged, size, padded = self._merge(batch)
+        outputs = self._run(merged)
+        self._observe(size, padded)
+        self._split(batch, outputs, padded)
+
+    def _run_alone(self, task: _Task) -> None:
+        try:
+            self._run_batch([task])
+        except ServingError as exc:
+            task.error = exc
+        except Exception as exc:
+            log.exception("batch of one failed")
+            task.error = Internal(f"Batch failed: {exc}")
+
     def _merge(self, batch: list[_Task]) -> tuple[Arrays, int, int]:
         size = sum(task.size for task in batch)
-        padded = self.options.padded_size(size)
+        # A batch of empty requests stays empty: there is no row to pad with.
+        padded = self.options.padded_size(size) if size else 0
         merged: Arrays = {}
         for key in batch[0].inputs:
             parts = [task.inputs[key] for task in batch]
             if padded > size:
                 # BatchingSession pads with copies of the first row of the batch.
-                parts.append(np.repeat(parts[0][:1], padded - size, axis=0))
+                first = next(part for part in parts if len(part))
+                parts.append(np.repeat(first[:1], padded - size, axis=0))
             try:
                 merged[key] = np.concatenate(parts, axis=0)
             except ValueError as exc:

@@ -7,6 +7,7 @@ the official .proto sources compiled into serving/protos/descriptors.binpb (see 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from grpc import StatusCode
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.errors import ConfigError, InvalidArgument
+
+log = logging.getLogger("serving.config")
 
 DESCRIPTOR_SET = Path(__file__).resolve().parent / "protos" / "descriptors.binpb"
 TENSORFLOW_PLATFORM = "tensorflow"
@@ -59,8 +62,21 @@ def parse_text_file(path: str, proto: message.Message) -> message.Message:
     try:
         text_format.Parse(text, proto)
     except text_format.ParseError as exc:
+        # protobuf's own ERROR line (TextFormat's error collector) says what is wrong and
+        # where; TF Serving's status only names the file.
+        log.error("%s", parse_error_line(proto, exc))
         raise ConfigError(f"Invalid protobuf file: '{path}'") from exc
     return proto
+
+
+def parse_error_line(proto: message.Message, exc: text_format.ParseError) -> str:
+    """`Error parsing text-format <type>: <line>:<col>: <reason>`, as libprotobuf logs it."""
+    reason = str(exc)
+    line, column = exc.GetLine(), exc.GetColumn()
+    if line is not None:
+        reason = reason.split(" : ", 1)[-1]
+    where = f"{line}:{column}: " if line is not None else ""
+    return f"Error parsing text-format {proto.DESCRIPTOR.full_name}: {where}{reason}"
 
 
 def read_model_server_config(path: str) -> Any:

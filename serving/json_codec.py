@@ -36,6 +36,8 @@ def parse_body(body: bytes) -> dict[str, Any]:
         document = json.loads(body.decode("utf-8") if body else "")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidArgument(f"JSON Parse error: {exc.args[0]}") from exc
+    except RecursionError as exc:  # rapidjson refuses such nesting as a parse error too
+        raise InvalidArgument("JSON Parse error: nesting too deep") from exc
     if not isinstance(document, dict):
         raise InvalidArgument("JSON Value: " + _short(document) + " Is not object")
     return document
@@ -59,10 +61,13 @@ def fill_predict_request(
                 "Not formatted correctly expecting only one of 'inputs' or 'instances' keys exists"
             )
         raise InvalidArgument("Missing 'inputs' or 'instances' key")
-    if has_instances:
-        arrays = _rows(document["instances"], input_infos)
-    else:
-        arrays = _columns(document["inputs"], input_infos)
+    try:
+        if has_instances:
+            arrays = _rows(document["instances"], input_infos)
+        else:
+            arrays = _columns(document["inputs"], input_infos)
+    except RecursionError as exc:
+        raise InvalidArgument("JSON Value nested too deeply") from exc
     for alias, array in arrays.items():
         request.inputs[alias].CopyFrom(to_proto(array))
     return ROW if has_instances else COLUMNAR
@@ -116,14 +121,14 @@ def _array(value: Any, dtype: int, name: str) -> np.ndarray:
     if numpy_type is None:
         raise InvalidArgument(f"Tensor {name} has a type the REST API does not support")
     try:
-        array = np.asarray(value, dtype=numpy_type)
-    except (TypeError, ValueError) as exc:
+        raw = np.asarray(value)
+        if raw.dtype.kind in "USO":  # text, null or objects where numbers belong
+            raise TypeError(f"{raw.dtype} is not a number")
+        return raw.astype(numpy_type)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise InvalidArgument(
             f"JSON Value: {_short(value)} not of expected type: {np.dtype(numpy_type).name}"
         ) from exc
-    if array.dtype == object:
-        raise InvalidArgument(f"Failed to process input {name}: ragged list")
-    return array
 
 
 def _string_array(value: Any, name: str) -> np.ndarray:

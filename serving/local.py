@@ -50,9 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"TensorFlow ModelServer: {VERSION}\nTensorFlow Library: {tf.__version__}")
         return 0
     report_flags(options)
-    from serving.server import ModelServer, configure_tensorflow_threads
+    from serving.server import ModelServer
 
-    configure_tensorflow_threads(options)
     try:
         server = ModelServer(options, Settings.from_env())
     except ServingError as exc:

@@ -93,6 +93,11 @@ class ModelManager:
         with self._work_lock:
             if self._config is not None and config == self._config:
                 return
+            if self._config is not None and config.WhichOneof("config") != "model_config_list":
+                raise FailedPrecondition(
+                    "Cannot transition to requested config. It is only legal to transition "
+                    "from one ModelConfigList to another."
+                )
             validate_model_server_config(config)
             if config.WhichOneof("config") is None:
                 log.info("Taking no action for empty config.")
@@ -318,6 +323,8 @@ class ModelManager:
         The caller must release() it; unloading waits for that.
         """
         name = model_spec.name
+        if not name:
+            raise InvalidArgument("ModelSpec has no name specified.")
         choice = model_spec.WhichOneof("version_choice")
         with self._state_lock:
             if choice == "version_label":

@@ -10,7 +10,17 @@ from tensorflow_serving.apis import predict_pb2
 
 from serving.errors import InvalidArgument
 from serving.servable import Servable
-from serving.tensors import dtype_name, to_numpy, to_proto
+from serving.tensors import (
+    MAX_TENSOR_BYTES,
+    check_proto,
+    check_size,
+    dense_bytes,
+    dtype_name,
+    format_shape,
+    shape_of,
+    to_numpy,
+    to_proto,
+)
 
 
 @dataclass(frozen=True)
@@ -23,20 +33,49 @@ class PreparedPredict:
 
 
 def prepare(servable: Servable, request: Any) -> PreparedPredict:
-    """Check a PredictRequest against the signature; INVALID_ARGUMENT/FAILED_PRECONDITION."""
+    """Check a PredictRequest against the signature before anything runs.
+
+    TF Serving's order (input names, Tensor::FromProto, dtype), then what TF Serving leaves to
+    the kernels: rank, every fixed dimension and the total size. Kernels that get a tensor of
+    the wrong shape may abort the whole process (oneDNN's convolution does), so nothing that
+    disagrees with the signature reaches the graph. INVALID_ARGUMENT / FAILED_PRECONDITION.
+    """
     name, signature = servable.signature(request.model_spec.signature_name)
     _check_input_names(signature, request)
+    for alias in sorted(request.inputs):
+        check_proto(request.inputs[alias], alias)
     expected = sorted(signature.inputs)
-    inputs: dict[str, np.ndarray] = {}
-    for alias, proto in request.inputs.items():
-        want = signature.inputs[alias].dtype
-        if proto.dtype != want:
-            raise InvalidArgument(
-                f"Expects arg[{expected.index(alias)}] to be {dtype_name(want)} "
-                f"but {dtype_name(proto.dtype)} is provided"
-            )
-        inputs[alias] = to_numpy(proto, alias)
+    for alias in sorted(request.inputs):
+        _check_tensor(alias, expected.index(alias), signature.inputs[alias], request.inputs[alias])
+        check_size(request.inputs[alias], alias)
+    _check_total_size(request)
+    inputs = {alias: to_numpy(proto, alias) for alias, proto in request.inputs.items()}
     return PreparedPredict(name, inputs, _output_aliases(signature, request))
+
+
+def _check_tensor(alias: str, index: int, info: Any, proto: Any) -> None:
+    if proto.dtype != info.dtype:
+        raise InvalidArgument(
+            f"Expects arg[{index}] to be {dtype_name(info.dtype)} "
+            f"but {dtype_name(proto.dtype)} is provided"
+        )
+    if info.tensor_shape.unknown_rank:
+        return
+    want = tuple(d.size for d in info.tensor_shape.dim)
+    sent = shape_of(proto)
+    if len(sent) != len(want) or any(w >= 0 and s != w for s, w in zip(sent, want, strict=True)):
+        raise InvalidArgument(
+            f"input tensor shape does not match signature: {alias} has shape "
+            f"{format_shape(sent)} but the signature expects {format_shape(want)}"
+        )
+
+
+def _check_total_size(request: Any) -> None:
+    total = sum(dense_bytes(proto) for proto in request.inputs.values())
+    if total > MAX_TENSOR_BYTES:
+        raise InvalidArgument(
+            f"input tensors would take {total} bytes; at most {MAX_TENSOR_BYTES} are accepted"
+        )
 
 
 def _check_input_names(signature: Any, request: Any) -> None:

@@ -20,7 +20,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from serving import json_codec
 from serving.dataplane import SIGNATURE_DEF_FIELD, DataPlane
-from serving.errors import InvalidArgument, ServingError
+from serving.errors import Internal, InvalidArgument, ServingError
 
 log = logging.getLogger("serving.rest")
 
@@ -48,6 +48,10 @@ class RestApi:
             return HTTPStatus.OK, self._dispatch(method, path, body)
         except ServingError as exc:
             return exc.http_status, {"error": exc.message}
+        except Exception as exc:  # every request gets an answer, whatever went wrong
+            log.exception("%s %s failed", method, path)
+            error = Internal(f"{type(exc).__name__}: {exc}")
+            return error.http_status, {"error": error.message}
 
     def _dispatch(self, method: str, path: str, body: bytes) -> Any:
         malformed = InvalidArgument(f"Malformed request: {method} {path}")
@@ -133,7 +137,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         path = urlsplit(self.path).path
-        length = int(self.headers.get("Content-Length") or 0)
+        length = self._content_length()
+        if length is None:
+            self.close_connection = True
+            self._reply(HTTPStatus.BAD_REQUEST, b"", "text/html")
+            return
         body = self.rfile.read(length) if length else b""
         api = self.server.api
         if api.metrics_path is not None and path == api.metrics_path:
@@ -145,6 +153,10 @@ class _Handler(BaseHTTPRequestHandler):
         status, document = api.handle(method, path, body)
         payload = json.dumps(document, indent=4).encode() + b"\n"
         self._reply(status, payload, "application/json")
+
+    def _content_length(self) -> int | None:
+        raw = self.headers.get("Content-Length") or "0"
+        return int(raw) if raw.isdigit() else None
 
     def _reply(self, status: int, payload: bytes, content_type: str) -> None:
         self.send_response(status)

@@ -93,12 +93,13 @@ class Servable:
             outputs = function(**tensors)
             return {alias: outputs[alias].numpy() for alias in aliases}
         except tf.errors.OpError as exc:
-            raise ServingError(exc.message, _code_from_tf(exc.error_code)) from exc
+            raise ServingError(exc.message, code_from_tf(exc.error_code)) from exc
         except (TypeError, ValueError) as exc:
             raise InvalidArgument(str(exc).splitlines()[0]) from exc
 
 
-def _code_from_tf(error_code: int) -> Any:
+def code_from_tf(error_code: int) -> Any:
+    """The grpc StatusCode with TF's numeric error code (they share the numbering)."""
     for code in StatusCode:
         if code.value[0] == error_code:
             return code
@@ -107,5 +108,5 @@ def _code_from_tf(error_code: int) -> Any:
 
 def _load_error(exc: Exception) -> ServingError:
     if isinstance(exc, tf.errors.OpError):
-        return ServingError(exc.message, _code_from_tf(exc.error_code))
+        return ServingError(exc.message, code_from_tf(exc.error_code))
     return Unknown(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

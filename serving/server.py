@@ -32,14 +32,40 @@ from serving.warmup import run_warmup
 log = logging.getLogger("serving.server")
 
 GRACE_SECONDS = 30.0
+# The pool name server.cc gives batching when no --batching_parameters_file is given.
+DEFAULT_BATCH_THREAD_POOL = "model_server_batch_threads"
+
+
+def check_options(options: ServerOptions) -> None:
+    """Server::BuildAndStart's first refusals (server.cc), before any file is read."""
+    if options.port == 0 and "grpc_socket_path" not in options.ignored:
+        raise ConfigError(
+            "At least one of server_options.grpc_port or server_options.grpc_socket_path "
+            "must be set."
+        )
+    if not options.model_base_path and not options.model_config_file:
+        raise ConfigError(
+            "Both server_options.model_base_path and server_options.model_config_file are empty!"
+        )
 
 
 def configure_tensorflow_threads(options: ServerOptions) -> None:
-    """Apply the parallelism flags before TensorFlow creates its thread pools."""
+    """Apply the parallelism flags as server.cc does, before TF creates its thread pools."""
     import tensorflow as tf
 
-    intra = options.tensorflow_intra_op_parallelism or options.tensorflow_session_parallelism
-    inter = options.tensorflow_inter_op_parallelism or options.tensorflow_session_parallelism
+    intra = options.tensorflow_intra_op_parallelism
+    inter = options.tensorflow_inter_op_parallelism
+    session = options.tensorflow_session_parallelism
+    if intra > 0 and inter > 0 and session > 0:
+        raise ConfigError(
+            "Either configure server_options.tensorflow_session_parallelism or "
+            "(server_options.tensorflow_intra_op_parallelism, "
+            "server_options.tensorflow_inter_op_parallelism) separately. "
+            "You cannot configure all."
+        )
+    if intra <= 0 and inter <= 0:
+        intra = inter = session
+    # 0 leaves the pool to TensorFlow's default, as a SessionConfig field of 0 does.
     if intra > 0:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
     if inter > 0:
@@ -49,10 +75,15 @@ def configure_tensorflow_threads(options: ServerOptions) -> None:
 def read_batching(options: ServerOptions) -> BatchingOptions | None:
     """BatchingOptions when --enable_batching, from --batching_parameters_file if given."""
     if not options.enable_batching:
+        if options.batching_parameters_file:
+            raise ConfigError(
+                "server_options.batching_parameters_file is set without setting "
+                "server_options.enable_batching to true."
+            )
         return None
-    proto = None
-    if options.batching_parameters_file:
-        proto = config_files.read_batching_parameters(options.batching_parameters_file)
+    if not options.batching_parameters_file:
+        return BatchingOptions(thread_pool_name=DEFAULT_BATCH_THREAD_POOL)
+    proto = config_files.read_batching_parameters(options.batching_parameters_file)
     try:
         return BatchingOptions.from_proto(proto)
     except ValueError as exc:
@@ -63,10 +94,6 @@ def initial_config(options: ServerOptions) -> Any:
     """The ModelServerConfig to start with: the file, or the single-model flags."""
     if options.model_config_file:
         return config_files.read_model_server_config(options.model_config_file)
-    if not options.model_base_path:
-        raise ConfigError(
-            "Both server_options.model_base_path and server_options.model_config_file are empty!"
-        )
     return config_files.single_model_config(options.model_name, options.model_base_path)
 
 
@@ -74,14 +101,15 @@ class ModelServer:
     """Owns the manager, the data plane and both listeners."""
 
     def __init__(self, options: ServerOptions, settings: Settings) -> None:
+        # server.cc's order: option checks, the model config, batching, parallelism; the
+        # monitoring file is only read when the REST port opens.
+        check_options(options)
         self.options = options
         self.settings = settings
         self.metrics = Metrics()
+        self.config = initial_config(options)
         self.batching = read_batching(options)
-        monitoring = None
-        if options.monitoring_config_file:
-            monitoring = config_files.read_monitoring_config(options.monitoring_config_file)
-        self.metrics_path = config_files.prometheus_path(monitoring)
+        configure_tensorflow_threads(options)
         self.manager = ModelManager(
             self._load,
             ManagerOptions(
@@ -111,7 +139,7 @@ class ModelServer:
 
     def start(self) -> None:
         """Load the initial models, then open the ports; ServingError when that fails."""
-        self.manager.apply_config(initial_config(self.options))
+        self.manager.apply_config(self.config)
         self.manager.start_polling(self.options.file_system_poll_wait_seconds)
         if self.options.model_config_file and self.options.model_config_file_poll_wait_seconds > 0:
             self._config_poller = threading.Thread(target=self._poll_config, daemon=True)
@@ -123,7 +151,11 @@ class ModelServer:
     def _start_grpc(self) -> None:
         threads = self.options.grpc_max_threads or max(128, 8 * (os.cpu_count() or 1))
         host = self.settings.bind_host
-        self._grpc = build_grpc_server(self.plane, host, self.options.port, threads)
+        try:
+            self._grpc = build_grpc_server(self.plane, host, self.options.port, threads)
+        except OSError as exc:
+            log.error("%s", exc)
+            raise InvalidArgument("Failed to BuildAndStart gRPC server") from exc
         self._grpc.start()
         log.info("Running gRPC ModelServer at %s:%d ...", host, self.options.port)
 
@@ -133,14 +165,24 @@ class ModelServer:
             return
         if port == self.options.port:
             log.error(
-                "--rest_api_port cannot be same as --port. Please use a different port for "
-                "HTTP/REST API. Skipped exporting HTTP/REST API."
+                "server_options.http_port cannot be same as grpc_port. Please use a different "
+                "port for HTTP/REST API. Skipped exporting HTTP/REST API."
             )
             return
-        api = RestApi(self.plane, self.options.rest_api_timeout_in_ms, self.metrics_path)
-        self._rest = RestServer(self.settings.bind_host, port, api, self.metrics.render)
+        monitoring = None
+        if self.options.monitoring_config_file:
+            monitoring = config_files.read_monitoring_config(self.options.monitoring_config_file)
+        metrics_path = config_files.prometheus_path(monitoring)
+        api = RestApi(self.plane, self.options.rest_api_timeout_in_ms, metrics_path)
+        host = self.settings.bind_host
+        try:
+            self._rest = RestServer(host, port, api, self.metrics.render)
+        except OSError as exc:
+            # As server.cc: a REST port that cannot open is logged; gRPC keeps serving.
+            log.error("Failed to start HTTP Server at %s:%d (%s)", host, port, exc.strerror)
+            return
         self._rest.start()
-        log.info("Exporting HTTP/REST API at:%s:%d ...", self.settings.bind_host, port)
+        log.info("Exporting HTTP/REST API at:%s:%d ...", host, port)
 
     def _poll_config(self) -> None:
         path = self.options.model_config_file

@@ -1,9 +1,11 @@
 """Which versions exist under a model's base path, and which of them the version policy aspires.
 
 Like TF Serving's FileSystemStoragePathSource: version directories are all-digit names; other
-entries (staging folders, dot-files) are ignored. Unlike it, a version directory is only offered
-once it has its graph file and its files have stopped changing, so a half-copied version is not
-loaded (docs/serving.md).
+entries (staging folders, dot-files) are ignored; whatever is there is offered, and a version
+that cannot be loaded fails its load and is reported END with the error. One guard remains (a
+documented difference, docs/serving.md): a version is offered once its files did not change
+between two looks QUIET_SECONDS apart, so a copy still in progress is not caught half-way.
+A finished version, broken or not, is offered at most QUIET_SECONDS after its last write.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ log = logging.getLogger("serving.source")
 # A version whose files changed less than this long ago must look the same on two scans.
 QUIET_SECONDS = 2.0
 RECHECK_SECONDS = 0.5
-_GRAPH_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
 def _fingerprint(path: Path) -> tuple[tuple[str, int, int], ...] | None:
@@ -39,27 +40,13 @@ def _fingerprint(path: Path) -> tuple[tuple[str, int, int], ...] | None:
 Fingerprint = tuple[tuple[str, int, int], ...]
 
 
-def _graph_and_shards_present(path: Path) -> bool:
-    """saved_model.pb(txt), and when there are variables, the index and every data shard."""
-    if not any((path / name).is_file() for name in _GRAPH_FILES):
-        return False
-    variables = path / "variables"
-    if not variables.is_dir():
-        return True
-    shards = list(variables.glob("variables.data-*-of-*"))
-    if not (variables / "variables.index").is_file() or not shards:
-        return False
-    expected = shards[0].name.rsplit("-of-", 1)[1]
-    return expected.isdigit() and len(shards) == int(expected)
-
-
 def _age(fingerprint: Fingerprint) -> float:
     newest = max((mtime for _name, _size, mtime in fingerprint), default=0) / 1e9
     return time.time() - newest
 
 
 class VersionScanner:
-    """Scans one base path; a version is offered once complete and quiet (see module doc)."""
+    """Scans one base path; a version is offered once its files are quiet (see module doc)."""
 
     def __init__(self, model_name: str, base_path: str) -> None:
         self.model_name = model_name
@@ -68,7 +55,7 @@ class VersionScanner:
         self._warned_missing = False
 
     def scan(self) -> list[int] | None:
-        """Complete, settled version numbers; None when the base path cannot be read."""
+        """Settled version numbers; None when the base path cannot be read."""
         try:
             names = os.listdir(self.base_path)
         except OSError as exc:
@@ -92,7 +79,7 @@ class VersionScanner:
                 self.base_path,
                 self.base_path,
             )
-        return self._settled([v for v in versions if _graph_and_shards_present(self._path(v))])
+        return self._settled(versions)
 
     def _path(self, version: int) -> Path:
         return self.base_path / str(version)

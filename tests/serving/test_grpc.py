@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -186,10 +189,100 @@ def test_reload_config_rejects_what_tf_serving_rejects(shared_server: Server) ->
     assert "Only ModelConfigList is currently supported" in error.details()
 
 
-def test_wrong_shape_is_invalid_argument(shared_server: Server) -> None:
+def _pixels_request(tensor: Any) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "tiny"
     request.model_spec.signature_name = "predict_pixels"
-    request.inputs["pixels"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 5, 3), np.float32)))
+    request.inputs["pixels"].CopyFrom(tensor)
+    return request
+
+
+def _still_serving(server: Server) -> None:
+    response = server.predict.Predict(predict_request("tiny", jpeg(RED)), timeout=30)
+    assert response.outputs["classes"].string_val
+
+
+@pytest.mark.parametrize(
+    ("shape", "got"),
+    [
+        ((1, 5, 3), "[1,5,3]"),  # the rank that made oneDNN's convolution abort the process
+        ((1, 32, 32, 4), "[1,32,32,4]"),
+        ((2, 16, 32, 3), "[2,16,32,3]"),
+        ((1, 32, 32, 3, 1), "[1,32,32,3,1]"),
+        ((), "[]"),
+    ],
+)
+def test_wrong_shape_is_invalid_argument(
+    shared_server: Server, shape: tuple[int, ...], got: str
+) -> None:
+    request = _pixels_request(tf.make_tensor_proto(np.zeros(shape, np.float32)))
     error = _error(lambda: shared_server.predict.Predict(request, timeout=30))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        f"input tensor shape does not match signature: pixels has shape {got} "
+        "but the signature expects [?,32,32,3]"
+    )
+    _still_serving(shared_server)
+
+
+def test_inconsistent_tensors_are_parsing_errors(shared_server: Server) -> None:
+    short = tf.make_tensor_proto(np.zeros((1, 32, 32, 3), np.float32))
+    short.tensor_content = short.tensor_content[:-4]
+    negative = tf.make_tensor_proto(np.zeros((1, 32, 32, 3), np.float32))
+    negative.tensor_shape.dim[0].size = -1
+    unknown = tf.make_tensor_proto(np.zeros((1, 32, 32, 3), np.float32))
+    unknown.dtype = 999
+    for tensor in (short, negative, unknown):
+        error = _error(lambda t=tensor: shared_server.predict.Predict(_pixels_request(t)))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details() == "tensor parsing error: pixels"
+    _still_serving(shared_server)
+
+
+def test_huge_declared_size_is_refused_before_allocating(shared_server: Server) -> None:
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)  # TF repeats the last value
+    for size in (10**8, 32, 32, 3):
+        tensor.tensor_shape.dim.add().size = size
+    tensor.float_val.append(1.0)
+    error = _error(lambda: shared_server.predict.Predict(_pixels_request(tensor), timeout=30))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "tensor pixels of shape [100000000,32,32,3] would take 1228800000000 bytes but carries "
+        "1 values; at most 67108864 bytes are accepted"
+    )
+    _still_serving(shared_server)
+
+
+def test_fewer_values_than_elements_repeat_the_last_as_tf_does(shared_server: Server) -> None:
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    for size in (2, 32, 32, 3):
+        tensor.tensor_shape.dim.add().size = size
+    tensor.float_val.append(255.0)  # every pixel white, both images
+    response = shared_server.predict.Predict(_pixels_request(tensor), timeout=30)
+    probabilities = tf.make_ndarray(response.outputs["probabilities"])
+    assert probabilities.shape == (2, 3)
+    np.testing.assert_allclose(probabilities[0], probabilities[1], atol=1e-6)
+
+
+def test_empty_batch_answers_empty_results(shared_server: Server) -> None:
+    request = _pixels_request(tf.make_tensor_proto(np.zeros((0, 32, 32, 3), np.float32)))
+    response = shared_server.predict.Predict(request, timeout=30)
+    assert tf.make_ndarray(response.outputs["probabilities"]).shape == (0, 3)
+    images = predict_request("tiny", b"")
+    images.inputs["images"].ClearField("string_val")
+    images.inputs["images"].tensor_shape.dim[0].size = 0
+    response = shared_server.predict.Predict(images, timeout=30)
+    assert tf.make_ndarray(response.outputs["classes"]).shape == (0, 3)
+
+
+def test_empty_model_name_is_invalid_argument(shared_server: Server) -> None:
+    """Difference 1 (server_core.cc ServableRequestFromModelSpec): not NOT_FOUND."""
+    error = _error(lambda: shared_server.predict.Predict(predict_request("", jpeg(RED))))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "ModelSpec has no name specified."
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest()
+    metadata.model_spec.name = ""
+    metadata.metadata_field.append("signature_def")
+    error = _error(lambda: shared_server.predict.GetModelMetadata(metadata, timeout=30))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "ModelSpec has no name specified."

@@ -8,8 +8,14 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
-from tensorflow_serving.apis import model_management_pb2
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_management_pb2,
+    prediction_log_pb2,
+)
 
 from serving.config import read_model_server_config
 from tests.serving.helpers import (
@@ -105,19 +111,74 @@ def test_corrupt_version_is_reported_and_old_keeps_serving(tmp_path: Path, tiny_
         assert "Loading servable: {name: tiny version: 3} failed" in server.process.log()
 
 
-def test_half_copied_version_is_not_loaded(tmp_path: Path, tiny_repo: Path) -> None:
+def test_complete_but_unloadable_version_is_attempted_and_reported(
+    tmp_path: Path, tiny_repo: Path
+) -> None:
+    """Difference 4: no completeness guard hides it; it fails, END with the error, old serves."""
     base = copy_versions(tiny_repo, tmp_path / "tiny", [1])
     args = ["--model_name=tiny", f"--model_base_path={base}", *FAST_POLL]
     with running_server(tmp_path / "server.log", args) as server:
-        partial = base / "2"
-        shutil.copytree(tiny_repo / "2" / "variables", partial / "variables")
-        time.sleep(2.5)  # several polls see a version directory without its graph
-        assert 2 not in server.status("tiny")
-        shutil.copy(tiny_repo / "2" / "saved_model.pb", partial / "saved_model.pb")
-        shutil.copytree(tiny_repo / "2" / "assets", partial / "assets")
-        shutil.copytree(tiny_repo / "2" / "assets.extra", partial / "assets.extra")
-        wait_for(lambda: _version_answering(server, "tiny") == 2, 60, what="v2 serving")
-        assert "Loading servable: {name: tiny version: 2} failed" not in server.process.log()
+        staging = base / ".staging-2"
+        shutil.copytree(tiny_repo / "2", staging, ignore=shutil.ignore_patterns("variables.*"))
+        assert (staging / "variables").is_dir()  # present, without its index and shards
+        staging.rename(base / "2")
+        installed = time.monotonic()
+        wait_for(lambda: server.status("tiny").get(2, ("",))[0] == "END", 30, what="v2 END")
+        # The one remaining guard (files quiet for 2 s) may delay it by seconds, not hide it.
+        assert time.monotonic() - installed < 10
+        _, error = server.status("tiny")[2]
+        assert error, "the failed version must carry its load error"
+        assert server.status("tiny")[1] == ("AVAILABLE", "")
+        assert _version_answering(server, "tiny") == 1
+        assert "Loading servable: {name: tiny version: 2} failed" in server.process.log()
+
+
+def _warmup_status(server: Server, version: int) -> tuple[str, str]:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "tiny"
+    request.model_spec.version.value = version
+    (status,) = server.models.GetModelStatus(request, timeout=10).model_version_status
+    return _CODE_NAMES[status.status.error_code], status.status.error_message
+
+
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+def _bad_pixels_record() -> bytes:
+    log = prediction_log_pb2.PredictionLog()
+    request = log.predict_log.request
+    request.model_spec.name = "tiny"
+    request.model_spec.signature_name = "predict_pixels"
+    request.inputs["pixels"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 5, 3), np.float32)))
+    return log.SerializeToString()
+
+
+def test_warmup_errors_carry_tf_servings_codes(tmp_path: Path, tiny_repo: Path) -> None:
+    """Difference 5: a corrupt warmup file is DATA_LOSS; a bad record fails as its request."""
+    base = copy_versions(tiny_repo, tmp_path / "tiny", [1])
+    args = ["--model_name=tiny", f"--model_base_path={base}", *FAST_POLL]
+    with running_server(tmp_path / "server.log", args) as server:
+        corrupt = tmp_path / "corrupt"
+        shutil.copytree(tiny_repo / "2", corrupt)
+        (corrupt / "assets.extra" / "tf_serving_warmup_requests").write_bytes(b"not TFRecord" * 9)
+        corrupt.rename(base / "2")
+        wait_for(lambda: server.status("tiny").get(2, ("",))[0] == "END", 30, what="v2 END")
+        code, message = _warmup_status(server, 2)
+        assert code == "DATA_LOSS"
+        assert message.endswith(". Please verify your warmup data is in TFRecord format.")
+
+        wrong_shape = tmp_path / "wrong-shape"
+        shutil.copytree(tiny_repo / "2", wrong_shape)
+        with tf.io.TFRecordWriter(
+            str(wrong_shape / "assets.extra" / "tf_serving_warmup_requests")
+        ) as writer:
+            writer.write(_bad_pixels_record())
+        wrong_shape.rename(base / "3")
+        wait_for(lambda: server.status("tiny").get(3, ("",))[0] == "END", 30, what="v3 END")
+        code, message = _warmup_status(server, 3)
+        assert code == "INVALID_ARGUMENT"
+        assert message.startswith("input tensor shape does not match signature: pixels")
+        assert _version_answering(server, "tiny") == 1
 
 
 def test_version_policies_and_config_file_polling(tmp_path: Path, tiny_repo: Path) -> None:

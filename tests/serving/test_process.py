@@ -22,7 +22,7 @@ from tests.serving.helpers import (
     running_server,
     write_config,
 )
-from tests.support import GATEWAY_PYTHON, VENV_PYTHON, python_env
+from tests.support import GATEWAY_PYTHON, VENV_PYTHON, free_port, python_env
 
 pytestmark = pytest.mark.slow
 
@@ -48,14 +48,80 @@ def test_malformed_flag_value_prints_usage_and_exits_255() -> None:
 
 
 def test_unparsable_config_file_is_refused_like_tf_serving(tmp_path: Path) -> None:
+    """Difference 2: protobuf's own parse error line comes with TF Serving's status."""
     config = tmp_path / "models.config"
     config.write_text("model_config_list { config { name: 'x' bogus_field: 1 } }")
-    result = _run(["serving.local", f"--model_config_file={config}", "--port=0"])
+    result = _run(["serving.local", f"--model_config_file={config}", f"--port={free_port()}"])
     assert result.returncode == 255
     assert (
         f"Failed to start server. Error: INVALID_ARGUMENT: Invalid protobuf file: '{config}'"
         in result.stdout
     )
+    assert (
+        "Error parsing text-format tensorflow.serving.ModelServerConfig: 1:40: "
+        'Message type "tensorflow.serving.ModelConfig" has no field named "bogus_field".'
+    ) in result.stderr
+
+
+def test_unparsable_batching_and_monitoring_files_name_the_error(
+    tmp_path: Path, tiny_repo: Path
+) -> None:
+    base = copy_versions(tiny_repo, tmp_path / "tiny", [1])
+    batching = tmp_path / "batching.config"
+    batching.write_text("max_batch_size: 32\n")
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text("prometheus_config {\n  enable: maybe\n}\n")
+    common = ["serving.local", "--model_name=tiny", f"--model_base_path={base}"]
+    for extra, proto, where in (
+        (
+            ["--enable_batching", f"--batching_parameters_file={batching}"],
+            "BatchingParameters",
+            "1:1",
+        ),
+        (
+            [f"--monitoring_config_file={monitoring}", f"--rest_api_port={free_port()}"],
+            "MonitoringConfig",
+            "2:",
+        ),
+    ):
+        result = _run([*common, f"--port={free_port()}", *extra])
+        assert result.returncode == 255, result.stderr[-2000:]
+        assert "Failed to start server. Error: INVALID_ARGUMENT: Invalid protobuf file" in (
+            result.stdout
+        )
+        assert f"Error parsing text-format tensorflow.serving.{proto}" in result.stderr
+        assert f": {where}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (  # difference 3 (server.cc)
+            ["--batching_parameters_file=/nonexistent/batching.config"],
+            "server_options.batching_parameters_file is set without setting "
+            "server_options.enable_batching to true.",
+        ),
+        (
+            ["--port=0"],
+            "At least one of server_options.grpc_port or server_options.grpc_socket_path "
+            "must be set.",
+        ),
+        (
+            [
+                "--tensorflow_session_parallelism=2",
+                "--tensorflow_intra_op_parallelism=2",
+                "--tensorflow_inter_op_parallelism=2",
+            ],
+            "Either configure server_options.tensorflow_session_parallelism or",
+        ),
+    ],
+    ids=["batching-file-without-batching", "no-grpc-port", "all-parallelism-flags"],
+)
+def test_start_up_refusals_of_server_cc(flags: list[str], message: str) -> None:
+    port = [] if "--port=0" in flags else [f"--port={free_port()}"]
+    result = _run(["serving.local", "--model_base_path=/nonexistent/model", *port, *flags])
+    assert result.returncode == 255
+    assert f"Failed to start server. Error: INVALID_ARGUMENT: {message}" in result.stdout
 
 
 def test_labels_at_startup_need_the_allow_flag(tmp_path: Path, tiny_repo: Path) -> None:
@@ -63,7 +129,7 @@ def test_labels_at_startup_need_the_allow_flag(tmp_path: Path, tiny_repo: Path) 
     config = write_config(
         tmp_path / "models.config", [model_entry("tiny", base, labels={"stable": 1})]
     )
-    result = _run(["serving.local", f"--model_config_file={config}", "--port=0"])
+    result = _run(["serving.local", f"--model_config_file={config}", f"--port={free_port()}"])
     assert result.returncode == 255
     assert (
         "FAILED_PRECONDITION: Request to assign label to version 1 of model tiny, "
