@@ -7,6 +7,7 @@ Slow (TensorFlow loads real tiny models), so one test walks the whole life cycle
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,7 +20,16 @@ from sync.publish import Publisher, PublishRequest
 from sync.server_status import ServerStatus
 from sync.settings import Settings
 from sync.syncer import Syncer
-from tests.support import VENV_PYTHON, ManagedProcess, free_port, port_open, python_env, wait_for
+from tests.support import (
+    GATEWAY_PYTHON,
+    REPO_ROOT,
+    VENV_PYTHON,
+    ManagedProcess,
+    free_port,
+    port_open,
+    python_env,
+    wait_for,
+)
 from tests.sync.helpers import put_manifest, served, version_dirs
 
 pytestmark = pytest.mark.slow
@@ -33,6 +43,26 @@ def label_status(rest: str, model: str, label: str) -> int:
         exc.close()
         return 0
     return int(body["model_version_status"][0]["version"])
+
+
+def label_target(rest: str, model: str, label: str) -> int:
+    """The version a label resolves to, from the label's metadata (0: the label is unknown)."""
+    try:
+        url = f"{rest}/v1/models/{model}/labels/{label}/metadata"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            body: Any = json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return 0
+    return int(body["model_spec"]["version"])
+
+
+def local_server_argv(grpc_port: int, rest_port: int, settings: Settings) -> list[str]:
+    return [
+        str(VENV_PYTHON), "-m", "serving.local", f"--port={grpc_port}",
+        f"--rest_api_port={rest_port}", f"--model_config_file={settings.config_file}",
+        "--model_config_file_poll_wait_seconds=1", "--file_system_poll_wait_seconds=1",
+    ]  # fmt: skip
 
 
 def test_label_swap_and_removal_with_the_local_model_server(
@@ -53,11 +83,7 @@ def test_label_swap_and_removal_with_the_local_model_server(
     syncer.boot()
     assert served(env) == {"tiny": ((1,), {})}  # nothing loaded yet: no label at boot
     status = ServerStatus(rest)
-    argv = [
-        str(VENV_PYTHON), "-m", "serving.local", f"--port={grpc_port}",
-        f"--rest_api_port={rest_port}", f"--model_config_file={settings.config_file}",
-        "--model_config_file_poll_wait_seconds=1", "--file_system_poll_wait_seconds=1",
-    ]  # fmt: skip
+    argv = local_server_argv(grpc_port, rest_port, settings)
     with ManagedProcess(argv, tmp_path / "server.log", env=python_env()) as server:
         server.wait_ready(lambda: port_open(rest_port), timeout=120)
         server.wait_ready(lambda: (status.states("tiny") or {}).get(1) == "AVAILABLE")
@@ -83,3 +109,31 @@ def test_label_swap_and_removal_with_the_local_model_server(
         log = server.log()
     assert "not currently available" not in log
     assert "Request to assign label" not in log
+
+
+def test_published_demo_model_answers_its_labels(env: dict, tmp_path: Path) -> None:
+    """`make publish NAME=shapes ALL=1` on the demo model, then `?label=stable` must resolve:
+    the versions and the manifest (stable=1, canary=2) reach the bucket and the server."""
+    demo = REPO_ROOT / "exports"
+    assert (demo / "shapes" / "2" / "saved_model.pb").exists(), "run `make demo-model`"
+    rest_port, grpc_port = free_port(), free_port()
+    rest = f"http://127.0.0.1:{rest_port}"
+    env = {**env, "DYNOSERVE_MODEL_SERVER_REST_URL": rest, "DYNOSERVE_EXPORT_DIR": str(demo)}
+    argv = [str(GATEWAY_PYTHON), "-m", "sync.publish", "--name", "shapes", "--all"]
+    published = subprocess.run(
+        argv, env=python_env(env), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert published.returncode == 0, published.stderr
+    settings = Settings.from_env(env)
+    syncer = Syncer(settings, build_source(settings))
+    syncer.boot()
+    status = ServerStatus(rest)
+    with ManagedProcess(
+        local_server_argv(grpc_port, rest_port, settings), tmp_path / "server.log", env=python_env()
+    ) as server:
+        server.wait_ready(lambda: port_open(rest_port), timeout=120)
+        server.wait_ready(lambda: (status.states("shapes") or {}).keys() >= {1, 2})
+        server.wait_ready(lambda: set((status.states("shapes") or {}).values()) == {"AVAILABLE"})
+        syncer.run_pass()
+        server.wait_ready(lambda: label_target(rest, "shapes", "stable") == 1)
+        assert label_target(rest, "shapes", "canary") == 2
