@@ -59,6 +59,17 @@ def per_second(call: Callable[[Any], object], arg: Any, seconds: float) -> float
     return count / (time.perf_counter() - started)
 
 
+def cpu_ms_per_call(call: Callable[[Any], object], arg: Any, seconds: float) -> float:
+    """CPU milliseconds (this process, all threads) per `call(arg)`: steadier than wall time
+    on a machine shared with other work, since time spent waiting for a core is not counted."""
+    call(arg), call(arg)
+    count, started = 0, time.process_time()
+    while time.process_time() - started < seconds:
+        call(arg)
+        count += 1
+    return 1000 * (time.process_time() - started) / count
+
+
 def decode_speed(images: Sequence[bytes], seconds: float) -> dict[str, dict[str, float]]:
     """ms per image alone, and images/s for batches of 32 decoded by map_fn (8 in parallel)."""
     import tensorflow as tf
@@ -80,6 +91,7 @@ def decode_speed(images: Sequence[bytes], seconds: float) -> dict[str, dict[str,
         )
         found[name] = {
             "ms_per_image": round(1000 / per_second(single, one, seconds), 2),
+            "cpu_ms_per_image": round(cpu_ms_per_call(single, one, seconds), 2),
             "batch32_images_per_s": round(BATCH * per_second(mapped, batch, seconds), 1),
         }
     return found
