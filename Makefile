@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help setup run test test-kernels lint export publish bench bench-quick clean demo-model bench-model apt-deps fmt
+.PHONY: help setup run test test-kernels lint export publish labels prune bench bench-quick clean demo-model bench-model apt-deps fmt
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
@@ -97,9 +97,22 @@ export: setup ## Export a checkpoint: make export CHECKPOINT=path NAME=model [VE
 	$(PY) -m export "$(CHECKPOINT)" --name "$(NAME)" --export-dir "$(EXPORT_DIR)" \
 	  $(if $(VERSION),--version "$(VERSION)") $(if $(LABELS),--labels "$(LABELS)") $(ARGS)
 
-publish: setup ## Upload an exported version to S3: make publish NAME=model [VERSION=n]
-	@test -n "$(NAME)" || { echo "usage: make publish NAME=<model> [VERSION=<n>]"; exit 2; }
-	$(GW_PY) -m sync.publish --name "$(NAME)" --export-dir "$(EXPORT_DIR)" $(if $(VERSION),--version "$(VERSION)") $(ARGS)
+publish: setup ## Upload exports and the model's manifest to S3: make publish NAME=model [VERSION=n | ALL=1]
+	@test -n "$(NAME)" || { echo "usage: make publish NAME=<model> [VERSION=<n> | ALL=1] [ARGS=--replace-manifest]"; exit 2; }
+	$(GW_PY) -m sync.publish --name "$(NAME)" --export-dir "$(EXPORT_DIR)" $(if $(VERSION),--version "$(VERSION)") $(if $(ALL),--all) $(ARGS)
+
+labels: setup ## Set version labels in the bucket (or exports/): make labels NAME=model LABELS="stable=1 canary=2" [POLICY=all]
+	@test -n "$(NAME)" || { echo 'usage: make labels NAME=<model> [LABELS="stable=1 canary=2"] [POLICY=all|latest:N|specific:1,2]'; exit 2; }
+	DYNOSERVE_EXPORT_DIR=$${DYNOSERVE_EXPORT_DIR:-$(EXPORT_DIR)} \
+	$(GW_PY) -m sync.labels --name "$(NAME)" $(LABELS) $(if $(POLICY),--policy "$(POLICY)")
+
+# `make run` keeps serving a model deleted from the source (a wrong prefix must not wipe the
+# dyno); stop `make run`, then prune. DYNOSERVE_SYNC_PRUNE=true make run prunes as it goes.
+prune: setup ## Drop models gone from the source from models.config and disk (make run stopped)
+	DYNOSERVE_EXPORT_DIR=$${DYNOSERVE_EXPORT_DIR:-$(EXPORT_DIR)} \
+	DYNOSERVE_MODEL_BASE_PATH=$${DYNOSERVE_MODEL_BASE_PATH:-$(MODEL_BASE_PATH)} \
+	DYNOSERVE_MODEL_SERVER_REST_URL=$${DYNOSERVE_MODEL_SERVER_REST_URL:-http://127.0.0.1:$${DYNOSERVE_MODEL_SERVER_REST_PORT:-8501}} \
+	$(GW_PY) -m sync --prune
 
 # siege at 1-100 clients against Dynoserve, the 2019-style baseline and the model alone (bench/);
 # about 6 minutes with 10 s steps; ARGS=--original runs 60 s steps like the original experiment.

@@ -3,6 +3,7 @@ are never overwritten (the marker is written with If-None-Match: *)."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from sync.errors import PublishError
 from sync.marker import MARKER_NAME, build_marker
 from sync.publish import Publisher, PublishRequest, pick_version
 from sync.settings import Settings
+from tests.support import REPO_ROOT
 from tests.sync.helpers import make_version
 
 
@@ -55,3 +57,17 @@ def test_marker_lists_every_file_with_its_digest(tmp_path: Path) -> None:
         "assets/labels.txt",
     }
     assert marker.total_bytes == sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_bucket_secrets_file_the_readme_suggests_is_ignored_by_git() -> None:
+    """README: `heroku config --shell | grep BUCKETEER >> .env.publish` before make publish."""
+    if not (REPO_ROOT / ".git").exists():
+        pytest.skip("not a git work tree")
+    for name in (".env.publish", ".env", ".env.staging"):
+        result = subprocess.run(
+            ["git", "check-ignore", "--no-index", "-q", name],
+            cwd=REPO_ROOT,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 0, f"{name} would be committed: add it to .gitignore"
