@@ -160,7 +160,9 @@ def command(argv: Sequence[str], settings: Settings) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s] %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s] %(message)s"
+    )
     settings = Settings.from_env()
     args = list(sys.argv[1:] if argv is None else argv)
     args = flags.with_defaults(args, project_defaults(settings))
