@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help setup run test test-kernels lint export publish labels prune bench bench-quick clean demo-model bench-model apt-deps fmt
+.PHONY: help setup run test test-kernels heroku-check lint audit export publish labels prune bench bench-quick clean demo-model bench-model apt-deps fmt
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
@@ -53,6 +53,10 @@ apt-deps: ## Install the Debian packages tests and benchmarks use (chromium, sie
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+heroku-check: setup ## Without Docker: Dockerfile, supervisord.conf, app.json, heroku.yml and the tests agree; hadolint
+	$(PY) -m pytest tests/e2e/test_packaging.py -q
+	$(VENV)/bin/hadolint Dockerfile
+
 demo-model: $(EXPORT_DIR)/shapes/2/saved_model.pb ## Train the demo classifier on generated images and export two versions
 
 # Built once (about a minute); `make demo-model ARGS=--force` after changing export/demo.py.
@@ -78,15 +82,25 @@ test: setup apt-deps demo-model lint ## Lint, then run every test (slow end-to-e
 
 # TensorFlow picks its kernels by CPU (oneDNN on with AVX-512 VNNI/BF16, off elsewhere), and the
 # two families fail differently on bad input. CI runs `make test` with one forced and this with the other.
-TF_TESTS := tests/serving tests/export tests/e2e
+TF_TESTS := tests/serving tests/export tests/e2e tests/dyno
 test-kernels: setup apt-deps demo-model ## Re-run the TensorFlow-touching tests with one kernel family: make test-kernels ONEDNN=0 (or 1)
 	TF_ENABLE_ONEDNN_OPTS=$(or $(ONEDNN),0) $(PY) -m pytest $(TF_TESTS) $(PYTEST_ARGS)
 
-lint: setup ## ruff, mypy and hadolint
+lint: setup ## ruff, mypy, hadolint and the dependency audit
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
+	@$(AUDIT)
+
+# Every pinned file, through pip-audit and PyPI's vulnerability data (devtools/audit.py says
+# what that covers here). A vulnerable pin always fails; PyPI out of reach (exit 2) fails in CI
+# only, so an offline `make test` still runs.
+AUDIT = $(PY) -m devtools.audit $(sort $(wildcard requirements/*.txt)) || { rc=$$?; \
+	if [ $$rc -eq 2 ] && [ -z "$$CI" ]; then echo "audit: skipped, PyPI out of reach (CI fails here)"; else exit $$rc; fi; }
+
+audit: setup ## Known vulnerabilities in every pinned requirements file (pip-audit, PyPI's data)
+	@$(AUDIT)
 
 fmt: setup ## Format the code with ruff
 	$(VENV)/bin/ruff format .
