@@ -83,6 +83,8 @@ def image_env(layout: Layout, extra: dict[str, str]) -> dict[str, str]:
         DYNOSERVE_BIND_HOST="127.0.0.1",  # tests bind loopback only
         TF_CPP_MIN_LOG_LEVEL="2",
     )
+    if "TF_ENABLE_ONEDNN_OPTS" in os.environ:  # the local stand-in is TensorFlow: test both kernels
+        env["TF_ENABLE_ONEDNN_OPTS"] = os.environ["TF_ENABLE_ONEDNN_OPTS"]
     env.update(extra)
     return env
 
