@@ -3,6 +3,8 @@
 Per-request status and time come from siege's verbose lines (one per request, on stdout, time
 in 10 ms steps); its summary (transactions, rate, elapsed time) from its stderr report. siege's
 own "failed transactions" counts only socket errors: HTTP errors are counted here by status.
+Counts come from the lines; siege's own total can be a few higher (clients cancelled at the
+deadline are counted without a line). Rates use siege's elapsed time, as its report does.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from devtools.net import free_port, http_ok
-from devtools.processes import GATEWAY_PYTHON, REPO_ROOT, VENV_PYTHON, ManagedProcess, python_env
+from devtools.processes import GATEWAY_PYTHON, VENV_PYTHON, ManagedProcess, python_env
 
 MODEL = "mobilenet"
 
@@ -21,11 +21,8 @@ ROLES = (
 
 
 def entrypoint() -> list[str]:
-    """The command `make run` starts: `python -m dyno` (supervisord behind a log-copying
-    entrypoint) where the tree has it, else supervisord itself with supervisord.conf."""
-    if (REPO_ROOT / "dyno" / "__main__.py").exists():
-        return [str(GATEWAY_PYTHON), "-m", "dyno"]
-    return [str(GATEWAY_PYTHON), "-m", "supervisor.supervisord", "-n", "-c", "supervisord.conf"]
+    """The command `make run` starts: supervisord behind the log-copying entrypoint."""
+    return [str(GATEWAY_PYTHON), "-m", "dyno"]
 
 
 def stack_env(export_dir: Path, work: Path, port: int) -> dict[str, str]:

@@ -60,8 +60,25 @@ def test_real_siege_output_parses_into_statuses_latencies_and_summary(
     assert set(result.statuses) == {"200", "405"}
     assert result.failures == {"405": result.statuses["405"]}
     assert len(result.latencies_s) == sum(result.statuses.values())
-    assert result.summary["transactions"] == sum(result.statuses.values())
-    assert 0.5 < result.elapsed_s < 3
+    # siege's own count may include a request whose line it had not printed when time ran out.
+    # (a client cancelled at the deadline may be counted without its line: a few per run).
+    total = sum(result.statuses.values())
+    assert abs(result.summary["transactions"] - total) <= 0.01 * total + 4
+    assert 0 < result.elapsed_s < 3  # siege stops its clock at its last answer: often < 1 s
+
+
+def test_stack_sets_every_variable_supervisord_conf_needs(tmp_path: Path) -> None:
+    import re
+
+    from bench.stack import stack_env
+    from devtools.processes import REPO_ROOT
+    from dyno.entrypoint import PROVIDES
+
+    lines = (REPO_ROOT / "supervisord.conf").read_text().splitlines()
+    conf = "\n".join(line for line in lines if not line.lstrip().startswith(";"))
+    needed = set(re.findall(r"%\(ENV_(\w+)\)s", conf)) - set(PROVIDES)
+    missing = needed - set(stack_env(tmp_path / "exports", tmp_path, 8080))
+    assert not missing, f"bench/stack.py does not set {sorted(missing)} for supervisord.conf"
 
 
 def test_url_file_posts_json_bodies(tmp_path: Path) -> None:
