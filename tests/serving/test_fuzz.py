@@ -30,8 +30,8 @@ from tests.serving.helpers import GREEN, RED, Server, copy_versions, jpeg, runni
 pytestmark = pytest.mark.slow
 
 SEED = 13
-GRPC_CASES = 300
-REST_CASES = 150
+GRPC_CASES = 1000
+REST_CASES = 400
 # Whole-run bound per server; a hang fails the test instead of stalling CI.
 BUDGET_SECONDS = 240
 SIGNATURES = {"serving_default": "images", "predict_pixels": "pixels"}
