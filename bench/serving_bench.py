@@ -20,11 +20,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.images import encode, photo
+from bench.limit import timed
 from devtools.net import free_port, port_open
 from devtools.processes import REPO_ROOT, VENV_PYTHON, ManagedProcess, python_env
 
@@ -71,7 +72,7 @@ class RawSignature:
             self.signature(images=self.batch)
 
     def batch1(self, seconds: float) -> dict[str, Any]:
-        return percentiles(_timed_calls(lambda: self.signature(images=self.one), seconds))
+        return percentiles(timed(lambda: self.signature(images=self.one), seconds))
 
     def batch32_images_per_s(self, seconds: float) -> float:
         started, calls = time.perf_counter(), 0
@@ -79,16 +80,6 @@ class RawSignature:
             self.signature(images=self.batch)
             calls += 1
         return round(32 * calls / (time.perf_counter() - started), 1)
-
-
-def _timed_calls(call: Callable[[], Any], seconds: float) -> list[float]:
-    latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        started = time.perf_counter()
-        call()
-        latencies.append((time.perf_counter() - started) * 1000)
-    return latencies
 
 
 def start_server(base: Path, extra: Sequence[str], log: Path) -> tuple[ManagedProcess, int, int]:
@@ -129,7 +120,7 @@ def load(port: int, image: bytes, callers: int, seconds: float) -> dict[str, Any
     def caller(index: int) -> None:
         start.wait()
         try:
-            results[index] = _timed_calls(lambda: stub.Predict(request, timeout=60), seconds)
+            results[index] = timed(lambda: stub.Predict(request, timeout=60), seconds)
         except grpc.RpcError as exc:
             errors.append(str(exc.code()))
 
