@@ -108,6 +108,20 @@ def test_predict_columnar_format_and_pixels(shared_server: Server) -> None:
             400,
             'Serving signature name: "nope" not found in signature def',
         ),
+        (  # validated before the graph runs: oneDNN's convolution aborts on this rank
+            "/v1/models/tiny:predict",
+            {"signature_name": "predict_pixels", "instances": [[[0.0, 0.0, 0.0]] * 5]},
+            400,
+            "input tensor shape does not match signature: pixels has shape [1,5,3] "
+            "but the signature expects [?,32,32,3]",
+        ),
+        (
+            "/v1/models/tiny:predict",
+            {"signature_name": "predict_pixels", "inputs": [[[["1.5"] * 3] * 32] * 32]},
+            400,
+            None,
+        ),
+        ("/v1/models/tiny:predict", b"[" * 100_000, 400, "JSON Parse error: nesting too deep"),
     ],
 )
 def test_predict_errors(
