@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from sync.errors import SyncError
+from sync.errors import AlreadyRunning, SyncError
 from sync.local import LocalSource
 from sync.s3 import S3Source
 from sync.settings import Settings
@@ -92,6 +92,8 @@ def _run(syncer: Syncer, once: bool) -> int:
             return _boot_and_watch(syncer, once)
     except SyncError as exc:
         log.error("%s", exc)
+        if isinstance(exc, AlreadyRunning) and syncer.prune_confirmed:
+            log.error("stop `make run` (or the dyno) first; DYNOSERVE_SYNC_PRUNE=true prunes live")
         return exc.exit_code
 
 

@@ -174,8 +174,11 @@ def test_export_folder_is_the_source_without_a_bucket(tmp_path: Path) -> None:
 def test_second_sync_on_the_same_repository_exits_75(env: dict) -> None:
     with Repository(Path(env["DYNOSERVE_MODEL_BASE_PATH"])).exclusive():
         result = run("sync", env, "--once")
+        pruning = run("sync", env, "--prune")
     assert result.returncode == 75
     assert "another sync process" in result.stderr
+    assert pruning.returncode == 75
+    assert "stop `make run`" in pruning.stderr
 
 
 def bucket_manifest(env: Mapping[str, str], model: str) -> dict | None:
