@@ -109,4 +109,7 @@ def code_from_tf(error_code: int) -> Any:
 def _load_error(exc: Exception) -> ServingError:
     if isinstance(exc, tf.errors.OpError):
         return ServingError(exc.message, code_from_tf(exc.error_code))
-    return Unknown(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, FileNotFoundError):  # TF's Python loader re-raises NOT_FOUND as this
+        return ServingError(message, StatusCode.NOT_FOUND)
+    return Unknown(message)
