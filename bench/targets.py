@@ -11,9 +11,16 @@ Step = dict[str, Any]
 def target(name: str, value: float | None, bound: float | None, *, at_most: bool) -> Step:
     """One target: met when value <= bound (at_most) or value >= bound; unknown without data."""
     if value is None or bound is None:
-        return {"target": name, "value": value, "bound": bound, "met": None}
+        return {"target": name, "value": value, "bound": bound, "ratio": None, "met": None}
     met = value <= bound if at_most else value >= bound
-    return {"target": name, "value": round(value, 2), "bound": round(bound, 2), "met": met}
+    ratio = round(value / bound, 2) if bound else None
+    return {
+        "target": name,
+        "value": round(value, 2),
+        "bound": round(bound, 2),
+        "ratio": ratio,
+        "met": met,
+    }
 
 
 def best_ok_per_s(steps: Sequence[Step]) -> float | None:
