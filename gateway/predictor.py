@@ -48,11 +48,14 @@ from gateway.results import (
 )
 from gateway.settings import Settings
 from gateway.signatures import InputPlan, check_tensor, describe_signature, input_plan
+from gateway.syncstatus import served_versions
 
 log = logging.getLogger(__name__)
 
 # How long "latest" or a label maps to the same version before we ask the server again.
 ALIAS_TTL_S = 5.0
+# TF Serving's ManagerState names for a version on its way to AVAILABLE.
+LOADING_STATES = ("START", "LOADING")
 READINESS_TIMEOUT_S = 2.0
 
 
@@ -190,6 +193,11 @@ class ModelServerPredictor:
         statuses = self._statuses(model)
         if label is not None and (statuses or model in self.known_models()):
             return self._label_error(model, label, statuses)
+        if version is not None and self._coming(model, version, statuses):
+            return ModelNotReady(
+                f"model {model!r} version {version} is configured on this instance and not "
+                "AVAILABLE yet (being loaded); retry shortly"
+            )
         if statuses and version is not None:
             listed = ", ".join(
                 f"{s.version} ({s.state})" for s in sorted(statuses, key=_by_version)
@@ -198,6 +206,15 @@ class ModelServerPredictor:
         if statuses or model in self.known_models():
             return ModelNotReady(f"model {model!r} has no AVAILABLE version yet")
         return self._model_not_found(model)
+
+    def _coming(self, model: str, version: int, statuses: list[VersionStatus]) -> bool:
+        """The version is on its way here: sync installed it and wrote it into models.config
+        (the model server loads it at its next poll), or the server is loading it. A version
+        another instance may serve already is then a 503 here, not a 404 (README, scale-out)."""
+        state = next((s.state for s in statuses if s.version == version), None)
+        if state in LOADING_STATES:
+            return True
+        return state is None and version in served_versions(self.settings.sync_status_file, model)
 
     def _label_error(
         self, model: str, label: str, statuses: list[VersionStatus] | None

@@ -1,5 +1,6 @@
 """What sync's status file says about the models on disk, for /readyz: why nothing is ready yet
-(the bucket unreachable at boot, say) or why what is served may be stale (a cached copy)."""
+(the bucket unreachable at boot, say) or why what is served may be stale (a cached copy); and
+which versions are installed, so a pinned version still loading is a 503, not a 404."""
 
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ def sync_summary(path: Path) -> dict[str, Any] | None:
     if isinstance(summary["last_error"], str):
         summary["last_error"] = summary["last_error"][:MAX_ERROR_CHARS]
     return summary
+
+
+def served_versions(path: Path, model: str) -> set[int]:
+    """The versions sync last wrote into models.config for `model`; empty when unknown."""
+    try:
+        served = json.loads(path.read_text())["models"][model]["served"]
+        return {int(v) for v in served}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
 
 
 def not_ready_reason(models: dict[str, str], sync: dict[str, Any] | None) -> str:

@@ -1,0 +1,1 @@
+"""Scale-out: two full dynos syncing from one bucket behind a round-robin router."""

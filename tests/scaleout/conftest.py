@@ -1,0 +1,133 @@
+"""Fixtures of the scale-out test: a bucket holding the demo model's version 1 labelled stable,
+two dynos syncing from it, and the router in front of them; numbers printed at the end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+
+from sync.manifest import MANIFEST_NAME
+from tests.scaleout.load import LABEL, MODEL
+from tests.scaleout.stack import Dyno, run_env, start_router
+from tests.support import GATEWAY_PYTHON, REPO_ROOT, ManagedProcess, python_env
+
+EXPORTS = REPO_ROOT / "exports"
+PREFIX = "models"
+SYNC_INTERVAL_S = 2.0
+# What the test measured, printed at the end of the run (and quoted in the README).
+RESULTS: list[dict[str, Any]] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not RESULTS:
+        return
+    terminalreporter.section("scale-out: two dynos behind a router")
+    for row in RESULTS:
+        terminalreporter.write_line("  ".join(f"{k}={v}" for k, v in row.items()))
+
+
+@dataclass
+class Bucket:
+    """The bucket both dynos sync from, and what the test does to it."""
+
+    endpoint: str
+    env: dict[str, str]
+    client: Any
+
+    @property
+    def name(self) -> str:
+        return self.env["BUCKETEER_BUCKET_NAME"]
+
+    def publish(self, version: int) -> None:
+        """`python -m sync.publish` of the demo model's exported version (marker written last)."""
+        argv = [str(GATEWAY_PYTHON), "-m", "sync.publish", "--name", MODEL]
+        argv += ["--export-dir", str(EXPORTS), "--version", str(version)]
+        env = python_env({**self.env, "DYNOSERVE_S3_ENDPOINT_URL": self.endpoint})
+        done = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def write_manifest(self, labels: dict[str, int]) -> None:
+        """Rewrite the model's manifest in the bucket: every version served, these labels."""
+        body = {"model_version_policy": {"all": {}}, "version_labels": labels}
+        key = f"{PREFIX}/{MODEL}/{MANIFEST_NAME}"
+        self.client.put_object(Bucket=self.name, Key=key, Body=json.dumps(body).encode())
+
+    def remove_version(self, version: int) -> None:
+        """Take a version out as an operator would: its completion marker first, then its files."""
+        folder = f"{PREFIX}/{MODEL}/{version}/"
+        listed = self.client.list_objects_v2(Bucket=self.name, Prefix=folder)
+        keys = sorted(o["Key"] for o in listed.get("Contents", []))
+        keys.sort(key=lambda k: not k.endswith("dynoserve-complete.json"))
+        assert keys, f"nothing under {folder}"
+        assert keys[0].endswith("dynoserve-complete.json"), keys
+        for key in keys:
+            self.client.delete_object(Bucket=self.name, Key=key)
+
+
+@pytest.fixture(scope="module")
+def bucket(moto_endpoint: str) -> Iterator[Bucket]:
+    """A bucket with the demo model's version 1, every version served, `stable` -> 1."""
+    assert (EXPORTS / MODEL / "2" / "saved_model.pb").exists(), "run `make demo-model`"
+    env = {
+        "BUCKETEER_BUCKET_NAME": f"dynoserve-scaleout-{uuid.uuid4().hex[:8]}",
+        "BUCKETEER_AWS_ACCESS_KEY_ID": "testing",
+        "BUCKETEER_AWS_SECRET_ACCESS_KEY": "testing",
+        "BUCKETEER_AWS_REGION": "us-east-1",
+    }
+    client = boto3.client(
+        "s3",
+        endpoint_url=moto_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket=env["BUCKETEER_BUCKET_NAME"])
+    found = Bucket(moto_endpoint, env, client)
+    found.publish(1)
+    found.write_manifest({LABEL: 1})
+    yield found
+    client.close()
+
+
+@dataclass
+class Fleet:
+    dynos: list[Dyno]
+    router_port: int
+
+
+@pytest.fixture(scope="module")
+def fleet(bucket: Bucket, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """Two dynos on the bucket, ready, behind the router."""
+    root = tmp_path_factory.mktemp("scaleout")
+    extra = {
+        **bucket.env,
+        "DYNOSERVE_S3_ENDPOINT_URL": bucket.endpoint,
+        "DYNOSERVE_SYNC_INTERVAL": str(SYNC_INTERVAL_S),
+    }
+    dynos = [Dyno(f"web.{i}", root / f"web.{i}", run_env(root / f"web.{i}", extra)) for i in (1, 2)]
+    router: ManagedProcess | None = None
+    try:
+        for dyno in dynos:
+            dyno.start()
+        for dyno in dynos:
+            dyno.wait_ready(timeout=150)
+        router, port = start_router([d.port for d in dynos], root / "router")
+        yield Fleet(dynos, port)
+    finally:
+        if router is not None:
+            router.stop()
+        for dyno in dynos:
+            dyno.stop()
+
+
+def dyno_logs(fleet: Fleet) -> str:
+    return "\n".join(f"--- {d.name} ---\n{d.log()[-3000:]}" for d in fleet.dynos)

@@ -1,0 +1,202 @@
+"""Closed-loop load through the router, every answer judged against what the bucket held.
+
+Each client thread sends, in turn, an unpinned request, one pinned to a version the bucket holds
+and one pinned to the label `stable`, each on a new connection (as Heroku's router does). The
+test records every change it makes to the bucket in a `BucketTruth`, so a 404 can be judged:
+a 404 for a version or label that was in the bucket during the whole request is a failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from tests.support import REPO_ROOT
+
+MODEL = "shapes"
+LABEL = "stable"
+KINDS = ("unpinned", "version", "label")
+SAMPLE = REPO_ROOT / "docs" / "samples" / "red-circle.png"
+BODY = json.dumps({"image_b64": base64.b64encode(SAMPLE.read_bytes()).decode()}).encode()
+
+
+@dataclass(frozen=True)
+class State:
+    """The bucket's versions (complete ones) and labels from a moment on."""
+
+    since: float
+    versions: frozenset[int]
+    labels: dict[str, int]
+
+
+class BucketTruth:
+    """What the bucket holds, as the test changes it: a timeline of states."""
+
+    def __init__(self, versions: set[int], labels: dict[str, int]) -> None:
+        self._lock = threading.Lock()
+        self.timeline = [State(0.0, frozenset(versions), dict(labels))]
+
+    def now(self) -> State:
+        with self._lock:
+            return self.timeline[-1]
+
+    def change(
+        self, versions: set[int] | None = None, labels: dict[str, int] | None = None
+    ) -> None:
+        """Record a change; call it when the change is complete (a removal: before it starts)."""
+        with self._lock:
+            last = self.timeline[-1]
+            self.timeline.append(
+                State(
+                    time.monotonic(),
+                    frozenset(last.versions if versions is None else versions),
+                    dict(last.labels if labels is None else labels),
+                )
+            )
+
+    def during(self, start: float, end: float) -> list[State]:
+        """Every state in force at some moment of [start, end]."""
+        with self._lock:
+            timeline = list(self.timeline)
+        first = max(i for i, s in enumerate(timeline) if s.since <= start)
+        return [timeline[first], *[s for s in timeline[first + 1 :] if s.since <= end]]
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One request and its answer."""
+
+    started: float
+    ended: float
+    kind: str
+    pin: str  # the version number or label, "" unpinned
+    status: int  # 0: no HTTP answer
+    dyno: str  # upstream address the router chose ("" if none)
+    retry_after: bool
+    served: int | None  # the version the answer names
+    detail: str
+
+
+def shoot(port: int, kind: str, pin: str) -> Shot:
+    """One prediction through the router on a new connection."""
+    query = {"unpinned": "", "version": f"?version={pin}", "label": f"?label={pin}"}[kind]
+    started = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(
+            "POST", f"/v1/models/{MODEL}:predict{query}", BODY, {"Content-Type": "application/json"}
+        )
+        response = conn.getresponse()
+        payload = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        return Shot(started, time.monotonic(), kind, pin, 0, "", False, None, repr(exc))
+    finally:
+        conn.close()
+    served = None
+    if response.status == 200:
+        served = json.loads(payload).get("version")
+    return Shot(
+        started,
+        time.monotonic(),
+        kind,
+        pin,
+        response.status,
+        response.getheader("X-Dyno") or "",
+        bool(response.getheader("Retry-After")),
+        served,
+        payload[:300].decode(errors="replace"),
+    )
+
+
+@dataclass
+class Load:
+    """`clients` threads cycling through the request kinds until stop()."""
+
+    port: int
+    truth: BucketTruth
+    clients: int = 3
+    shots: list[Shot] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> Load:
+        for i in range(self.clients):
+            thread = threading.Thread(target=self._client, args=(i,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self, timeout: float = 40) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        assert not any(t.is_alive() for t in self._threads), "a load client hung"
+
+    def _client(self, index: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            kind = KINDS[(index + n) % len(KINDS)]
+            versions = sorted(self.truth.now().versions)
+            pin = {"unpinned": "", "label": LABEL, "version": str(versions[n % len(versions)])}
+            shot = shoot(self.port, kind, pin[kind])
+            with self._lock:
+                self.shots.append(shot)
+            if shot.status == 503 and shot.retry_after:
+                self._stop.wait(0.2)  # a polite client honours Retry-After (shortened here)
+            n += 1
+
+
+def verdict(shot: Shot, truth: BucketTruth, arrivals: Mapping[tuple[str, int], float]) -> str:
+    """ok; loading (503 + Retry-After); early (404 for a version in the bucket that the answering
+    dyno had not configured yet: its sync had not listed and installed it); gone (404 for what
+    the bucket did not hold at some moment of the request); or failed.
+
+    `arrivals[(dyno, version)]` is when the watcher first saw the version in that dyno's
+    models.config (through sync's status file, written after it): a few tenths of a second
+    late, so an `early` 404 may have come up to that much after the config was written."""
+    if shot.status == 200:
+        return "ok" if _right_version(shot, truth) else "failed"
+    if shot.status == 503 and shot.retry_after:
+        return "loading"
+    if shot.status == 404 and shot.kind != "unpinned":
+        states = truth.during(shot.started, shot.ended)
+        if not all(_holds(state, shot) for state in states):
+            return "gone"
+        if shot.kind == "version":
+            arrived = arrivals.get((shot.dyno, int(shot.pin)))
+            if arrived is not None and shot.started < arrived:
+                return "early"
+    return "failed"
+
+
+def _holds(state: State, shot: Shot) -> bool:
+    if shot.kind == "version":
+        return int(shot.pin) in state.versions
+    return shot.pin in state.labels
+
+
+def _right_version(shot: Shot, truth: BucketTruth) -> bool:
+    """A pinned answer names the pinned version; a label's answer a version the label named
+    at or before the end of the request (a dyno answers from the previous target until the new
+    one is loaded there)."""
+    if shot.kind == "version":
+        return shot.served == int(shot.pin)
+    if shot.kind == "label":
+        named = {s.labels.get(shot.pin) for s in truth.timeline if s.since <= shot.ended}
+        return shot.served in named
+    return shot.served is not None
+
+
+def tally(
+    shots: list[Shot], truth: BucketTruth, arrivals: Mapping[tuple[str, int], float]
+) -> dict[str, int]:
+    counts = {"sent": len(shots), "ok": 0, "loading": 0, "early": 0, "gone": 0, "failed": 0}
+    for shot in shots:
+        counts[verdict(shot, truth, arrivals)] += 1
+    return counts
