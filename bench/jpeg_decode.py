@@ -5,9 +5,9 @@ Variants of export.signatures.decode_and_resize on 640x480 photo-like JPEGs (ben
   antialiased decode every pixel, antialiased bilinear resize
   scaled      libjpeg DCT scaling (ratio 2/4/8 from the header), bilinear resize
 Measured: time per image (one at a time, and batches of 32 through map_fn as the serving graph
-runs them); top-1 agreement with "full" on the trained demo model (shapes drawn large, as
-640x480 JPEGs) and on the benchmark MobileNet (photo-like images); and the benchmark model alone
-at batch 32, JPEG in vs float pixels in, with each decode.
+runs them; also one 12-megapixel photo); top-1 agreement with "full" on the trained demo model
+(shapes drawn large, as 640x480 JPEGs) and on the benchmark MobileNet (photo-like images); and
+the benchmark model alone at batch 32, JPEG in vs float pixels in, with each decode.
 Run: python -m bench.jpeg_decode [--images N] [--seconds S]   (JSON in bench/results/)
 """
 
@@ -177,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench_model = REPO_ROOT / "var" / "bench-models" / "mobilenet" / "1"
     parts: dict[str, Callable[[], Any]] = {
         "decode_speed": lambda: decode_speed(photos[:8], args.seconds),
+        "decode_speed_12mp": lambda: decode_speed([encode(photo(0, (4000, 3000)), 3_500_000)], 2),
         "agreement_demo_model": lambda: agreement(DEMO_MODEL, shapes, shape_labels),
         "agreement_benchmark_model": lambda: agreement(bench_model, photos, None),
         "model_alone_batch32_images_per_s": lambda: model_alone(photos[:8], args.seconds),
