@@ -20,16 +20,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
 from waitress import create_server, wasyncore
 from waitress.server import BaseWSGIServer
 
 from gateway import logs
-from gateway.app import create_app
 from gateway.errors import ConfigError
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 log = logging.getLogger("gateway.server")
 _POLL_S = 0.2
@@ -59,13 +60,33 @@ class Draining:
         return self.app(environ, respond)
 
 
-def build_server(app: Flask, settings: Settings) -> BaseWSGIServer:
+def bind_listener(settings: Settings) -> socket.socket:
+    """The listening socket on $PORT, made before the app is built (its imports are most of the
+    gateway's start-up, and compete for the CPU with the model server loading at boot): Heroku
+    counts its boot timeout (R10) until $PORT is bound. Connections wait in the backlog."""
+    family = socket.AF_INET6 if ":" in settings.bind_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.bind_host, settings.port))
+        sock.listen(settings.backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def build_server(
+    app: Flask, settings: Settings, sock: socket.socket | None = None
+) -> BaseWSGIServer:
     """Waitress with a thread for every request admission may hold (so refusals are immediate)
-    and a deep backlog (short ones stall bursts)."""
+    and a deep backlog (short ones stall bursts); on `sock` when given, else its own socket."""
+    where: dict[str, Any] = (
+        {"sockets": [sock]} if sock else {"host": settings.bind_host, "port": settings.port}
+    )
     server: BaseWSGIServer = create_server(
         Draining(app),
-        host=settings.bind_host,
-        port=settings.port,
+        **where,
         threads=settings.worker_threads,
         backlog=settings.backlog,
         # With a request in progress waitress keeps reading its connection only if it may look
@@ -202,8 +223,11 @@ def main() -> int:
         print(f"gateway: {exc.message}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
+    sock = bind_listener(settings)
+    from gateway.app import create_app  # after the bind: Flask, gRPC stubs, Pillow
+
     app = create_app(settings)
-    server = build_server(app, settings)
+    server = build_server(app, settings, sock)
     stop = threading.Event()
     install_signal_handlers(stop, server)
     log.info(

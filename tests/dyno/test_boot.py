@@ -7,6 +7,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -21,12 +22,19 @@ pytestmark = pytest.mark.slow
 PORT_DEADLINE_S = 5.0  # the issue's bound; Heroku's R10 allows 60 s
 
 
+# Resident memory bounds of the dyno's Python processes (Standard-1X has 512 MB for all of it,
+# stock TF Serving and the models included): a regression such as TensorFlow imported into the
+# gateway or sync shows here.
+RSS_BOUND_MB = {"entrypoint": 40, "supervisord": 60, "sync": 120, "gateway": 120}
+
+
 @dataclass
 class Booted:
     dyno: Dyno
     layout: Layout
     port_s: float
     ready_s: float
+    idle_rss_mb: dict[str, float]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +46,20 @@ def booted(make_dyno: Callable[..., Dyno], make_layout: Callable[[], Layout]) ->
     RESULTS.append(
         {"fault": "boot", "port_bound_s": round(port_s, 2), "ready_s": round(ready_s, 1)}
     )
-    return Booted(dyno, layout, port_s, ready_s)
+    time.sleep(2.0)  # let start-up settle before reading idle memory
+    idle = memory_mb(dyno, "VmRSS")
+    RESULTS.append({"memory": "idle VmRSS MB", **idle})
+    return Booted(dyno, layout, port_s, ready_s, idle)
+
+
+def memory_mb(dyno: Dyno, field: str) -> dict[str, float]:
+    """`field` of /proc/<pid>/status (VmRSS now, VmHWM peak) per process of the dyno, in MB."""
+    found = {}
+    for role, pid in dyno.processes().items():
+        status = Path(f"/proc/{pid}/status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith(field + ":"))
+        found[role] = round(int(line.split()[1]) / 1024, 1)
+    return found
 
 
 def test_binds_port_within_5s_and_becomes_ready(booted: Booted) -> None:
@@ -121,3 +142,12 @@ def _recovery_s(load: Load, since: float) -> float:
     last_shed = max(o.ended for o in outcomes if o.kind == "shed")
     first_ok = min(o.ended for o in outcomes if o.kind == "ok" and o.started > last_shed)
     return first_ok - since
+
+
+def test_the_python_processes_stay_small_idle_and_under_load(booted: Booted) -> None:
+    """Runs after the load of the test above: VmHWM is each process's peak so far."""
+    peak = memory_mb(booted.dyno, "VmHWM")
+    RESULTS.append({"memory": "peak VmHWM MB (after load)", **peak})
+    for role, bound in RSS_BOUND_MB.items():
+        assert booted.idle_rss_mb[role] < bound, (role, booted.idle_rss_mb)
+        assert peak[role] < bound, (role, peak)
