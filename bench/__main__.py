@@ -198,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report.write(results, args.results))
     for t in results["targets"]:
         verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
-        print(f"target {verdict:12s} {t['target']}: {t['value']} vs {t['bound']} ({t['ratio']}x)")
+        ratio = f" ({t['ratio']}x)" if t["ratio"] is not None else ""
+        print(f"target {verdict:12s} {t['target']}: {t['value']} vs {t['bound']}{ratio}")
     print(f"wrote {args.results}/{report.JSON_NAME}, {report.TABLE_NAME}, {report.PLOT_NAME}")
     return 0
 
