@@ -129,7 +129,7 @@ prune: setup ## Drop models gone from the source from models.config and disk (ma
 	$(GW_PY) -m sync --prune
 
 # siege at 1-100 clients against Dynoserve, the 2019-style baseline and the model alone (bench/);
-# about 6 minutes with 10 s steps; ARGS=--original runs 60 s steps like the original experiment.
+# about 5 minutes with 10 s steps; ARGS=--original runs 60 s steps like the original (~20 min).
 bench: setup apt-deps ## The original experiment side by side: table and plot in bench/results [ARGS=--original]
 	$(PY) -m bench $(ARGS)
 
