@@ -205,6 +205,12 @@ class ModelServerPredictor:
             return VersionNotFound(f"model {model!r} has no version {version}; versions: {listed}")
         if statuses or model in self.known_models():
             return ModelNotReady(f"model {model!r} has no AVAILABLE version yet")
+        if not self.known_models():
+            # Booting: Heroku's router sends requests as soon as $PORT is bound.
+            return ModelNotReady(
+                "no model is configured on this instance yet (sync has not written "
+                "models.config); retry shortly"
+            )
         return self._model_not_found(model)
 
     def _coming(self, model: str, version: int, statuses: list[VersionStatus]) -> bool:

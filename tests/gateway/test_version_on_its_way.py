@@ -1,6 +1,7 @@
-"""A request pinned to a version that is on its way to this instance (sync installed it and wrote
-it into models.config, or the model server is loading it) is a 503 with retry, not a 404:
-behind Heroku's router another dyno may serve that version already (tests/scaleout)."""
+"""Requests for what is on its way to this instance are 503 with retry, not 404: behind Heroku's
+router another dyno may serve it already (tests/scaleout). That is a version pinned by number
+that sync has installed and written into models.config, or that the model server is loading;
+and any model while the instance boots (no models.config yet)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.client import VersionStatus
-from gateway.errors import GatewayError, ModelNotReady, NotFound, VersionNotFound
+from gateway.errors import GatewayError, ModelNotFound, ModelNotReady, NotFound, VersionNotFound
 from gateway.predictor import ModelServerPredictor
 from gateway.results import ImageInput, PredictRequest
 from gateway.settings import Settings
@@ -61,3 +62,33 @@ def test_a_pinned_version_on_its_way_is_503(
     if error is ModelNotReady:
         assert info.value.status == 503
         assert "version 5" in info.value.message
+
+
+class NoModelServer(StubClient):
+    """A model server that knows no model at all (booting, or the model is unknown)."""
+
+    def status(self, model: str, request_id: str = "", timeout: float | None = None) -> Any:
+        raise NotFound("Could not find any versions of model")
+
+
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        (None, ModelNotReady),  # booting: sync has not written models.config yet
+        ('model_config_list { config { name: "other" } }', ModelNotFound),
+    ],
+)
+def test_an_unknown_model_is_503_only_while_no_model_is_configured(
+    tmp_path: Path, config: str | None, error: type[GatewayError]
+) -> None:
+    config_file = tmp_path / "models.config"
+    if config is not None:
+        config_file.write_text(config)
+    settings = Settings(model_config_file=config_file, sync_status_file=tmp_path / "none.json")
+    predictor = ModelServerPredictor(settings, client=NoModelServer({}))  # type: ignore[arg-type]
+    try:
+        with pytest.raises(GatewayError) as info:
+            predictor.predict(PredictRequest("m", (ImageInput(data=b"x"),)))
+    finally:
+        predictor.close()
+    assert type(info.value) is error, info.value.message

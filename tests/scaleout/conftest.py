@@ -7,7 +7,8 @@ import json
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -15,8 +16,8 @@ import pytest
 
 from sync.manifest import MANIFEST_NAME
 from tests.scaleout.load import LABEL, MODEL
-from tests.scaleout.stack import Dyno, run_env, start_router
-from tests.support import GATEWAY_PYTHON, REPO_ROOT, ManagedProcess, python_env
+from tests.scaleout.stack import Dyno, Router, run_env
+from tests.support import GATEWAY_PYTHON, REPO_ROOT, port_open, python_env
 
 EXPORTS = REPO_ROOT / "exports"
 PREFIX = "models"
@@ -100,32 +101,52 @@ def bucket(moto_endpoint: str) -> Iterator[Bucket]:
 
 @dataclass
 class Fleet:
-    dynos: list[Dyno]
-    router_port: int
+    """The dynos of the app behind the router; `scale_up()` adds one as `heroku ps:scale` does."""
+
+    root: Path
+    env: dict[str, str]
+    router: Router
+    dynos: list[Dyno] = field(default_factory=list)
+
+    def start_dyno(self) -> Dyno:
+        name = f"web.{len(self.dynos) + 1}"
+        dyno = Dyno(name, self.root / name, run_env(self.root / name, self.env))
+        self.dynos.append(dyno)
+        return dyno.start()
+
+    def scale_up(self) -> Dyno:
+        """A new dyno, routed to as soon as its gateway binds $PORT (as Heroku's router does)."""
+        dyno = self.start_dyno()
+        assert dyno.proc is not None
+        dyno.proc.wait_ready(lambda: port_open(dyno.port), timeout=60)
+        self.router.route([d.port for d in self.dynos])
+        return dyno
+
+    @property
+    def router_port(self) -> int:
+        return self.router.port
 
 
 @pytest.fixture(scope="module")
 def fleet(bucket: Bucket, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     """Two dynos on the bucket, ready, behind the router."""
     root = tmp_path_factory.mktemp("scaleout")
-    extra = {
+    env = {
         **bucket.env,
         "DYNOSERVE_S3_ENDPOINT_URL": bucket.endpoint,
         "DYNOSERVE_SYNC_INTERVAL": str(SYNC_INTERVAL_S),
     }
-    dynos = [Dyno(f"web.{i}", root / f"web.{i}", run_env(root / f"web.{i}", extra)) for i in (1, 2)]
-    router: ManagedProcess | None = None
+    fleet = Fleet(root, env, Router(root / "router"))
     try:
-        for dyno in dynos:
-            dyno.start()
-        for dyno in dynos:
-            dyno.wait_ready(timeout=150)
-        router, port = start_router([d.port for d in dynos], root / "router")
-        yield Fleet(dynos, port)
+        for _ in range(2):
+            fleet.start_dyno()
+        for dyno in fleet.dynos:
+            dyno.wait_ready(timeout=120)
+        fleet.router.start([d.port for d in fleet.dynos])
+        yield fleet
     finally:
-        if router is not None:
-            router.stop()
-        for dyno in dynos:
+        fleet.router.stop()
+        for dyno in fleet.dynos:
             dyno.stop()
 
 

@@ -152,18 +152,26 @@ class Load:
             n += 1
 
 
-def verdict(shot: Shot, truth: BucketTruth, arrivals: Mapping[tuple[str, int], float]) -> str:
-    """ok; loading (503 + Retry-After); early (404 for a version in the bucket that the answering
-    dyno had not configured yet: its sync had not listed and installed it); gone (404 for what
-    the bucket did not hold at some moment of the request); or failed.
+def verdict(
+    shot: Shot,
+    truth: BucketTruth,
+    arrivals: Mapping[tuple[str, int], float],
+    ready: Mapping[str, float] | None = None,
+) -> str:
+    """ok; booting (503 + Retry-After from a dyno before it was ready); loading (503 +
+    Retry-After); early (404 for a version in the bucket that the answering dyno had not
+    configured yet: its sync had not listed and installed it); gone (404 for what the bucket
+    did not hold at some moment of the request); or failed.
 
     `arrivals[(dyno, version)]` is when the watcher first saw the version in that dyno's
     models.config (through sync's status file, written after it): a few tenths of a second
-    late, so an `early` 404 may have come up to that much after the config was written."""
+    late, so an `early` 404 may have come up to that much after the config was written.
+    `ready[dyno]` is when a dyno added under load first answered /readyz with 200."""
     if shot.status == 200:
         return "ok" if _right_version(shot, truth) else "failed"
     if shot.status == 503 and shot.retry_after:
-        return "loading"
+        booted = (ready or {}).get(shot.dyno)
+        return "booting" if booted is not None and shot.started < booted else "loading"
     if shot.status == 404 and shot.kind != "unpinned":
         states = truth.during(shot.started, shot.ended)
         if not all(_holds(state, shot) for state in states):
@@ -193,10 +201,16 @@ def _right_version(shot: Shot, truth: BucketTruth) -> bool:
     return shot.served is not None
 
 
+VERDICTS = ("ok", "booting", "loading", "early", "gone", "failed")
+
+
 def tally(
-    shots: list[Shot], truth: BucketTruth, arrivals: Mapping[tuple[str, int], float]
+    shots: list[Shot],
+    truth: BucketTruth,
+    arrivals: Mapping[tuple[str, int], float],
+    ready: Mapping[str, float] | None = None,
 ) -> dict[str, int]:
-    counts = {"sent": len(shots), "ok": 0, "loading": 0, "early": 0, "gone": 0, "failed": 0}
+    counts = {"sent": len(shots), **dict.fromkeys(VERDICTS, 0)}
     for shot in shots:
-        counts[verdict(shot, truth, arrivals)] += 1
+        counts[verdict(shot, truth, arrivals, ready)] += 1
     return counts

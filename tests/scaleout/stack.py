@@ -182,21 +182,42 @@ def nginx_binary() -> str:
     return found
 
 
-def start_router(ports: list[int], run: Path) -> tuple[ManagedProcess, int]:
-    """nginx on 127.0.0.1, round-robin over `ports`, files under `run`; (process, port)."""
-    run.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    # max_fails=0: a dyno is never taken out of the rotation, as on Heroku.
-    servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=0;" for p in ports)
-    # As root nginx would hand its workers to `nobody`, who cannot enter pytest's tmp folders.
-    user = f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
-    conf = run / "nginx.conf"
-    conf.write_text(_ROUTER_CONF.format(user=user, run=run, servers=servers, port=port))
-    argv = [nginx_binary(), "-p", str(run), "-c", str(conf)]
-    proc = ManagedProcess(argv, run / "nginx.log", env=dict(os.environ)).start()
-    try:
-        proc.wait_ready(lambda: port_open(port), timeout=20)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, port
+class Router:
+    """nginx on 127.0.0.1, round-robin over the dynos' ports, its files under `run`."""
+
+    def __init__(self, run: Path) -> None:
+        self.run = run
+        self.port = free_port()
+        self.proc: ManagedProcess | None = None
+
+    def _write(self, ports: list[int]) -> Path:
+        # max_fails=0: a dyno is never taken out of the rotation, as on Heroku.
+        servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=0;" for p in ports)
+        # As root nginx would hand its workers to `nobody`, who cannot enter pytest's tmp folders.
+        user = f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
+        conf = self.run / "nginx.conf"
+        text = _ROUTER_CONF.format(user=user, run=self.run, servers=servers, port=self.port)
+        conf.write_text(text)
+        return conf
+
+    def start(self, ports: list[int]) -> Router:
+        self.run.mkdir(parents=True, exist_ok=True)
+        conf = self._write(ports)
+        argv = [nginx_binary(), "-p", str(self.run), "-c", str(conf)]
+        self.proc = ManagedProcess(argv, self.run / "nginx.log", env=dict(os.environ)).start()
+        try:
+            self.proc.wait_ready(lambda: port_open(self.port), timeout=20)
+        except BaseException:
+            self.proc.stop()
+            raise
+        return self
+
+    def route(self, ports: list[int]) -> None:
+        """Route to these dynos from now on (nginx re-reads its configuration on SIGHUP)."""
+        assert self.proc is not None, "the router was never started"
+        self._write(ports)
+        os.kill(self.proc.pid, signal.SIGHUP)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
