@@ -45,24 +45,29 @@ def measure(model_dir: Path, image: bytes, seconds: float) -> dict[str, Any]:
         "jpeg": (jpeg, "images", tf.constant([image]), tf.constant([image] * BATCH)),
         "float": (pixels_fn, "pixels", one_pixel, tf.tile(one_pixel, [BATCH, 1, 1, 1])),
     }
-    result: dict[str, Any] = {}
+    return interleaved(inputs, seconds)
+
+
+def interleaved(inputs: dict[str, Any], seconds: float, rounds: int = 3) -> dict[str, Any]:
+    """Each measurement in `rounds` slices taken in turn, so a change in the machine's load
+    during the run falls on every signature and batch size alike."""
+    calls: dict[tuple[str, str], Any] = {}
     for kind, (fn, name, one, batch) in inputs.items():
-        result[kind] = _measure_signature(fn, name, one, batch, seconds)
-    return result
-
-
-def _measure_signature(
-    fn: Any, name: str, one: Any, batch: Any, seconds: float
-) -> dict[str, float]:
-    for _ in range(3):  # warm-up: first calls build kernels and thread pools
-        fn(**{name: one})
-        fn(**{name: batch})
-    ones = timed(lambda: fn(**{name: one}), seconds)
-    batches = timed(lambda: fn(**{name: batch}), seconds)
+        for size, value in (("1", one), ("32", batch)):
+            calls[kind, size] = lambda fn=fn, name=name, value=value: fn(**{name: value})
+    for call in calls.values():  # warm-up: first calls build kernels and thread pools
+        call(), call()
+    samples: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, call in calls.items():
+            samples[key] += timed(call, seconds / rounds)
     return {
-        "batch1_p50_ms": round(statistics.median(ones), 2),
-        "batch1_mean_ms": round(statistics.fmean(ones), 2),
-        "batch32_images_per_s": round(BATCH * 1000 / statistics.fmean(batches), 1),
+        kind: {
+            "batch1_p50_ms": round(statistics.median(samples[kind, "1"]), 2),
+            "batch1_mean_ms": round(statistics.fmean(samples[kind, "1"]), 2),
+            "batch32_images_per_s": round(BATCH * 1000 / statistics.fmean(samples[kind, "32"]), 1),
+        }
+        for kind in inputs
     }
 
 
