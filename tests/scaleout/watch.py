@@ -29,7 +29,10 @@ class Look:
 def look(dyno: Dyno) -> Look:
     at = time.monotonic()
     states: dict[int, str] = {}
-    status, _, body = http_json(f"{dyno.base}/v1/models/{MODEL}")
+    try:
+        status, _, body = http_json(f"{dyno.base}/v1/models/{MODEL}")
+    except (OSError, ValueError):  # not answering (yet): nothing seen this time
+        status, body = 0, {}
     if status == 200:
         states = {int(v["version"]): v["state"] for v in body.get("versions", [])}
     shot = shoot(dyno.port, "label", LABEL)
