@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -72,7 +73,7 @@ def measure_limit(version: Path, image: Path, seconds: float) -> dict[str, Any]:
     done = subprocess.run(argv, env=python_env(), capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"bench.limit failed:\n{done.stderr[-3000:]}")
-    return dict(__import__("json").loads(done.stdout.strip().splitlines()[-1]))
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def machine() -> dict[str, Any]:

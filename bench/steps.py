@@ -74,6 +74,7 @@ def step_record(
         "failed": sum(result.failures.values()),
         "cpu_s_per_1000_requests": per_1000,
         "rss_mb": usage.rss_mb,
+        "processes": usage.processes,
         "other_cpu_share": round(other_share, 3),
     }
     if other_share > BUSY_WARNING_SHARE:
