@@ -196,7 +196,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     results = run(args)
-    print(report.write(results, args.results))
+    table = report.write(results, args.results)
+    print(table)
+    if args.results == report.RESULTS and report.update_readme(table):
+        print(f"updated the latest run in {report.README}")
     for t in results["targets"]:
         verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
         ratio = f" ({t['ratio']}x)" if t["ratio"] is not None else ""

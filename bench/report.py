@@ -15,6 +15,9 @@ from typing import Any
 from bench import targets
 
 RESULTS = Path(__file__).resolve().parent / "results"
+README = RESULTS.parent.parent / "README.md"
+# `make bench` rewrites the README's latest table between these lines.
+README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 JSON_NAME, TABLE_NAME, PLOT_NAME = "bench.json", "bench.md", "bench.png"
 SYSTEMS = (("dynoserve", "Dynoserve"), ("baseline", "baseline (2019 Flask + gunicorn + Keras)"))
 
@@ -134,6 +137,17 @@ def write(results: dict[str, Any], folder: Path = RESULTS) -> str:
     (folder / TABLE_NAME).write_text(table)
     plot(results, folder / PLOT_NAME)
     return table
+
+
+def update_readme(table: str, readme: Path = README) -> bool:
+    """Put `table` between the README's benchmark markers; False when it has none."""
+    text = readme.read_text()
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    head = text[: start + len(README_BEGIN)]
+    readme.write_text(f"{head}\n{table.rstrip()}\n{text[end:]}")
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -199,3 +199,18 @@ def test_devtools_process_keeps_its_log(tmp_path: Path) -> None:
         proc.wait_ready(lambda: False, timeout=10)
     assert "boom" in (tmp_path / "child.log").read_text()
     assert free_port() > 0
+
+
+def test_readme_table_is_replaced_between_the_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_BEGIN}\nold table\n{report.README_END}\nafter\n")
+    assert report.update_readme("| new |\n", readme)
+    text = readme.read_text()
+    assert text == f"intro\n{report.README_BEGIN}\n| new |\n{report.README_END}\nafter\n"
+    readme.write_text("no markers\n")
+    assert not report.update_readme("| new |", readme)
+
+
+def test_the_readme_has_the_markers() -> None:
+    text = report.README.read_text()
+    assert 0 <= text.find(report.README_BEGIN) < text.find(report.README_END)
