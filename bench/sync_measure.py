@@ -24,7 +24,7 @@ from devtools.processes import GATEWAY_PYTHON, VENV_PYTHON, ManagedProcess, pyth
 from sync.publish import Publisher, PublishRequest
 from sync.settings import Settings
 from tests.sync.conftest import s3_client
-from tests.sync.helpers import FakeModelServer
+from tests.sync.helpers import FakeRestStatusServer
 
 MODEL_BYTES = 14 * 1024 * 1024
 
@@ -66,7 +66,7 @@ def measure(idle_seconds: float, intervals: list[float]) -> None:
     work = Path(tempfile.mkdtemp(prefix="sync-measure-"))
     port = free_port()
     argv = [str(VENV_PYTHON), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    with ManagedProcess(argv, work / "moto.log") as moto, FakeModelServer() as server:
+    with ManagedProcess(argv, work / "moto.log") as moto, FakeRestStatusServer() as server:
         moto.wait_ready(lambda: port_open(port))
         bucket = f"measure-{uuid.uuid4().hex[:8]}"
         s3_client(f"http://127.0.0.1:{port}").create_bucket(Bucket=bucket)

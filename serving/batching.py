@@ -138,6 +138,12 @@ class BatchScheduler:
             self._cond.notify()
         return self._await(task, timeout)
 
+    @property
+    def queued(self) -> int:
+        """Examples queued and not yet taken into a batch (what the full-queue check counts)."""
+        with self._cond:
+            return self._queued
+
     def _await(self, task: _Task, timeout: float | None) -> Arrays:
         if not task.done.wait(timeout):
             task.abandoned = True

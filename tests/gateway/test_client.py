@@ -1,4 +1,4 @@
-"""The gRPC client against a real gRPC server on loopback (FakeModelServer, named so: it
+"""The gRPC client against a real gRPC server on loopback (FakeGrpcModelServer, named so: it
 scripts failures the real model server cannot be made to produce on demand)."""
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ from gateway.predictor import VersionResolver, top_k
 from tests.support import free_port
 
 
-class FakeModelServer(
+class FakeGrpcModelServer(
     services_pb2_grpc.PredictionServiceServicer, services_pb2_grpc.ModelServiceServicer
 ):
-    """Answers Predict with fixed scores after failing `failures` times with `code`."""
+    """A scripted fake of TF Serving's gRPC PredictionService and ModelService: answers Predict
+    with fixed scores after failing `failures` times with `code`."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -100,8 +101,8 @@ class FakeModelServer(
 
 
 @pytest.fixture(scope="module")
-def fake_server() -> Iterator[tuple[FakeModelServer, str]]:
-    servicer = FakeModelServer()
+def fake_server() -> Iterator[tuple[FakeGrpcModelServer, str]]:
+    servicer = FakeGrpcModelServer()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     services_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
     services_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
@@ -114,8 +115,8 @@ def fake_server() -> Iterator[tuple[FakeModelServer, str]]:
 
 @pytest.fixture
 def fake(
-    fake_server: tuple[FakeModelServer, str],
-) -> Iterator[tuple[FakeModelServer, ModelServerClient]]:
+    fake_server: tuple[FakeGrpcModelServer, str],
+) -> Iterator[tuple[FakeGrpcModelServer, ModelServerClient]]:
     servicer, target = fake_server
     servicer.calls, servicer.failures, servicer.delay = 0, 0, 0.0
     servicer.code = grpc.StatusCode.UNAVAILABLE
@@ -165,7 +166,7 @@ def test_other_codes_are_not_retried(fake: Any) -> None:
     assert servicer.calls == 1
 
 
-def test_deadline(fake: Any, fake_server: tuple[FakeModelServer, str]) -> None:
+def test_deadline(fake: Any, fake_server: tuple[FakeGrpcModelServer, str]) -> None:
     servicer, _ = fake
     servicer.delay = 0.5
     client = ModelServerClient(fake_server[1], deadline_s=0.1)

@@ -15,20 +15,22 @@ import pytest
 from serving.batching import BatchingOptions, BatchScheduler
 from serving.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from tests.serving.helpers import RED, Server, copy_versions, jpeg, predict_request, running_server
+from tests.support import wait_for
 
 
 class _Recorder:
-    """A batch function that doubles its input and remembers each batch's sizes."""
+    """A batch function that doubles its input and remembers each batch's sizes; with a gate,
+    each batch waits for it (`running` says a batch thread has a batch in hand)."""
 
-    def __init__(self, delay: float = 0.0, gate: threading.Event | None = None) -> None:
-        self.delay = delay
+    def __init__(self, gate: threading.Event | None = None) -> None:
         self.gate = gate
+        self.running = threading.Event()
         self.batches: list[tuple[int, int]] = []
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.running.set()
         if self.gate is not None:
             self.gate.wait(10)
-        time.sleep(self.delay)
         return {"y": inputs["x"] * 2}
 
     def observe(self, size: int, padded: int) -> None:
@@ -79,9 +81,10 @@ def test_queue_limits_and_task_checks() -> None:
             scheduler.submit({"x": np.zeros(())}, 1)
         with ThreadPoolExecutor(4) as pool:
             blocking = pool.submit(scheduler.submit, {"x": np.zeros((2, 1))}, 10)
-            time.sleep(0.2)  # the batch thread is now busy with it, behind the closed gate
+            # The batch thread is then busy with it, behind the closed gate.
+            assert recorder.running.wait(10), "the batch thread never took the first task"
             queued = pool.submit(scheduler.submit, {"x": np.zeros((2, 1))}, 10)
-            time.sleep(0.2)
+            wait_for(lambda: scheduler.queued == 2, timeout=10, what="the second task queued")
             with pytest.raises(Unavailable, match="queue to which this task was submitted is full"):
                 scheduler.submit({"x": np.zeros((1, 1))}, 1)
             gate.set()
@@ -93,11 +96,12 @@ def test_queue_limits_and_task_checks() -> None:
 
 def test_deadline_while_queued() -> None:
     gate = threading.Event()
-    scheduler = _scheduler(_Recorder(gate=gate), max_batch_size=1, num_batch_threads=1)
+    recorder = _Recorder(gate=gate)
+    scheduler = _scheduler(recorder, max_batch_size=1, num_batch_threads=1)
     try:
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(scheduler.submit, {"x": np.zeros((1, 1))}, 10)
-            time.sleep(0.1)
+            assert recorder.running.wait(10), "the batch thread never took the first task"
             with pytest.raises(DeadlineExceeded):
                 scheduler.submit({"x": np.zeros((1, 1))}, 0.2)
             gate.set()

@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.sync.helpers import FakeModelServer
+from tests.sync.helpers import FakeRestStatusServer
 
 
 def s3_client(endpoint: str, key: str = "testing", secret: str = "testing") -> Any:  # noqa: S107
@@ -35,13 +35,15 @@ def bucket(s3: Any) -> str:
 
 
 @pytest.fixture
-def model_server() -> Iterator[FakeModelServer]:
-    with FakeModelServer() as server:
+def model_server() -> Iterator[FakeRestStatusServer]:
+    with FakeRestStatusServer() as server:
         yield server
 
 
 @pytest.fixture
-def env(tmp_path: Path, moto_endpoint: str, bucket: str, model_server: FakeModelServer) -> dict:
+def env(
+    tmp_path: Path, moto_endpoint: str, bucket: str, model_server: FakeRestStatusServer
+) -> dict:
     """Environment for a sync against this test's bucket, as Heroku would set it."""
     return {
         "BUCKETEER_BUCKET_NAME": bucket,

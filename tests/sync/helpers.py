@@ -63,7 +63,7 @@ def version_dirs(env: Mapping[str, str], model: str) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
 
-class FakeModelServer:
+class FakeRestStatusServer:
     """A fake of TF Serving's REST model status API (`GET /v1/models/<name>`) on loopback.
 
     Tests set `states[model] = {version: "AVAILABLE", ...}`; unknown models answer 404 as TF
@@ -116,7 +116,7 @@ class FakeModelServer:
 
         return Handler
 
-    def __enter__(self) -> FakeModelServer:
+    def __enter__(self) -> FakeRestStatusServer:
         self._thread.start()
         return self
 

@@ -25,7 +25,7 @@ from tests.support import (
     port_open,
     python_env,
 )
-from tests.sync.helpers import FakeModelServer, make_version, publish, served, version_dirs
+from tests.sync.helpers import FakeRestStatusServer, make_version, publish, served, version_dirs
 
 
 def run(
@@ -193,7 +193,7 @@ def bucket_manifest(env: Mapping[str, str], model: str) -> dict | None:
 
 
 def test_publish_carries_the_manifest_and_labels_move_in_the_bucket(
-    env: dict, model_server: FakeModelServer
+    env: dict, model_server: FakeRestStatusServer
 ) -> None:
     exports = Path(env["DYNOSERVE_EXPORT_DIR"])
     make_version(exports, "cats", 1)

@@ -18,7 +18,7 @@ from sync.marker import MARKER_NAME
 from sync.settings import Settings
 from sync.syncer import Syncer
 from tests.support import free_port, wait_for
-from tests.sync.helpers import FakeModelServer, publish, put_manifest, served, version_dirs
+from tests.sync.helpers import FakeRestStatusServer, publish, put_manifest, served, version_dirs
 
 
 def make_syncer(env: Mapping[str, str]) -> Syncer:
@@ -57,7 +57,7 @@ def test_fresh_sync_installs_versions_and_writes_config(env: dict) -> None:
 
 
 def test_second_pass_fetches_nothing_and_new_version_reuses_files(
-    env: dict, model_server: FakeModelServer
+    env: dict, model_server: FakeRestStatusServer
 ) -> None:
     publish(env, "cats", 1, size=200_000)
     syncer = make_syncer(env)
@@ -88,7 +88,7 @@ def test_damaged_local_file_is_repaired(env: dict) -> None:
 
 
 def test_new_version_is_served_and_old_one_deleted_once_unloaded(
-    env: dict, model_server: FakeModelServer
+    env: dict, model_server: FakeRestStatusServer
 ) -> None:
     publish(env, "cats", 1)
     syncer = make_syncer(env)
@@ -136,7 +136,7 @@ def test_checksum_mismatch_skips_version_and_keeps_previous(
 
 
 def test_empty_listing_does_not_wipe_the_repository(
-    env: dict, s3: Any, model_server: FakeModelServer
+    env: dict, s3: Any, model_server: FakeRestStatusServer
 ) -> None:
     publish(env, "cats", 1)
     syncer = make_syncer(env)
@@ -168,7 +168,7 @@ def test_failing_listing_keeps_everything(env: dict, s3: Any) -> None:
 
 
 def test_policy_and_labels_follow_the_manifest(
-    env: dict, s3: Any, model_server: FakeModelServer
+    env: dict, s3: Any, model_server: FakeRestStatusServer
 ) -> None:
     publish(env, "cats", 1)
     publish(env, "cats", 2)
@@ -191,7 +191,7 @@ def test_policy_and_labels_follow_the_manifest(
 
 
 def test_label_moves_only_once_the_new_version_is_loaded(
-    env: dict, s3: Any, model_server: FakeModelServer
+    env: dict, s3: Any, model_server: FakeRestStatusServer
 ) -> None:
     publish(env, "cats", 1)
     put_manifest(s3, env, "cats", {"model_version_policy": {"latest": {"num_versions": 2}},
@@ -224,7 +224,7 @@ def test_bad_manifest_keeps_the_model_as_it_was(env: dict, s3: Any) -> None:
 
 
 def test_watch_applies_a_pending_label_seconds_after_the_version_loads(
-    env: dict, s3: Any, model_server: FakeModelServer
+    env: dict, s3: Any, model_server: FakeRestStatusServer
 ) -> None:
     publish(env, "cats", 1)
     put_manifest(s3, env, "cats", {"version_labels": {"stable": 1}})
@@ -244,7 +244,7 @@ def test_watch_applies_a_pending_label_seconds_after_the_version_loads(
 
 
 def test_restart_without_bucket_or_model_server_drops_labels_from_the_old_config(
-    env: dict, s3: Any, model_server: FakeModelServer, caplog: pytest.LogCaptureFixture
+    env: dict, s3: Any, model_server: FakeRestStatusServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     publish(env, "cats", 1)
     put_manifest(s3, env, "cats", {"version_labels": {"stable": 1}})
@@ -265,7 +265,7 @@ def test_restart_without_bucket_or_model_server_drops_labels_from_the_old_config
 
 
 def test_version_removed_from_bucket_falls_back_and_is_deleted_after_unload(
-    env: dict, s3: Any, model_server: FakeModelServer
+    env: dict, s3: Any, model_server: FakeRestStatusServer
 ) -> None:
     publish(env, "cats", 1)
     publish(env, "cats", 2)
@@ -302,7 +302,7 @@ def scrape(env: Mapping[str, str]) -> str:
 
 
 def test_model_gone_from_the_source_is_kept_and_reported_every_pass(
-    env: dict, s3: Any, model_server: FakeModelServer, caplog: pytest.LogCaptureFixture
+    env: dict, s3: Any, model_server: FakeRestStatusServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     publish(env, "cats", 1)
     publish(env, "dogs", 1)
@@ -341,7 +341,7 @@ def test_sync_counters_are_prometheus_counters(env: dict) -> None:
 
 
 def test_prune_setting_drops_a_model_gone_from_the_source_once_unloaded(
-    env: dict, s3: Any, model_server: FakeModelServer, caplog: pytest.LogCaptureFixture
+    env: dict, s3: Any, model_server: FakeRestStatusServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="sync")
     env = {**env, "DYNOSERVE_SYNC_PRUNE": "true"}
