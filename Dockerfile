@@ -35,6 +35,8 @@ COPY gateway gateway
 COPY serving serving
 COPY sync sync
 COPY dyno dyno
+COPY modelrepo modelrepo
+COPY envsettings envsettings
 COPY supervisord.conf supervisord.conf
 # Generate the gateway's protobuf classes, then drop the generator: it is a build-time tool.
 # /app stays root's and read-only to the dyno's user; only /models and the run dir are written.

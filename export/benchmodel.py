@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = ExportSettings.from_environ()
+    settings = ExportSettings.from_env()
     parser = argparse.ArgumentParser(prog="python -m export.benchmodel", description=__doc__)
     parser.add_argument("--export-dir", type=Path, default=settings.export_dir)
     parser.add_argument("--version", type=int, default=1)
@@ -49,14 +49,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def write_benchmark_model(target: Path, version: int, *, force: bool = False) -> ServableSummary:
     """Build the seeded random MobileNet and write it as `target`; returns the summary."""
-    from export.progress import ProgressPrinter
-    from export.servable import Preprocessing, ServableSpec, write_servable
+    from export.cli import ProgressPrinter
+    from export.servable import Preprocessing, write_servable
 
     progress = ProgressPrinter()
     started = time.monotonic()
     model = build_classifier()
     progress(f"built MobileNet v1 in {time.monotonic() - started:.1f}s")
-    spec = ServableSpec(
+    return write_servable(
         model,
         labels(),
         Preprocessing(input_size=INPUT_SIZE, normalization="minus_one_to_one"),
@@ -65,8 +65,8 @@ def write_benchmark_model(target: Path, version: int, *, force: bool = False) ->
         version=version,
         source={"kind": "random", "path": SOURCE},
         overwrite=force,
+        progress=progress,
     )
-    return write_servable(spec, progress=progress)
 
 
 def build_classifier() -> Any:

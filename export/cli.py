@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from export.checkpoint_types import Kind, LoadOptions
+from export.checkpoints import Kind, LoadOptions
 from export.errors import ExportError, UsageError
 from export.preprocessing import NORMALIZATIONS
-from export.progress import ProgressPrinter
 from export.repository import parse_version
 from export.settings import ExportSettings
 from export.tfimport import import_tensorflow
@@ -156,8 +156,18 @@ def request_fields(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+class ProgressPrinter:
+    """Progress lines on stderr with the time since start, so stdout keeps just the summary."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = ExportSettings.from_environ()
+    settings = ExportSettings.from_env()
     args = build_parser(settings).parse_args(argv)
     progress = ProgressPrinter()
     try:

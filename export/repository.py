@@ -5,17 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from export.errors import InvalidLabels, InvalidVersion
+from modelrepo import read_version
 
 
 def existing_versions(model_dir: Path) -> list[int]:
-    """Integer-named version directories of one model, ascending (staging folders ignored)."""
+    """Versions of one model as TF Serving reads its directory names ("01" is 1), ascending;
+    staging folders are ignored."""
     if not model_dir.is_dir():
         return []
-    return sorted(
-        int(child.name)
-        for child in model_dir.iterdir()
-        if child.is_dir() and child.name.isdigit() and int(child.name) > 0
-    )
+    found = (read_version(child.name) for child in model_dir.iterdir() if child.is_dir())
+    return sorted(version for version in found if version is not None)
 
 
 def next_version(model_dir: Path) -> int:
@@ -26,10 +25,10 @@ def next_version(model_dir: Path) -> int:
 
 def parse_version(text: str) -> int:
     """A version from the command line: a positive integer written in decimal digits."""
-    value = text.strip()
-    if not value.isdigit() or int(value) < 1:
+    value = read_version(text)
+    if value is None:
         raise InvalidVersion(f"version must be a positive integer; got {text!r}")
-    return int(value)
+    return value
 
 
 def read_labels_file(path: Path) -> list[str]:

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 
 import grpc
 
+from envsettings import SettingsError
+
 
 class GatewayError(Exception):
     """Base of every error the gateway answers with; subclasses set status and code."""
@@ -29,8 +31,8 @@ class GatewayError(Exception):
         return {"error": {"code": self.code, "message": self.message}}
 
 
-class ConfigError(GatewayError):
-    """A setting is missing or malformed; raised at start, never while serving."""
+class ConfigError(GatewayError, SettingsError):
+    """Settings that cannot work together; raised at start, never while serving."""
 
     code = "config_error"
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.settings import Settings
+from modelrepo import MODEL_NAME_PATTERN
 
 _JSON = "application/json"
 
@@ -48,7 +49,7 @@ _MODEL_PARAM = {
     "name": "model",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-]{0,127}$"},
+    "schema": {"type": "string", "pattern": f"^{MODEL_NAME_PATTERN.pattern}$"},
 }
 _SELECTOR_PARAMS = [
     {

@@ -25,10 +25,10 @@ from gateway.results import (
 )
 from gateway.settings import Settings
 from gateway.syncstatus import not_ready_reason, sync_summary
+from modelrepo import MODEL_NAME_RULE, is_model_name
 
 bp = Blueprint("gateway", __name__)
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 MAX_TOP_K = 100
 SELECTOR_FIELDS = ("version", "label", "top_k")
@@ -126,8 +126,8 @@ def run_prediction(
 
 
 def check_model_name(model: str) -> str:
-    if not MODEL_NAME.match(model):
-        raise InvalidParameter("model names are 1-128 letters, digits, '_', '-' or '.'")
+    if not is_model_name(model):
+        raise InvalidParameter(f"model names are {MODEL_NAME_RULE}")
     return model
 
 

@@ -15,7 +15,6 @@ import logging
 import signal
 import socket
 import struct
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -25,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from waitress import create_server, wasyncore
 from waitress.server import BaseWSGIServer
 
+from envsettings import exit_on_error
 from gateway import logs
-from gateway.errors import ConfigError
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -217,11 +216,8 @@ def install_signal_handlers(stop: threading.Event, server: BaseWSGIServer | None
 
 
 def main() -> int:
-    try:
+    with exit_on_error("gateway"):
         settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"gateway: {exc.message}", file=sys.stderr)
-        return 2
     logs.configure(settings.log_level)
     sock = bind_listener(settings)
     from gateway.app import create_app  # after the bind: Flask, gRPC stubs, Pillow

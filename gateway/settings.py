@@ -2,83 +2,90 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
+from envsettings import EnvSettings, env
 from gateway.errors import ConfigError
 from gateway.netguard import parse_allow_entry
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+from modelrepo import DEFAULT_BASE_PATH, config_file, status_file
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(EnvSettings):
     """Everything the gateway process can be told; defaults work for `make run`."""
 
-    port: int = 8080
+    port: int = env("PORT", 8080)
     """TCP port the HTTP server listens on (Heroku's $PORT)."""
-    bind_host: str = "0.0.0.0"
+    bind_host: str = env("DYNOSERVE_BIND_HOST", "0.0.0.0")
     """Address to bind; tests and benchmarks use 127.0.0.1."""
-    model_server: str = "127.0.0.1:8500"
+    model_server: str = env("DYNOSERVE_MODEL_SERVER", "127.0.0.1:8500")
     """gRPC target of the model server (TF Serving or the local stand-in)."""
-    models: tuple[str, ...] = ()
+    models: tuple[str, ...] = env("DYNOSERVE_MODELS", ())
     """Models that must be AVAILABLE for /readyz; empty means every model in model_config_file."""
-    model_config_file: Path = Path("var/models/models.config")
+    model_base_path: Path = env("DYNOSERVE_MODEL_BASE_PATH", DEFAULT_BASE_PATH)
+    """The model server's base path; sync writes models.config and its status file there."""
+    model_config_file: Path = env(
+        "DYNOSERVE_MODEL_CONFIG_FILE",
+        config_file(DEFAULT_BASE_PATH),
+        derive=lambda read: config_file(read["model_base_path"]),
+    )
     """The model server's models.config, read for model names and version labels."""
-    grpc_deadline_s: float = 10.0
+    grpc_deadline_s: float = env("DYNOSERVE_GRPC_DEADLINE_S", 10.0)
     """Deadline of every gRPC call, well below Heroku's 30 s router timeout."""
-    grpc_max_attempts: int = 3
+    grpc_max_attempts: int = env("DYNOSERVE_GRPC_MAX_ATTEMPTS", 3)
     """Attempts per gRPC call when the server is UNAVAILABLE (retries use a token budget)."""
-    signature_name: str = "serving_default"
+    signature_name: str = env("DYNOSERVE_SIGNATURE_NAME", "serving_default")
     """Signature the gateway calls; string inputs get encoded bytes, float inputs get pixels."""
-    default_top_k: int = 5
+    default_top_k: int = env("DYNOSERVE_DEFAULT_TOP_K", 5)
     """How many classes an answer lists when the request does not say."""
-    max_batch: int = 16
+    max_batch: int = env("DYNOSERVE_MAX_BATCH", 16)
     """Most images one request may carry."""
-    max_image_bytes: int = 8 * 1024 * 1024
+    max_image_bytes: int = env("DYNOSERVE_MAX_IMAGE_BYTES", 8 * 1024 * 1024)
     """Largest image accepted, counted while streaming (Content-Length is not trusted)."""
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = env("DYNOSERVE_MAX_IMAGE_PIXELS", 40_000_000)
     """Largest width x height accepted, checked from the header before decoding."""
-    max_request_bytes: int = 12 * 1024 * 1024
+    max_request_bytes: int = env("DYNOSERVE_MAX_REQUEST_BYTES", 12 * 1024 * 1024)
     """Largest request body (JSON with base64 images or multipart upload)."""
-    fetch_connect_timeout_s: float = 3.0
+    fetch_connect_timeout_s: float = env("DYNOSERVE_FETCH_CONNECT_TIMEOUT_S", 3.0)
     """Timeout for connecting to an image host."""
-    fetch_read_timeout_s: float = 5.0
+    fetch_read_timeout_s: float = env("DYNOSERVE_FETCH_READ_TIMEOUT_S", 5.0)
     """Timeout for each read from an image host."""
-    fetch_total_timeout_s: float = 8.0
+    fetch_total_timeout_s: float = env("DYNOSERVE_FETCH_TOTAL_TIMEOUT_S", 8.0)
     """Time budget for one image fetch, redirects included."""
-    fetch_max_redirects: int = 3
+    fetch_max_redirects: int = env("DYNOSERVE_FETCH_MAX_REDIRECTS", 3)
     """Redirects followed per fetch; each hop is checked again."""
-    fetch_allow_hosts: tuple[str, ...] = ()
+    fetch_allow_hosts: tuple[str, ...] = env("DYNOSERVE_FETCH_ALLOW_HOSTS", ())
     """If set, only these hosts (".example.com" matches subdomains) or origins
     ("https://images.example.com:8443": scheme, host and port must all match) may be fetched."""
-    fetch_allow_private: bool = False
+    fetch_allow_private: bool = env("DYNOSERVE_FETCH_ALLOW_PRIVATE", False)
     """Allow loopback and private addresses (tests, benchmarks, private networks only)."""
-    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_keys: tuple[str, ...] = env("DYNOSERVE_API_KEYS", (), secret=True)
     """If set, API requests need one of these keys (Bearer token or X-API-Key)."""
-    max_in_flight: int = 32
+    max_in_flight: int = env("DYNOSERVE_MAX_IN_FLIGHT", 32)
     """Images in prediction at once (a batch of n counts n); more wait in the admission queue."""
-    max_queue: int = 256
+    max_queue: int = env("DYNOSERVE_MAX_QUEUE", 256)
     """Images that may wait in the admission queue; past it requests are refused with 503."""
-    admission_budget_s: float = 12.0
+    admission_budget_s: float = env("DYNOSERVE_ADMISSION_BUDGET_S", 12.0)
     """Refuse a request (503) only when its estimated time to answer is over this (< 30 s)."""
-    threads: int = 0
+    threads: int = env("DYNOSERVE_THREADS", 0)
     """Waitress worker threads; 0 means max_in_flight + max_queue + 8 (every waiter a thread)."""
-    backlog: int = 2048
+    backlog: int = env("DYNOSERVE_BACKLOG", 2048)
     """Listen backlog; a small one stalls connection bursts."""
-    client_timeout_s: int = 10
+    client_timeout_s: int = env("DYNOSERVE_CLIENT_TIMEOUT_S", 10)
     """Seconds a client connection may stay silent (an incomplete request body included) before
     it is closed; waitress buffers bodies itself, so such a client never holds a worker."""
-    retry_after_s: int = 1
+    retry_after_s: int = env("DYNOSERVE_RETRY_AFTER_S", 1)
     """Retry-After seconds sent with 503 answers."""
-    shutdown_timeout_s: float = 12.0
+    shutdown_timeout_s: float = env("DYNOSERVE_SHUTDOWN_TIMEOUT_S", 12.0)
     """On SIGTERM, how long in-flight requests may finish (supervisord stopwaitsecs is 15 s)."""
-    log_level: str = "INFO"
+    log_level: str = env("DYNOSERVE_LOG_LEVEL", "INFO")
     """Python log level of the JSON logs on stdout."""
-    sync_status_file: Path = Path("var/models/sync-status.json")
+    sync_status_file: Path = env(
+        "DYNOSERVE_SYNC_STATUS_FILE",
+        status_file(DEFAULT_BASE_PATH),
+        derive=lambda read: status_file(read["model_base_path"]),
+    )
     """Status file written by sync; exported in /metrics when present."""
 
     @property
@@ -87,21 +94,6 @@ class Settings:
         or waiting plus headroom, so a request past the queue is refused at once instead of
         waiting in waitress's own queue for a thread, and probes always find one."""
         return self.threads or self.max_in_flight + self.max_queue + 8
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from DYNOSERVE_* variables (and PORT); raise ConfigError on bad values."""
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            name = "PORT" if f.name == "port" else _env_name(f.name)
-            raw = env.get(name)
-            if raw is not None:
-                values[f.name] = _parse(name, raw, f.default)
-        values.update(_base_path_defaults(env, values))
-        settings = cls(**values)  # type: ignore[arg-type]
-        settings.validate()
-        return settings
 
     def validate(self) -> None:
         """Reject combinations that cannot work, naming the variable."""
@@ -134,44 +126,3 @@ class Settings:
                 parse_allow_entry(entry)
             except ValueError as exc:
                 raise ConfigError(f"DYNOSERVE_FETCH_ALLOW_HOSTS: {exc}") from exc
-
-
-def _base_path_defaults(env: Mapping[str, str], values: dict[str, object]) -> dict[str, Path]:
-    """Files sync writes beside the models: under DYNOSERVE_MODEL_BASE_PATH, as sync puts them."""
-    base = env.get("DYNOSERVE_MODEL_BASE_PATH")
-    if not base:
-        return {}
-    defaults = {"model_config_file": "models.config", "sync_status_file": "sync-status.json"}
-    return {name: Path(base) / file for name, file in defaults.items() if name not in values}
-
-
-def _env_name(field_name: str) -> str:
-    return "DYNOSERVE_" + field_name.upper()
-
-
-def _parse(name: str, raw: str, default: object) -> object:
-    """Convert one variable to the type of its field's default."""
-    text = raw.strip()
-    try:
-        if isinstance(default, bool):
-            return _parse_bool(text)
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-        if isinstance(default, Path):
-            return Path(text)
-        if isinstance(default, tuple):
-            return tuple(item.strip() for item in text.split(",") if item.strip())
-        return text
-    except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r}: {exc}") from exc
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")

@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from envsettings import exit_on_error
 from serving import flags
 from serving.settings import Settings
 
@@ -163,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s] %(message)s"
     )
-    settings = Settings.from_env()
+    with exit_on_error("python -m serving"):
+        settings = Settings.from_env()
     args = list(sys.argv[1:] if argv is None else argv)
     args = flags.with_defaults(args, project_defaults(settings))
     options = flags.parse_or_exit(args, "python -m serving")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from envsettings import exit_on_error
 from serving import flags
 from serving.errors import ServingError
 from serving.settings import Settings
@@ -52,8 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report_flags(options)
     from serving.server import ModelServer
 
+    with exit_on_error(PROGRAM):
+        settings = Settings.from_env()
     try:
-        server = ModelServer(options, Settings.from_env())
+        server = ModelServer(options, settings)
     except ServingError as exc:
         print(f"Failed to start server. Error: {exc}", flush=True)
         return 255

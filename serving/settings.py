@@ -2,53 +2,37 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from envsettings import EnvSettings, Parser, env, integer, number
 
 DEFAULT_FLAGS_FILE = Path(__file__).resolve().parent / "model_server.flags"
 
 
+def _threads(text: str) -> int | None:
+    """`auto` means None (from the CPU quota); else a count, 0 leaving it to TensorFlow."""
+    return None if text.lower() == "auto" else integer(0).convert(text)
+
+
+_THREADS = Parser("auto or an integer >= 0", _threads)
+
+
 @dataclass(frozen=True)
-class Settings:
+class Settings(EnvSettings):
     """What the environment says; TF Serving's own flags carry everything else."""
 
-    model_server_bin: str = ""
+    model_server_bin: str = env("DYNOSERVE_MODEL_SERVER_BIN", "")
     """Path of stock tensorflow_model_server; empty means look it up on PATH."""
-    use_local_server: bool = False
+    use_local_server: bool = env("DYNOSERVE_MODEL_SERVER_LOCAL", False)
     """Force the local server even when a stock binary is found."""
-    config_wait_seconds: float = 120.0
+    config_wait_seconds: float = env("DYNOSERVE_MODEL_CONFIG_WAIT_SECONDS", 120.0, number(0))
     """How long the launcher waits for --model_config_file to appear (sync writes it at boot)."""
-    bind_host: str = "127.0.0.1"
+    bind_host: str = env("DYNOSERVE_MODEL_SERVER_HOST", "127.0.0.1")
     """Interface the local server binds its gRPC and REST ports to."""
-    flags_file: str = str(DEFAULT_FLAGS_FILE)
+    flags_file: str = env("DYNOSERVE_MODEL_SERVER_FLAGS", str(DEFAULT_FLAGS_FILE), keep_blank=True)
     """Project default flags the launcher adds (empty: none)."""
-    local_server_python: str = ""
+    local_server_python: str = env("DYNOSERVE_MODEL_SERVER_PYTHON", "")
     """Interpreter for the local server; empty: this one if it has TensorFlow, else .venv's."""
-    model_server_threads: int | None = None
+    model_server_threads: int | None = env("DYNOSERVE_MODEL_SERVER_THREADS", None, _THREADS)
     """TensorFlow intra- and inter-op threads; None: the CPUs the cgroup quota allows; 0: TF's."""
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-        return cls(
-            model_server_bin=env.get("DYNOSERVE_MODEL_SERVER_BIN", ""),
-            use_local_server=env.get("DYNOSERVE_MODEL_SERVER_LOCAL", "") in ("1", "true", "yes"),
-            config_wait_seconds=float(env.get("DYNOSERVE_MODEL_CONFIG_WAIT_SECONDS", "120")),
-            bind_host=env.get("DYNOSERVE_MODEL_SERVER_HOST", "127.0.0.1"),
-            flags_file=env.get("DYNOSERVE_MODEL_SERVER_FLAGS", str(DEFAULT_FLAGS_FILE)),
-            local_server_python=env.get("DYNOSERVE_MODEL_SERVER_PYTHON", ""),
-            model_server_threads=_threads(env.get("DYNOSERVE_MODEL_SERVER_THREADS", "")),
-        )
-
-
-def _threads(raw: str) -> int | None:
-    """DYNOSERVE_MODEL_SERVER_THREADS: empty or `auto` means None (from the CPU quota)."""
-    text = raw.strip().lower()
-    if text in ("", "auto"):
-        return None
-    count = int(text)
-    if count < 0:
-        raise ValueError(f"DYNOSERVE_MODEL_SERVER_THREADS={raw!r} must be 0 or more")
-    return count

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from envsettings import SettingsError
 from sync.errors import AlreadyRunning, SyncError
 from sync.local import LocalSource
 from sync.s3 import S3Source
@@ -74,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env(os.environ)
         source = build_source(settings)
-    except SyncError as exc:
+    except (SyncError, SettingsError) as exc:
         log.error("configuration error: %s", exc)
         return exc.exit_code
     log.info("syncing %s -> %s", settings.describe_source(), settings.model_base_path)

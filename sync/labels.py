@@ -14,13 +14,14 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
+from envsettings import SettingsError
+from modelrepo import is_model_name
 from sync.cli import configure_logging
 from sync.errors import EX_USAGE, LabelsError, ManifestError, SyncError
 from sync.manifest import DEFAULT_MANIFEST, ModelManifest, VersionPolicy, parse_label_assignments
 from sync.manifest import parse_policy as parse_policy_text
 from sync.manifests import BucketManifests, FolderManifests, ManifestStore
 from sync.settings import Settings
-from sync.source import MODEL_NAME
 
 log = logging.getLogger("sync.labels")
 
@@ -115,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_USAGE if exc.code else 0
     configure_logging()
     try:
-        if not MODEL_NAME.match(args.name):
+        if not is_model_name(args.name):
             raise ManifestError(f"model name {args.name!r}: use letters, digits, '_', '.', '-'")
         changes = parse_label_assignments(args.labels)
         policy = parse_policy_text(args.policy) if args.policy else None
@@ -131,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _show(store, args.name)
         finally:
             store.close()
-    except SyncError as exc:
+    except (SyncError, SettingsError) as exc:
         log.error("labels not changed: %s", exc)
         return exc.exit_code
     return 0

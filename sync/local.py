@@ -11,11 +11,12 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from modelrepo import is_model_name, parse_version
 from sync.errors import ManifestError, SourceError
 from sync.manifest import DEFAULT_MANIFEST, MANIFEST_NAME, ModelManifest, parse_manifest
 from sync.marker import MARKER_NAME, FileEntry, Marker, build_marker
 from sync.progress import Progress
-from sync.source import MODEL_NAME, Listing, parse_version
+from sync.source import Listing
 
 _Fingerprint = tuple[tuple[str, int, int], ...]
 
@@ -39,7 +40,7 @@ class LocalSource:
             return listing
         try:
             for model_dir in sorted(self.root.iterdir()):
-                if model_dir.is_dir() and MODEL_NAME.match(model_dir.name):
+                if model_dir.is_dir() and is_model_name(model_dir.name):
                     self._scan_model(model_dir, listing)
         except OSError as exc:
             raise SourceError(f"reading {self.root}: {exc}") from exc

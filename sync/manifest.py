@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelrepo import MANIFEST_NAME
 from sync.errors import ManifestError
 
-MANIFEST_NAME = "dynoserve-model.json"
 LABEL_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from modelrepo import parse_version
 from sync.errors import ManifestError
 from sync.files import atomic_write_text
 from sync.manifest import MANIFEST_NAME, ModelManifest, parse_manifest
 from sync.marker import MARKER_NAME
 from sync.s3 import make_client, s3_errors
 from sync.settings import S3Settings
-from sync.source import parse_version
 
 
 class ManifestStore(Protocol):

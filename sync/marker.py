@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from modelrepo import MARKER_NAME
 from sync.errors import VersionError
 from sync.files import sha256_file
 
-MARKER_NAME = "dynoserve-complete.json"
 MARKER_FORMAT = 1
 
 

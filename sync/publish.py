@@ -22,6 +22,8 @@ from typing import Any
 from boto3.s3.transfer import create_transfer_manager
 from botocore.exceptions import ClientError
 
+from envsettings import SettingsError
+from modelrepo import is_model_name, parse_version
 from sync.cli import configure_logging
 from sync.errors import EX_USAGE, ConfigError, PublishError, SyncError
 from sync.manifest import MANIFEST_NAME, ModelManifest
@@ -30,7 +32,6 @@ from sync.marker import MARKER_NAME, Marker, build_marker, check_layout
 from sync.progress import Progress
 from sync.s3 import ProgressSubscriber, make_client, s3_errors, transfer_config
 from sync.settings import S3Settings, Settings
-from sync.source import MODEL_NAME, parse_version
 
 log = logging.getLogger("sync.publish")
 
@@ -61,7 +62,7 @@ def pick_versions(
 
 def pick_version(export_dir: Path, name: str, version: int | None) -> PublishRequest:
     """The requested version, or the newest exported one (the one `make export` wrote last)."""
-    if not MODEL_NAME.match(name):
+    if not is_model_name(name):
         raise ConfigError(f"model name {name!r}: use letters, digits, '_', '.', '-'")
     model_dir = export_dir / name
     if version is None:
@@ -264,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         export_dir = args.export_dir or settings.export_dir
         publish_all(settings.s3, export_dir, args, bar=sys.stderr.isatty())
-    except SyncError as exc:
+    except (SyncError, SettingsError) as exc:
         log.error("publish failed: %s", exc)
         return exc.exit_code
     return 0

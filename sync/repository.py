@@ -16,10 +16,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from modelrepo import is_model_name, parse_version
 from sync.errors import AlreadyRunning
 from sync.files import atomic_write_text
 from sync.marker import MARKER_NAME, Marker, read_local_marker
-from sync.source import MODEL_NAME, parse_version
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Repository:
         if not self.base.is_dir():
             return found
         for model_dir in sorted(self.base.iterdir()):
-            if not model_dir.is_dir() or not MODEL_NAME.match(model_dir.name):
+            if not model_dir.is_dir() or not is_model_name(model_dir.name):
                 continue
             for version_dir in model_dir.iterdir():
                 version = parse_version(version_dir.name)

@@ -23,6 +23,7 @@ from botocore.exceptions import (
 from s3transfer.exceptions import RetriesExceededError, S3UploadFailedError
 from s3transfer.subscribers import BaseSubscriber
 
+from modelrepo import is_model_name, parse_version
 from sync.errors import (
     BucketNotFound,
     CredentialsError,
@@ -35,7 +36,7 @@ from sync.manifest import DEFAULT_MANIFEST, MANIFEST_NAME, ModelManifest, parse_
 from sync.marker import MARKER_NAME, FileEntry, Marker, parse_marker
 from sync.progress import Progress
 from sync.settings import S3Settings
-from sync.source import MODEL_NAME, Listing, parse_version
+from sync.source import Listing
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ class S3Source:
         grouped: dict[str, dict[int, dict[str, _Object]]] = {}
         for obj in objects:
             parts = obj.key[len(self._root) :].split("/", 2)
-            if len(parts) < 2 or not MODEL_NAME.match(parts[0]):
+            if len(parts) < 2 or not is_model_name(parts[0]):
                 continue
             model = parts[0]
             if len(parts) == 2:

@@ -6,7 +6,6 @@ folder, sync/local.py, used by `make run` when no bucket is configured).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,13 +14,6 @@ from typing import Protocol
 from sync.manifest import ModelManifest
 from sync.marker import FileEntry, Marker
 from sync.progress import Progress
-
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-def parse_version(name: str) -> int | None:
-    """A version folder's number, or None: TF Serving only serves positive integer folders."""
-    return int(name) if name.isdigit() and int(name) > 0 and not name.startswith("0") else None
 
 
 @dataclass

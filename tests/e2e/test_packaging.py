@@ -78,7 +78,7 @@ def test_make_run_sets_every_variable_supervisord_conf_needs() -> None:
 def test_every_variable_the_image_sets_is_read() -> None:
     readers = SUPERVISORD_CONF + "".join(
         p.read_text()
-        for pkg in ("gateway", "serving", "sync", "dyno")
+        for pkg in ("gateway", "serving", "sync", "dyno", "modelrepo", "envsettings")
         for p in (REPO_ROOT / pkg).rglob("*.py")
     )
     for name in dockerfile_env():
@@ -93,7 +93,9 @@ def test_every_path_the_image_copies_exists_and_is_used() -> None:
         assert (REPO_ROOT / source).exists(), f"COPY {source}: no such path"
     pip_requirements = set(re.findall(r"pip install[^\n]*-r (\S+)", DOCKERFILE))
     cmd_module = dockerfile_cmd()[dockerfile_cmd().index("-m") + 1]
-    used = pip_requirements | set(supervised_modules()) | {cmd_module, "supervisord.conf"}
+    started = set(supervised_modules()) | {cmd_module}
+    libraries = set().union(*(project_imports(REPO_ROOT / name) for name in started))
+    used = pip_requirements | started | libraries | {"supervisord.conf"}
     assert set(copies) == used, (
         f"copied but unused: {set(copies) - used}, used but not copied: {used - set(copies)}"
     )

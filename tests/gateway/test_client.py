@@ -29,8 +29,7 @@ from gateway.errors import (
     ServiceUnavailable,
     error_for_grpc,
 )
-from gateway.topk import top_k
-from gateway.versions import VersionResolver
+from gateway.predictor import VersionResolver, top_k
 from tests.support import free_port
 
 

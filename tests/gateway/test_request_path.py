@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 
+from envsettings import EX_CONFIG
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.gateway.conftest import (
@@ -404,5 +405,5 @@ def test_bad_settings_exit_with_a_message(model_stack: Stack, tmp_path: Any) -> 
         timeout=30,
         check=False,
     )
-    assert result.returncode == 2
+    assert result.returncode == EX_CONFIG
     assert "DYNOSERVE_GRPC_DEADLINE_S" in result.stderr
