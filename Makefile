@@ -59,7 +59,7 @@ heroku-check: setup ## Without Docker: Dockerfile, supervisord.conf, app.json, h
 
 demo-model: $(EXPORT_DIR)/shapes/2/saved_model.pb ## Train the demo classifier on generated images and export two versions
 
-# Built once (about a minute); `make demo-model ARGS=--force` after changing export/demo.py.
+# Built once (about a minute); `make demo-model ARGS=--force` after changing export/demo_config.py.
 $(EXPORT_DIR)/shapes/2/saved_model.pb: | $(VENV)/.stamp
 	$(PY) -m export.demo --export-dir $(EXPORT_DIR) $(ARGS)
 
@@ -86,10 +86,11 @@ TF_TESTS := tests/serving tests/export tests/e2e tests/dyno
 test-kernels: setup apt-deps demo-model ## Re-run the TensorFlow-touching tests with one kernel family: make test-kernels ONEDNN=0 (or 1)
 	TF_ENABLE_ONEDNN_OPTS=$(or $(ONEDNN),0) $(PY) -m pytest $(TF_TESTS) $(PYTEST_ARGS)
 
-lint: setup ## ruff, mypy, hadolint and the dependency audit
+lint: setup ## ruff, mypy, the import-cycle check, hadolint and the dependency audit
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(PY) -m devtools.importcycles
 	$(VENV)/bin/hadolint Dockerfile
 	@$(AUDIT)
 

@@ -101,7 +101,7 @@ def demo_images(count: int) -> tuple[list[bytes], list[int]]:
     """Shapes of the demo model's classes drawn at 480x480, stretched to 640x480 JPEGs."""
     from PIL import Image
 
-    from export.demo import COLOURS
+    from export.demo_config import COLOURS
     from export.shapes import class_names, draw
 
     classes = class_names(COLOURS, ("circle", "square", "triangle"))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from export.checkpoints import LoadOptions
+from export.checkpoint_types import LoadOptions
 from export.errors import CheckpointNotFound, UnreadableCheckpoint, UsageError, brief
 
 MOBILENET_V1 = "mobilenet_v1"

@@ -49,14 +49,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def write_benchmark_model(target: Path, version: int, *, force: bool = False) -> ServableSummary:
     """Build the seeded random MobileNet and write it as `target`; returns the summary."""
-    from export.cli import ProgressPrinter
-    from export.servable import Preprocessing, write_servable
+    from export.progress import ProgressPrinter
+    from export.servable import Preprocessing, ServableSpec, write_servable
 
     progress = ProgressPrinter()
     started = time.monotonic()
     model = build_classifier()
     progress(f"built MobileNet v1 in {time.monotonic() - started:.1f}s")
-    return write_servable(
+    spec = ServableSpec(
         model,
         labels(),
         Preprocessing(input_size=INPUT_SIZE, normalization="minus_one_to_one"),
@@ -65,8 +65,8 @@ def write_benchmark_model(target: Path, version: int, *, force: bool = False) ->
         version=version,
         source={"kind": "random", "path": SOURCE},
         overwrite=force,
-        progress=progress,
     )
+    return write_servable(spec, progress=progress)
 
 
 def build_classifier() -> Any:

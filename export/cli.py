@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from export.checkpoints import Kind, LoadOptions
+from export.checkpoint_types import Kind, LoadOptions
 from export.errors import ExportError, UsageError
 from export.preprocessing import NORMALIZATIONS
+from export.progress import ProgressPrinter
 from export.repository import parse_version
 from export.settings import ExportSettings
 from export.tfimport import import_tensorflow
@@ -154,16 +154,6 @@ def request_fields(args: argparse.Namespace) -> dict[str, Any]:
         "force": args.force,
         "tolerance": args.tolerance,
     }
-
-
-class ProgressPrinter:
-    """Progress lines on stderr with the time since start, so stdout keeps just the summary."""
-
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-
-    def __call__(self, message: str) -> None:
-        print(f"[{time.monotonic() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

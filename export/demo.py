@@ -16,55 +16,17 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from export.demo_config import NAME, PLANS
 from export.errors import ExportError
 from export.settings import ExportSettings
 from export.tfimport import import_tensorflow
 
-NAME = "shapes"
-INPUT_SIZE = (32, 32)
-NORMALIZATION = "minus_one_to_one"
-COLOURS = ("red", "green", "blue")
-REQUIRED_ACCURACY = 0.95
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "docs" / "samples"
 # The sync manifest (docs/sync.md), in TF Serving's ModelConfig field names.
 MANIFEST_NAME = "dynoserve-model.json"
 MANIFEST = {"model_version_policy": {"all": {}}, "version_labels": {"stable": 1, "canary": 2}}
-
-
-@dataclass(frozen=True)
-class Plan:
-    """One demo version: which classes, how many images, how long to train at most."""
-
-    version: int
-    shapes: tuple[str, ...]
-    per_class: int
-    max_epochs: int
-    seed: int
-
-
-PLANS = (
-    Plan(version=1, shapes=("circle", "square"), per_class=320, max_epochs=10, seed=1),
-    Plan(version=2, shapes=("circle", "square", "triangle"), per_class=240, max_epochs=6, seed=2),
-)
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """What the demo trains and checks; tests use a smaller one."""
-
-    plans: tuple[Plan, ...] = PLANS
-    """The versions to train, in order; each starts from the previous one's features."""
-    required_accuracy: float = REQUIRED_ACCURACY
-    """Held-out accuracy below which a version is not exported."""
-    check_samples: bool = True
-    """Classify the sample images with the exports and fail on a wrong answer."""
-    validation_per_class: int = 40
-    """Images per class for early stopping."""
-    test_per_class: int = 100
-    """Held-out images per class for the reported accuracy."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

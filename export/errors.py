@@ -1,10 +1,14 @@
 """The export package's one error hierarchy: every failure the CLI reports is one of these.
 
-Foreign exceptions (TensorFlow, h5py, OS errors) are translated where they arise, with
-`raise ... from exc`, so the CLI maps errors to exit codes in one place.
+Foreign exceptions are translated with `raise ... from exc`, so the CLI maps errors to exit
+codes in one place: TensorFlow's by `tf_errors` at every call into it, Keras, h5py and OS errors
+where they arise.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class ExportError(Exception):
@@ -114,3 +118,18 @@ def brief(exc: BaseException) -> str:
     text = str(exc).strip()
     line = text.splitlines()[0] if text else type(exc).__name__
     return line if len(line) <= _MAX_DETAIL else line[:_MAX_DETAIL] + "..."
+
+
+@contextmanager
+def tf_errors(error: type[ExportError], doing: str) -> Iterator[None]:
+    """Translate what TensorFlow raises inside the block into `error("<doing>: <detail>")`.
+
+    Besides its own OpError, TensorFlow's loaders, tracers and savers raise plain Python errors
+    for a graph, checkpoint or model they cannot use; ours (ExportError) pass through.
+    """
+    import tensorflow as tf  # loaded already by the caller; the CLI imports this module without
+
+    try:
+        yield
+    except (tf.errors.OpError, ValueError, TypeError, KeyError, OSError, AssertionError) as exc:
+        raise error(f"{doing}: {brief(exc)}") from exc

@@ -5,28 +5,28 @@ Knows nothing of argparse: the CLI fills an ExportRequest; tests can call `expor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from export.checkpoints import Kind, LoadedModel, LoadOptions, detect_kind, load_checkpoint
-from export.errors import (
-    BadClassifierOutput,
-    InvalidLabels,
-    LabelsMismatch,
-    UsageError,
-    VersionExists,
-    brief,
-)
+from export.checkpoint_types import Kind, LoadedModel, LoadOptions
+from export.checkpoints import detect_kind, load_checkpoint
+from export.errors import InvalidLabels, LabelsMismatch, UsageError, VersionExists
 from export.preprocessing import Preprocessing
+from export.progress import Progress, quiet
 from export.repository import next_version, read_labels_file
-from export.servable import ServableSummary, check_model_name, check_version, write_servable
+from export.servable import (
+    ServableSpec,
+    ServableSummary,
+    check_model_name,
+    check_version,
+    write_servable,
+)
 from export.signatures import Classifier, run_classifier
-
-Progress = Callable[[str], None]
+from export.verify import Sample, probe_classifier
 
 # Rows of a probability output sum to 1 within this; anything else is probably logits.
 _PROBABILITY_SUM_SLACK = 1e-3
@@ -52,9 +52,8 @@ class ExportRequest:
     tolerance: float = 1e-4
 
 
-def export(request: ExportRequest, progress: Progress | None = None) -> ServableSummary:
+def export(request: ExportRequest, progress: Progress = quiet) -> ServableSummary:
     """Run one export; returns the ServableSummary. Foreseen failures raise ExportError."""
-    say = progress or (lambda _message: None)
     check_model_name(request.name)
     model_dir = request.export_dir / request.name
     version = check_version(request.version or next_version(model_dir))
@@ -66,9 +65,9 @@ def export(request: ExportRequest, progress: Progress | None = None) -> Servable
     load = request.load
     if load.classes is None and labels:  # a described architecture's head matches the labels
         load = replace(load, classes=len(labels))
-    say(f"loading {kind} checkpoint {path}")
+    progress(f"loading {kind} checkpoint {path}")
     loaded = load_checkpoint(kind, path, load)
-    return _write(request, loaded, labels, target, version, say)
+    return _write(request, loaded, labels, target, version, progress)
 
 
 def _detect(request: ExportRequest) -> tuple[Kind, Path]:
@@ -99,10 +98,10 @@ def _write(
         std=request.std,
     )
     classifier = WithSoftmax(loaded.classifier) if request.softmax else loaded.classifier
-    labels = _final_labels(request, classifier, preprocessing, labels, say)
-    return write_servable(
+    sample = probe_classifier(classifier, preprocessing)
+    spec = ServableSpec(
         classifier,
-        labels,
+        _final_labels(request, sample, labels, say),
         preprocessing,
         target,
         name=request.name,
@@ -111,19 +110,15 @@ def _write(
         warmup_image=_read_warmup(request.warmup_image),
         overwrite=request.force,
         tolerance=request.tolerance,
-        progress=say,
     )
+    return write_servable(spec, sample=sample, progress=say)
 
 
 def _final_labels(
-    request: ExportRequest,
-    classifier: Classifier,
-    preprocessing: Preprocessing,
-    labels: list[str] | None,
-    say: Progress,
+    request: ExportRequest, sample: Sample, labels: list[str] | None, say: Progress
 ) -> list[str]:
-    """The labels to export, checked against one run of the model (which also checks it runs)."""
-    outputs = _probe_outputs(classifier, preprocessing)
+    """The labels to export, checked against the model's answers on the sample images."""
+    outputs = sample.expected
     if not request.softmax and not _looks_like_probabilities(outputs):
         say("warning: outputs are not probabilities (rows do not sum to 1); --softmax if logits")
     if labels is None:
@@ -144,20 +139,6 @@ def _input_size(request: ExportRequest, loaded: LoadedModel) -> tuple[int, int]:
     if size is None:
         raise UsageError("the model's input size is dynamic: pass --input-size HxW")
     return size
-
-
-def _probe_outputs(classifier: Classifier, preprocessing: Preprocessing) -> np.ndarray:
-    height, width = preprocessing.input_size
-    batch = np.zeros((1, height, width, 3), np.float32)
-    try:
-        outputs = np.asarray(run_classifier(classifier, batch))
-    except (tf.errors.OpError, ValueError, TypeError) as exc:
-        raise BadClassifierOutput(
-            f"the model cannot run on a {height}x{width} image: {brief(exc)}"
-        ) from exc
-    if outputs.ndim != 2:
-        raise BadClassifierOutput(f"the model returns shape {outputs.shape}, not [N, classes]")
-    return outputs
 
 
 def _looks_like_probabilities(outputs: np.ndarray) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from export.architectures import build_described
-from export.checkpoints import Kind, LoadedModel, LoadOptions
+from export.checkpoint_types import Kind, LoadedModel, LoadOptions
 from export.errors import UnreadableCheckpoint, brief
 
 # What Keras raises for a file that is not (quite) a model: bad archive, bad HDF5, unknown layer.

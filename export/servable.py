@@ -17,16 +17,14 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 
 from export.errors import (
-    BadClassifierOutput,
     ExportError,
     InvalidLabels,
     InvalidModelName,
@@ -34,24 +32,25 @@ from export.errors import (
     LabelsMismatch,
     VersionExists,
     WriteFailed,
-    brief,
+    tf_errors,
 )
 from export.preprocessing import NORMALIZATIONS, Preprocessing
+from export.progress import Progress, quiet
 from export.signatures import (
     PREDICT_PIXELS,
     SERVING_DEFAULT,
     Classifier,
     ServingModule,
     build_signatures,
-    run_classifier,
 )
-from export.verify import DEFAULT_TOLERANCE, Sample, verify_saved_model
-from export.warmup import WARMUP_FILE, encode_png, sample_pixels, write_warmup_file
+from export.verify import DEFAULT_TOLERANCE, Sample, probe_classifier, verify_saved_model
+from export.warmup import WARMUP_FILE, write_warmup_file
 from modelrepo import MODEL_NAME_RULE, is_model_name
 
 __all__ = [
     "NORMALIZATIONS",
     "Preprocessing",
+    "ServableSpec",
     "ServableSummary",
     "check_model_name",
     "check_version",
@@ -63,7 +62,31 @@ FORMAT_VERSION = 1
 METADATA_FILE = "dynoserve.json"
 LABELS_FILE = "labels.txt"
 
-Progress = Callable[[str], None]
+
+@dataclass(frozen=True)
+class ServableSpec:
+    """One version to write: the model, what it answers with, and where it goes."""
+
+    classifier: Classifier
+    """Callable on a normalised float32 batch [N, H, W, 3]; returns probabilities [N, C]."""
+    labels: Sequence[str]
+    """Class names in output order."""
+    preprocessing: Preprocessing
+    """Input size and pixel normalisation, applied in the serving graph."""
+    target_dir: Path
+    """The version directory, normally <base>/<name>/<version>."""
+    name: str
+    version: int
+    source: Mapping[str, str]
+    """Where the model came from, recorded in dynoserve.json."""
+    warmup_image: bytes | None = None
+    """The image of the warmup request; by default one of the verification images."""
+    overwrite: bool = False
+    """Replace an existing version directory."""
+    verify: bool = True
+    """Reload the export and compare it with the source before it is renamed into place."""
+    tolerance: float = DEFAULT_TOLERANCE
+    """Largest probability difference export vs source that verification accepts."""
 
 
 @dataclass(frozen=True)
@@ -105,46 +128,28 @@ class ServableSummary:
 
 
 def write_servable(
-    classifier: Classifier,
-    labels: Sequence[str],
-    preprocessing: Preprocessing,
-    target_dir: Path,
-    *,
-    name: str,
-    version: int,
-    source: Mapping[str, str],
-    warmup_image: bytes | None = None,
-    overwrite: bool = False,
-    verify: bool = True,
-    tolerance: float = DEFAULT_TOLERANCE,
-    progress: Progress | None = None,
+    spec: ServableSpec, *, sample: Sample | None = None, progress: Progress = quiet
 ) -> ServableSummary:
-    """Write the version directory `target_dir` (normally <base>/<name>/<version>).
+    """Write the version directory `spec.target_dir`.
 
-    The classifier is probed first (output size must equal len(labels)), the SavedModel is
-    saved into a staging folder beside `target_dir`, reloaded and compared with the source
-    (both signatures, |diff| <= tolerance), and only then renamed into place.
+    The classifier is probed first, unless `sample` holds its answers already (its output size
+    must equal the number of labels); the SavedModel is saved into a staging folder beside the
+    target, reloaded and compared with the source (both signatures, |diff| <= tolerance), and
+    only then renamed into place.
     """
-    say = progress or (lambda _message: None)
-    check_model_name(name)
-    check_version(version)
-    labels = check_labels(labels)
-    target_dir = Path(target_dir)
-    if target_dir.exists() and not overwrite:
-        raise VersionExists(f"{target_dir} already exists; pass --force to replace it")
-    sample = _probe(classifier, preprocessing, labels)
-    warmup = warmup_image if warmup_image is not None else sample.encoded[0]
+    labels = _check_spec(spec)
+    if sample is None:
+        sample = probe_classifier(spec.classifier, spec.preprocessing)
+    if sample.expected.shape[1] != len(labels):
+        raise LabelsMismatch(
+            f"{len(labels)} labels given but the classifier has {sample.expected.shape[1]} outputs"
+        )
+    target_dir = Path(spec.target_dir)
     new_model_dir = not target_dir.parent.exists()
     staging = _staging_dir(target_dir, "staging")
     try:
-        say("saving the SavedModel")
-        _save(classifier, labels, preprocessing, staging)
-        _write_extras(staging, labels, preprocessing, name, version, source, warmup)
-        diff = None
-        if verify:
-            say("reloading the export and comparing it with the source model")
-            diff = verify_saved_model(staging, sample, labels, tolerance, warmup)
-        _move_into_place(staging, target_dir, overwrite)
+        diff = _stage(spec, labels, sample, staging, progress)
+        _move_into_place(staging, target_dir, spec.overwrite)
     except BaseException:
         if new_model_dir:  # an empty model folder would look like a model without versions
             shutil.rmtree(staging, ignore_errors=True)
@@ -152,17 +157,51 @@ def write_servable(
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return _summary(spec, labels, target_dir, diff)
+
+
+def _check_spec(spec: ServableSpec) -> tuple[str, ...]:
+    """The checks that need no TensorFlow; returns the checked labels."""
+    check_model_name(spec.name)
+    check_version(spec.version)
+    labels = check_labels(spec.labels)
+    if Path(spec.target_dir).exists() and not spec.overwrite:
+        raise VersionExists(f"{spec.target_dir} already exists; pass --force to replace it")
+    return labels
+
+
+def _stage(
+    spec: ServableSpec,
+    labels: tuple[str, ...],
+    sample: Sample,
+    staging: Path,
+    progress: Progress,
+) -> float | None:
+    """Save and verify the version in `staging`; the largest difference (None: not verified)."""
+    warmup = spec.warmup_image if spec.warmup_image is not None else sample.encoded[0]
+    progress("saving the SavedModel")
+    _save(spec.classifier, labels, spec.preprocessing, staging)
+    _write_extras(staging, spec, labels, warmup)
+    if not spec.verify:
+        return None
+    progress("reloading the export and comparing it with the source model")
+    return verify_saved_model(staging, sample, labels, spec.tolerance, warmup)
+
+
+def _summary(
+    spec: ServableSpec, labels: tuple[str, ...], target_dir: Path, diff: float | None
+) -> ServableSummary:
     return ServableSummary(
         path=target_dir,
-        name=name,
-        version=version,
-        input_size=preprocessing.input_size,
-        normalization=preprocessing.normalization,
+        name=spec.name,
+        version=spec.version,
+        input_size=spec.preprocessing.input_size,
+        normalization=spec.preprocessing.normalization,
         labels=labels,
         signatures=(SERVING_DEFAULT, PREDICT_PIXELS),
         size_bytes=directory_size(target_dir),
         max_abs_diff=diff,
-        tolerance=tolerance,
+        tolerance=spec.tolerance,
     )
 
 
@@ -198,29 +237,6 @@ def directory_size(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def _probe(classifier: Classifier, preprocessing: Preprocessing, labels: Sequence[str]) -> Sample:
-    """Run the source model once: checks its output shape and records what the export must match."""
-    pixels = sample_pixels(preprocessing.input_size)
-    scale, offset = preprocessing.scale_offset()
-    normalised = tf.constant(pixels, tf.float32) * tf.constant(scale) + tf.constant(offset)
-    try:
-        expected = np.asarray(run_classifier(classifier, normalised))
-    except (tf.errors.OpError, ValueError, TypeError) as exc:
-        raise BadClassifierOutput(
-            f"the classifier cannot run on a float32 batch {list(normalised.shape)}: {brief(exc)}"
-        ) from exc
-    if expected.ndim != 2 or expected.shape[0] != len(pixels):
-        raise BadClassifierOutput(
-            f"the classifier must return [N, classes]; it returned shape {list(expected.shape)}"
-        )
-    if expected.shape[1] != len(labels):
-        raise LabelsMismatch(
-            f"{len(labels)} labels given but the classifier has {expected.shape[1]} outputs"
-        )
-    encoded = [encode_png(image) for image in pixels]
-    return Sample(pixels=pixels.astype(np.float32), encoded=encoded, expected=expected)
-
-
 def _save(
     classifier: Classifier,
     labels: Sequence[str],
@@ -228,35 +244,25 @@ def _save(
     staging: Path,
 ) -> None:
     module = ServingModule(classifier, labels, preprocessing)
-    try:
+    with tf_errors(WriteFailed, "tf.saved_model.save failed"):
         tf.saved_model.save(module, str(staging), signatures=build_signatures(module))
-    except (tf.errors.OpError, ValueError, TypeError, OSError, AssertionError) as exc:
-        raise WriteFailed(f"tf.saved_model.save failed: {brief(exc)}") from exc
 
 
-def _write_extras(
-    staging: Path,
-    labels: Sequence[str],
-    preprocessing: Preprocessing,
-    name: str,
-    version: int,
-    source: Mapping[str, str],
-    warmup: bytes,
-) -> None:
+def _write_extras(staging: Path, spec: ServableSpec, labels: Sequence[str], warmup: bytes) -> None:
     """labels.txt, the warmup requests and dynoserve.json beside the graph."""
     assets = staging / "assets"
     assets.mkdir(exist_ok=True)
     (assets / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
     extra = staging / "assets.extra"
-    write_warmup_file(extra / WARMUP_FILE, name, warmup)
+    write_warmup_file(extra / WARMUP_FILE, spec.name, warmup)
     metadata = {
         "format": FORMAT_VERSION,
-        "name": name,
-        "version": version,
-        "input_size": list(preprocessing.input_size),
-        "normalization": preprocessing.to_json(),
+        "name": spec.name,
+        "version": spec.version,
+        "input_size": list(spec.preprocessing.input_size),
+        "normalization": spec.preprocessing.to_json(),
         "labels": list(labels),
-        "source": dict(source),
+        "source": dict(spec.source),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     (extra / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")

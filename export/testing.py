@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from export.preprocessing import Preprocessing
-from export.servable import check_labels, write_servable
+from export.servable import ServableSpec, check_labels, write_servable
 
 TINY_NORMALIZATION = "minus_one_to_one"
 # How strongly the mean colour drives the logits, against the small random conv path.
@@ -55,7 +55,7 @@ def write_tiny_model(
     """Write a tiny servable at base/name/version and return that directory."""
     labels = check_labels(labels)
     target = Path(base) / name / str(version)
-    write_servable(
+    spec = ServableSpec(
         TinyConvNet(len(labels), seed),
         labels,
         Preprocessing(input_size=tuple(input_size), normalization=TINY_NORMALIZATION),  # type: ignore[arg-type]
@@ -64,6 +64,7 @@ def write_tiny_model(
         version=version,
         source={"kind": "tiny", "path": f"export.testing.TinyConvNet(seed={seed})"},
     )
+    write_servable(spec)
     return target
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from export.checkpoints import Kind, LoadedModel, LoadOptions
-from export.errors import BadTensorName, UnreadableCheckpoint, UsageError, brief
+from export.checkpoint_types import Kind, LoadedModel, LoadOptions
+from export.errors import BadTensorName, UnreadableCheckpoint, UsageError, tf_errors
 
 # How many candidate names an error message lists.
 _SUGGESTIONS = 8
@@ -40,14 +40,10 @@ def _freeze(prefix: Path, input_name: str, output_name: str) -> tuple[Any, list[
 
     v1 = tf.compat.v1
     with tf.Graph().as_default() as graph, v1.Session(graph=graph) as session:
-        try:
+        with tf_errors(UnreadableCheckpoint, f"{prefix}: cannot restore the TF1 checkpoint"):
             saver = v1.train.import_meta_graph(f"{prefix}.meta", clear_devices=True)
             if saver is not None:  # a graph without variables has no saver and needs no restore
                 saver.restore(session, str(prefix))
-        except (tf.errors.OpError, ValueError, KeyError, OSError) as exc:
-            raise UnreadableCheckpoint(
-                f"{prefix}: cannot restore the TF1 checkpoint: {brief(exc)}"
-            ) from exc
         inputs = _lookup(graph, input_name, "input")
         outputs = _lookup(graph, output_name, "output")
         _check_input(inputs, input_name)

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from export.architectures import build_described
-from export.checkpoints import Kind, LoadedModel, LoadOptions
-from export.errors import UnreadableCheckpoint, brief
+from export.checkpoint_types import Kind, LoadedModel, LoadOptions
+from export.errors import UnreadableCheckpoint, tf_errors
 from export.keras_files import keras_input_size
 
 
@@ -31,30 +31,25 @@ def _written_by_tf_keras(prefix: Path) -> bool:
     """tf.keras 2 tracks layers as layer_with_weights-N / layer-N; Keras 3 as _operations/N."""
     import tensorflow as tf
 
-    try:
+    with tf_errors(UnreadableCheckpoint, f"{prefix}: not a readable TF2 checkpoint"):
         names = [name for name, _shape in tf.train.list_variables(str(prefix))]
-    except (tf.errors.OpError, ValueError) as exc:
-        raise UnreadableCheckpoint(
-            f"{prefix}: not a readable TF2 checkpoint: {brief(exc)}"
-        ) from exc
     return any("/layer_with_weights-" in name or "/layer-" in name for name in names)
 
 
 def _restore(model: Any, prefix: Path, key: str) -> None:
     import tensorflow as tf
 
-    try:
+    doing = (
+        f"{prefix}: its weights do not fit the described architecture "
+        f"(saved as tf.train.Checkpoint({key}=model)?)"
+    )
+    with tf_errors(UnreadableCheckpoint, doing):
         _check_key(prefix, key)
         status = tf.train.Checkpoint(**{key: model}).read(str(prefix))
         # Extras in the checkpoint (optimizer slots, step counters) are fine: silence them.
         status.expect_partial()
         # ...but every variable of the model must come from the checkpoint.
         status.assert_existing_objects_matched()
-    except (tf.errors.OpError, ValueError, AssertionError, KeyError) as exc:
-        raise UnreadableCheckpoint(
-            f"{prefix}: its weights do not fit the described architecture "
-            f"(saved as tf.train.Checkpoint({key}=model)?): {brief(exc)}"
-        ) from exc
 
 
 def _check_key(prefix: Path, key: str) -> None:

@@ -17,11 +17,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from export.cli import ProgressPrinter
-from export.demo import COLOURS, INPUT_SIZE, NAME, NORMALIZATION, DemoConfig, Plan
+from export.demo_config import COLOURS, INPUT_SIZE, NAME, NORMALIZATION, DemoConfig, Plan
 from export.errors import TrainingFailed, VerificationFailed
 from export.preprocessing import Preprocessing
-from export.servable import write_servable
+from export.progress import ProgressPrinter
+from export.servable import ServableSpec, write_servable
 from export.shapes import Dataset, class_names, draw, generate
 
 # Validation accuracy at which training stops early (the held-out test set is separate).
@@ -76,7 +76,7 @@ def _build_version(
     """Train one planned version and export it; returns the trained model."""
     classes = class_names(COLOURS, plan.shapes)
     model, accuracy = _train_version(plan, classes, previous, config, progress)
-    summary = write_servable(
+    spec = ServableSpec(
         model,
         classes,
         Preprocessing(input_size=INPUT_SIZE, normalization=NORMALIZATION),
@@ -85,8 +85,8 @@ def _build_version(
         version=plan.version,
         source={"kind": "demo", "path": f"export.demo (seed {plan.seed}, accuracy {accuracy:.4f})"},
         overwrite=force,
-        progress=progress,
     )
+    summary = write_servable(spec, progress=progress)
     print(summary.describe(), flush=True)
     return model
 

@@ -1,6 +1,7 @@
 """Check a written SavedModel against its source: same probabilities, same labels, both signatures.
 
-The export is reloaded from disk (not the in-memory module), so what is checked is exactly what
+The source model is probed once, before anything is written (its answers on sample images); the
+export is reloaded from disk (not the in-memory module), so what is checked is exactly what
 TF Serving will load.
 """
 
@@ -14,7 +15,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from export.errors import VerificationFailed, brief
+from export.errors import BadClassifierOutput, VerificationFailed, tf_errors
+from export.preprocessing import Preprocessing
 from export.signatures import (
     CLASSES,
     IMAGES_INPUT,
@@ -22,7 +24,10 @@ from export.signatures import (
     PREDICT_PIXELS,
     PROBABILITIES,
     SERVING_DEFAULT,
+    Classifier,
+    run_classifier,
 )
+from export.warmup import encode_png, sample_pixels
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -36,6 +41,23 @@ class Sample:
     expected: np.ndarray
 
 
+def probe_classifier(classifier: Classifier, preprocessing: Preprocessing) -> Sample:
+    """Run the source model once on the sample images: checks that it returns [N, classes] and
+    records the answers the export must reproduce."""
+    pixels = sample_pixels(preprocessing.input_size)
+    scale, offset = preprocessing.scale_offset()
+    normalised = tf.constant(pixels, tf.float32) * tf.constant(scale) + tf.constant(offset)
+    doing = f"the classifier cannot run on a float32 batch {list(normalised.shape)}"
+    with tf_errors(BadClassifierOutput, doing):
+        expected = np.asarray(run_classifier(classifier, normalised))
+    if expected.ndim != 2 or expected.shape[0] != len(pixels):
+        raise BadClassifierOutput(
+            f"the classifier must return [N, classes]; it returned shape {list(expected.shape)}"
+        )
+    encoded = [encode_png(image) for image in pixels]
+    return Sample(pixels=pixels.astype(np.float32), encoded=encoded, expected=expected)
+
+
 def verify_saved_model(
     path: Path,
     sample: Sample,
@@ -47,20 +69,16 @@ def verify_saved_model(
 
     The warmup image is run too: TF Serving refuses a version whose warmup request fails.
     """
-    try:
+    with tf_errors(VerificationFailed, "the export cannot be reloaded"):
         loaded = tf.saved_model.load(str(path))
         serve = loaded.signatures[SERVING_DEFAULT]
-    except (tf.errors.OpError, KeyError, ValueError, OSError) as exc:
-        raise VerificationFailed(f"the export cannot be reloaded: {brief(exc)}") from exc
     if warmup_image is not None:
         _check_warmup(serve, warmup_image)
-    try:
+    with tf_errors(VerificationFailed, "the reloaded export cannot be run"):
         by_pixels = loaded.signatures[PREDICT_PIXELS](
             **{PIXELS_INPUT: tf.constant(sample.pixels, dtype=tf.float32)}
         )
         by_images = serve(**{IMAGES_INPUT: tf.constant(sample.encoded, dtype=tf.string)})
-    except (tf.errors.OpError, KeyError, ValueError, OSError) as exc:
-        raise VerificationFailed(f"the reloaded export cannot be run: {brief(exc)}") from exc
     worst = 0.0
     for signature, outputs in ((PREDICT_PIXELS, by_pixels), (SERVING_DEFAULT, by_images)):
         worst = max(worst, _compare(signature, outputs, sample.expected, labels, tolerance))
@@ -68,13 +86,9 @@ def verify_saved_model(
 
 
 def _check_warmup(serve: Any, image: bytes) -> None:
-    try:
+    doing = "the warmup image cannot be classified (TF Serving would refuse the version)"
+    with tf_errors(VerificationFailed, doing):
         serve(**{IMAGES_INPUT: tf.constant([image], dtype=tf.string)})
-    except tf.errors.OpError as exc:
-        raise VerificationFailed(
-            f"the warmup image cannot be classified (TF Serving would refuse the version): "
-            f"{brief(exc)}"
-        ) from exc
 
 
 def _compare(

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.demo import COLOURS, SAMPLES_DIR, DemoConfig, Plan, main
+from export.demo import SAMPLES_DIR, main
+from export.demo_config import COLOURS, DemoConfig, Plan
 from export.errors import TrainingFailed
 from export.shapes import class_names, generate
 from export.training import SAMPLES, build_demo, write_samples

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from export.checkpoints import Kind, LoadOptions, detect_kind, load_checkpoint
+from export.checkpoint_types import Kind, LoadOptions
+from export.checkpoints import detect_kind, load_checkpoint
 from export.errors import (
     BadTensorName,
     CheckpointNotFound,

@@ -22,8 +22,9 @@ from export.errors import (
     VerificationFailed,
     VersionExists,
 )
-from export.servable import Preprocessing, write_servable
+from export.servable import Preprocessing, ServableSpec, write_servable
 from export.testing import TinyConvNet, write_tiny_model
+from export.verify import probe_classifier
 from export.warmup import read_warmup_file
 from tests.export.images import encode, solid
 
@@ -153,13 +154,9 @@ def test_garbage_is_an_invalid_argument(tiny_loaded: Any) -> None:
 def test_labels_mismatch_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(LabelsMismatch, match="2 labels given but the classifier has 3 outputs"):
         write_servable(
-            TinyConvNet(3),
-            ["a", "b"],
-            TINY_PREP,
-            tmp_path / "m" / "1",
-            name="m",
-            version=1,
-            source={},
+            ServableSpec(
+                TinyConvNet(3), ["a", "b"], TINY_PREP, tmp_path / "m" / "1", "m", 1, source={}
+            )
         )
     assert not (tmp_path / "m" / "1").exists()
     assert not (tmp_path / "m").exists()
@@ -171,7 +168,7 @@ def test_existing_version_refused_unless_overwrite(tmp_path: Path) -> None:
     with pytest.raises(VersionExists):
         write_tiny_model(tmp_path, "m", 1)
     assert (target / "saved_model.pb").read_bytes() == before
-    summary = write_servable(
+    spec = ServableSpec(
         TinyConvNet(2, seed=3),
         ["yes", "no"],
         TINY_PREP,
@@ -181,6 +178,7 @@ def test_existing_version_refused_unless_overwrite(tmp_path: Path) -> None:
         source={"kind": "tiny", "path": "-"},
         overwrite=True,
     )
+    summary = write_servable(spec)
     assert (target / "assets/labels.txt").read_text() == "yes\nno\n"
     assert summary.labels == ("yes", "no")
     assert summary.max_abs_diff is not None
@@ -200,13 +198,7 @@ class _GraphDiffers(tf.Module):
 def test_verification_failure_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(VerificationFailed, match="differ from the source model"):
         write_servable(
-            _GraphDiffers(),
-            ["a", "b"],
-            TINY_PREP,
-            tmp_path / "m" / "1",
-            name="m",
-            version=1,
-            source={},
+            ServableSpec(_GraphDiffers(), ["a", "b"], TINY_PREP, tmp_path / "m" / "1", "m", 1, {})
         )
     assert list(tmp_path.iterdir()) == []
 
@@ -268,3 +260,26 @@ def test_grey_alpha_and_16_bit_images(tiny_loaded: Any) -> None:
     assert probabilities.shape == (3, 3)
     assert probabilities[1].argmax() == 2  # alpha dropped, blue stays blue
     np.testing.assert_allclose(probabilities[0], probabilities[2], atol=1e-3)  # 40000/257 = 156
+
+
+class _CountsEagerCalls(TinyConvNet):
+    """TinyConvNet that counts the calls run eagerly (probes), not those traced for the graph."""
+
+    def __init__(self) -> None:
+        super().__init__(3)
+        self.eager_calls = 0
+
+    def __call__(self, batch: tf.Tensor) -> tf.Tensor:
+        if tf.executing_eagerly():
+            self.eager_calls += 1
+        return super().__call__(batch)
+
+
+def test_a_probed_model_is_not_probed_again(tmp_path: Path) -> None:
+    model = _CountsEagerCalls()
+    sample = probe_classifier(model, TINY_PREP)
+    spec = ServableSpec(model, ["a", "b", "c"], TINY_PREP, tmp_path / "m" / "1", "m", 1, {})
+    summary = write_servable(spec, sample=sample)
+    assert model.eager_calls == 1
+    assert summary.max_abs_diff is not None
+    assert summary.max_abs_diff <= 1e-4
