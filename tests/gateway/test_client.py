@@ -29,7 +29,8 @@ from gateway.errors import (
     ServiceUnavailable,
     error_for_grpc,
 )
-from gateway.predictor import VersionResolver, top_k
+from gateway.topk import top_k
+from gateway.versions import VersionResolver
 from tests.support import free_port
 
 

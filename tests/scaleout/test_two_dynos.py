@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from gateway.predictor import ALIAS_TTL_S
+from gateway.versions import ALIAS_TTL_S
 from sync.syncer import FOLLOW_UP_SECONDS
 from tests.scaleout.conftest import RESULTS, SYNC_INTERVAL_S, Bucket, Fleet, dyno_logs
 from tests.scaleout.load import KINDS, LABEL, BucketTruth, Load, Shot, tally, verdict
