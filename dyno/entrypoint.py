@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from envsettings import EnvSettings, env
+
 APP_DIR = Path(__file__).resolve().parent.parent
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR2)
 FIFO_NAME = "stdout.fifo"
@@ -35,20 +37,13 @@ _CHUNK = 65536
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(EnvSettings):
     """Read once from the environment in main()."""
 
-    run_dir: Path
-    """DYNOSERVE_RUN_DIR: the FIFO and supervisord's pid file; created when missing."""
-    config: Path
+    run_dir: Path = env("DYNOSERVE_RUN_DIR", Path("var/run"))
+    """The FIFO and supervisord's pid file; created when missing."""
+    config: Path = APP_DIR / "supervisord.conf"
     """supervisord.conf beside this package (the app directory)."""
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        return cls(
-            run_dir=Path(os.environ.get("DYNOSERVE_RUN_DIR") or "var/run"),
-            config=APP_DIR / "supervisord.conf",
-        )
 
 
 def make_fifo(path: Path) -> Path:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from envsettings import SettingsError
-from modelrepo import is_model_name
+from modelrepo import MODEL_NAME_RULE, is_model_name
 from sync.cli import configure_logging
 from sync.errors import EX_USAGE, LabelsError, ManifestError, SyncError
 from sync.manifest import DEFAULT_MANIFEST, ModelManifest, VersionPolicy, parse_label_assignments
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     try:
         if not is_model_name(args.name):
-            raise ManifestError(f"model name {args.name!r}: use letters, digits, '_', '.', '-'")
+            raise ManifestError(f"model name {args.name!r}: use {MODEL_NAME_RULE}")
         changes = parse_label_assignments(args.labels)
         policy = parse_policy_text(args.policy) if args.policy else None
     except ManifestError as exc:

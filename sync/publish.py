@@ -23,7 +23,7 @@ from boto3.s3.transfer import create_transfer_manager
 from botocore.exceptions import ClientError
 
 from envsettings import SettingsError
-from modelrepo import is_model_name, parse_version
+from modelrepo import MODEL_NAME_RULE, is_model_name, parse_version
 from sync.cli import configure_logging
 from sync.errors import EX_USAGE, ConfigError, PublishError, SyncError
 from sync.manifest import MANIFEST_NAME, ModelManifest
@@ -63,7 +63,7 @@ def pick_versions(
 def pick_version(export_dir: Path, name: str, version: int | None) -> PublishRequest:
     """The requested version, or the newest exported one (the one `make export` wrote last)."""
     if not is_model_name(name):
-        raise ConfigError(f"model name {name!r}: use letters, digits, '_', '.', '-'")
+        raise ConfigError(f"model name {name!r}: use {MODEL_NAME_RULE}")
     model_dir = export_dir / name
     if version is None:
         found = [parse_version(p.name) for p in model_dir.glob("*") if p.is_dir()]

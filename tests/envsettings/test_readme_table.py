@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from dyno.entrypoint import Settings as DynoSettings
 from envsettings import EnvSettings
 from export.settings import ExportSettings
 from gateway.settings import Settings as GatewaySettings
@@ -13,6 +14,7 @@ from sync.settings import Settings as SyncSettings
 from tests.support import REPO_ROOT
 
 SETTINGS: tuple[type[EnvSettings], ...] = (
+    DynoSettings,
     GatewaySettings,
     SyncSettings,
     S3Settings,
