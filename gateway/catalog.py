@@ -68,14 +68,21 @@ class ModelCatalog:
 
 def parse_model_config(text: str) -> dict[str, CatalogEntry]:
     """Model names and labels from a models.config text proto; an unreadable file lists none."""
+    return {
+        c.name: CatalogEntry(c.name, dict(sorted(c.version_labels.items())))
+        for c in read_model_config(text).model_config_list.config
+        if c.name
+    }
+
+
+def read_model_config(text: str) -> model_server_config_pb2.ModelServerConfig:
+    """A models.config text as the ModelServerConfig message the model server reads (the one
+    parser of that file in the gateway's environment: sync reads its last config back with it);
+    empty, with a warning, when the text does not parse."""
     config = model_server_config_pb2.ModelServerConfig()
     try:
         text_format.Parse(text, config, allow_unknown_field=True)
     except text_format.ParseError as exc:
         log.warning("models.config does not parse (%s); no models listed from it", exc)
-        return {}
-    return {
-        c.name: CatalogEntry(c.name, dict(sorted(c.version_labels.items())))
-        for c in config.model_config_list.config
-        if c.name
-    }
+        return model_server_config_pb2.ModelServerConfig()
+    return config

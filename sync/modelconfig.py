@@ -1,18 +1,19 @@
 """`models.config`: the ModelServerConfig text-format file the model server polls.
 
-Written by hand (no TensorFlow or TF Serving protos in the dyno's Python); the grammar is
-protobuf text format for tensorflow.serving.ModelServerConfig, as in TF Serving's
-serving_config guide. Versions are always written as a `specific` policy: sync has already
-applied the bucket's policy, and listing exact versions keeps a folder that waits for deletion
-from being picked up again by a `latest` or `all` policy.
+Written as text, in the layout of TF Serving's serving_config guide (protobuf text format for
+tensorflow.serving.ModelServerConfig); read back with the gateway's generated message, the one
+parser of models.config in the dyno's Python (gateway.catalog). Versions are always written as
+a `specific` policy: sync has already applied the bucket's policy, and listing exact versions
+keeps a folder that waits for deletion from being picked up again by a `latest` or `all` policy.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from gateway.catalog import read_model_config
 
 
 @dataclass(frozen=True)
@@ -58,27 +59,23 @@ def _quote(value: str) -> str:
     return f'"{escaped}"'
 
 
-_CONFIG_BLOCK = re.compile(r'name:\s*"((?:[^"\\]|\\.)*)"(.*?)(?=\n  config \{|\Z)', re.S)
-_LABEL = re.compile(r'version_labels\s*\{\s*key:\s*"([^"]*)"\s*value:\s*(\d+)\s*\}')
-_VERSION = re.compile(r"versions:\s*(\d+)")
-
-
 def read_previous(path: Path) -> dict[str, ServedModel]:
-    """What the last models.config we wrote serves; {} when there is none.
+    """What the last models.config we wrote serves; {} when there is none (or it does not parse).
 
-    Only our own output is parsed (hence the simple patterns): it stands in for the label map
-    the model server holds, which TF Serving's REST API does not expose.
+    It stands in for the label map the model server holds, which TF Serving's REST API does not
+    expose.
     """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError:
         return {}
-    previous: dict[str, ServedModel] = {}
-    for match in _CONFIG_BLOCK.finditer(text):
-        name, body = match.group(1), match.group(2)
-        labels = {key: int(value) for key, value in _LABEL.findall(body)}
-        versions = tuple(int(v) for v in _VERSION.findall(body))
-        base = re.search(r'base_path:\s*"((?:[^"\\]|\\.)*)"', body)
-        base_path = Path(base.group(1)) if base else Path()
-        previous[name] = ServedModel(name, base_path, versions, labels)
-    return previous
+    return {
+        c.name: ServedModel(
+            c.name,
+            Path(c.base_path),
+            tuple(c.model_version_policy.specific.versions),
+            dict(c.version_labels),
+        )
+        for c in read_model_config(text).model_config_list.config
+        if c.name
+    }

@@ -196,13 +196,16 @@ def test_models_config_text_parses_the_same() -> None:
         version_labels { key: "stable" value: 1 }
         version_labels { key: "canary" value: 2 }
       }
+      config { name: "newest" model_version_policy { latest { num_versions: 2 } } }
+      config { name: "every" model_version_policy { all {} } }
     }
     """
     official = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
     ours = text_format.Parse(text, our_config.ModelServerConfig(), allow_unknown_field=True)
     assert dict(ours.model_config_list.config[0].version_labels) == {"stable": 1, "canary": 2}
+    policy = ours.model_config_list.config[0].model_version_policy
+    assert list(policy.specific.versions) == [1, 2]
     reparsed = model_server_config_pb2.ModelServerConfig.FromString(ours.SerializeToString())
-    official.model_config_list.config[0].ClearField("model_version_policy")
     assert reparsed == official
 
 

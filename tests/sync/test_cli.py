@@ -290,3 +290,22 @@ def test_model_removed_from_the_export_folder_is_reported_then_pruned(tmp_path: 
     assert run("sync", env, "--prune").returncode == 0
     assert served(env) == {}
     assert version_dirs(env, "dogs") == []
+
+
+def test_sync_reads_models_config_without_flask_or_tensorflow() -> None:
+    # sync parses models.config with the gateway's generated protobuf message (gateway.catalog);
+    # that must not bring the web framework or TensorFlow into the sync process.
+    code = (
+        "import sys, sync.cli, sync.modelconfig; "
+        "print(sorted({'flask', 'werkzeug', 'tensorflow'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [str(GATEWAY_PYTHON), "-c", code],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -155,15 +155,17 @@ def test_previous_config_is_read_back(tmp_path: Path) -> None:
     path = tmp_path / "models.config"
     models = [
         ServedModel("a", Path("/m/a"), (1, 2), {"stable": 1}),
-        ServedModel("b", Path("/m/b"), (7,)),
+        ServedModel("b", Path('/m/"b"\\'), (7,)),
     ]
     path.write_text(render(models))
     previous = read_previous(path)
     assert previous["a"].versions == (1, 2)
     assert dict(previous["a"].labels) == {"stable": 1}
     assert previous["b"].versions == (7,)
-    assert previous["b"].base_path == Path("/m/b")
+    assert previous["b"].base_path == Path('/m/"b"\\')  # unescaped as TF Serving reads it
     assert read_previous(tmp_path / "missing") == {}
+    path.write_text("model_config_list { config { name: ")  # cut short: nothing is served
+    assert read_previous(path) == {}
 
 
 def test_label_move_keeps_the_old_version_served_until_the_swap() -> None:
