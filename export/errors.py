@@ -115,8 +115,11 @@ _MAX_DETAIL = 300
 
 def brief(exc: BaseException) -> str:
     """The first line of a foreign exception's message, cut to a readable length."""
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # TensorFlow heads a failed graph run with "Graph execution error:"; the cause comes next.
+    if len(lines) > 1 and lines[0].endswith(":"):
+        lines = lines[1:]
+    line = lines[0] if lines else type(exc).__name__
     return line if len(line) <= _MAX_DETAIL else line[:_MAX_DETAIL] + "..."
 
 

@@ -7,7 +7,7 @@ answers, and each answer carries its class names (no side file for clients to ke
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -60,7 +60,8 @@ def run_classifier(classifier: Classifier, batch: tf.Tensor) -> tf.Tensor:
 
 
 class ServingModule(tf.Module):
-    """The object tf.saved_model.save writes: the classifier plus the two serving functions."""
+    """The object tf.saved_model.save writes: the two serving functions and the variables they
+    read (build_signatures tracks those; see `track_variables_read` for why not the classifier)."""
 
     def __init__(
         self,
@@ -75,8 +76,8 @@ class ServingModule(tf.Module):
                 f"jpeg_decode must be one of {', '.join(JPEG_DECODES)}; got {jpeg_decode!r}"
             )
         self._jpeg_decode = jpeg_decode
-        # An attribute, so the saver tracks (and writes) the classifier's variables.
-        self.classifier = classifier
+        # Kept out of the saved object graph on purpose: see track_variables_read.
+        self._classifier = self._no_dependency(classifier)
         self._labels = tf.constant(list(labels), dtype=tf.string)
         self._size = preprocessing.input_size
         scale, offset = preprocessing.scale_offset()
@@ -90,6 +91,19 @@ class ServingModule(tf.Module):
             input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)],
         )
 
+    def track_variables_read(self, functions: Iterable[Any]) -> None:
+        """Make the tf.Variables the traced `functions` read this module's saved state, each once.
+
+        Not the classifier: a Keras 3 model's variables are KerasVariables wrapping the
+        tf.Variables its graph reads, and saved through the model only the wrappers enter the
+        SavedModel's object graph. The TF2 loader copes; the graph-mode restore that stock
+        TF Serving runs (LoadSavedModel) leaves the wrapped variables unset, so the first request
+        fails with "Could not find variable ..." (tensorflow/serving#2226, keras-team/keras#19274).
+        Tracking the model as well would write every weight twice (Keras `model.export`).
+        """
+        read = {id(v): v for function in functions for v in function.variables}
+        self.variables_read = sorted(read.values(), key=lambda v: v.name)
+
     def normalize(self, pixels: tf.Tensor) -> tf.Tensor:
         """0..255 RGB floats to what the classifier was trained on."""
         return pixels * self._scale + self._offset
@@ -100,7 +114,7 @@ class ServingModule(tf.Module):
         # depend on the CPU. An empty batch gets empty results of the right shape everywhere.
         probabilities = tf.cond(
             tf.shape(pixels)[0] > 0,
-            lambda: run_classifier(self.classifier, self.normalize(pixels)),
+            lambda: run_classifier(self._classifier, self.normalize(pixels)),
             lambda: tf.zeros([0, self._labels.shape[0]], tf.float32),
         )
         rows = tf.shape(probabilities)[0]
@@ -168,13 +182,16 @@ def decode_jpeg_scaled(data: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
 
 
 def build_signatures(module: ServingModule) -> dict[str, Any]:
-    """Concrete functions for tf.saved_model.save, keyed by signature name."""
+    """Concrete functions for tf.saved_model.save, keyed by signature name; the module then
+    tracks the variables they read, so saving it writes them."""
     height, width = module._size
     images_spec = tf.TensorSpec([None], tf.string, name=IMAGES_INPUT)
     pixels_spec = tf.TensorSpec([None, height, width, 3], tf.float32, name=PIXELS_INPUT)
     serve_images = tf.function(module.serve_images, input_signature=[images_spec])
     serve_pixels = tf.function(module.serve_pixels, input_signature=[pixels_spec])
-    return {
+    signatures = {
         SERVING_DEFAULT: serve_images.get_concrete_function(),
         PREDICT_PIXELS: serve_pixels.get_concrete_function(),
     }
+    module.track_variables_read(signatures.values())
+    return signatures

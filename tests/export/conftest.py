@@ -53,3 +53,37 @@ def tf1_ckpt(src: Path) -> tuple[Path, Any]:
 @pytest.fixture(scope="session")
 def labels4(src: Path) -> Path:
     return sources.write_labels(src)
+
+
+@pytest.fixture(scope="session")
+def exported(
+    tmp_path_factory: pytest.TempPathFactory,
+    keras_file: tuple[Path, Any],
+    h5_file: tuple[Path, Any],
+    tf1_ckpt: tuple[Path, Any],
+    labels4: Path,
+) -> dict[str, Path]:
+    """One export of each kind of classifier write_servable meets, by kind; read-only."""
+    from export.checkpoint_types import LoadOptions
+    from export.exporter import ExportRequest, export
+
+    base = tmp_path_factory.mktemp("exported")
+    tf1_load = LoadOptions(input_tensor="input:0", output_tensor="probs:0")
+    sources_by_kind = {
+        "keras3": (keras_file[0], LoadOptions(), "minus_one_to_one"),
+        "tf_keras2_h5": (h5_file[0], LoadOptions(), "zero_to_one"),
+        "tf1": (tf1_ckpt[0], tf1_load, "raw"),
+    }
+    return {
+        kind: export(
+            ExportRequest(
+                checkpoint=checkpoint,
+                name=kind,
+                export_dir=base,
+                labels_file=labels4,
+                load=load,
+                normalization=normalization,
+            )
+        ).path
+        for kind, (checkpoint, load, normalization) in sources_by_kind.items()
+    }
