@@ -60,11 +60,14 @@ heroku-check: setup ## Without Docker: Dockerfile, supervisord.conf, app.json, h
 demo-model: $(EXPORT_DIR)/shapes/2/saved_model.pb ## Train the demo classifier on generated images and export two versions
 
 # Built once (about a minute); `make demo-model ARGS=--force` after changing export/demo_config.py.
-$(EXPORT_DIR)/shapes/2/saved_model.pb: | $(VENV)/.stamp
+$(EXPORT_DIR)/shapes/2/saved_model.pb: $(if $(ARGS),FORCE) | $(VENV)/.stamp
 	$(PY) -m export.demo --export-dir $(EXPORT_DIR) $(ARGS)
 
 bench-model: $(VENV)/.stamp ## Export the benchmark model (MobileNet v1 224, 40 classes, random weights)
 	$(PY) -m export.benchmodel --export-dir $(EXPORT_DIR)
+
+# ARGS (e.g. --force) makes the demo model rebuild even when its files exist.
+FORCE:
 
 run: setup demo-model ## Serve the demo model on http://127.0.0.1:8080 (PORT): sync, model server, gateway
 	mkdir -p var/run $(MODEL_BASE_PATH)
