@@ -5,7 +5,11 @@
 # Not built on the development machines (no Docker engine there): tests and CI run the same
 # supervisord.conf with the project's TF-Serving-compatible local server instead.
 
-ARG TF_SERVING_VERSION=2.19.0
+# The newest stock release with an image tag (2.20.0, April 2026, built on TensorFlow 2.20). The
+# exports are written with TensorFlow 2.21 and load in its graph-mode (C++) loader; stock 2.20
+# itself has not loaded them (no Docker engine where they are built). To change it:
+# edit this line (or build with --build-arg TF_SERVING_VERSION=x.y.z) and push.
+ARG TF_SERVING_VERSION=2.20.0
 
 FROM tensorflow/serving:${TF_SERVING_VERSION} AS tfserving
 
