@@ -22,10 +22,10 @@ from export.demo_config import NAME, PLANS
 from export.errors import ExportError
 from export.settings import ExportSettings
 from export.tfimport import import_tensorflow
+from modelrepo import MANIFEST_NAME
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "docs" / "samples"
 # The sync manifest (docs/sync.md), in TF Serving's ModelConfig field names.
-MANIFEST_NAME = "dynoserve-model.json"
 MANIFEST = {"model_version_policy": {"all": {}}, "version_labels": {"stable": 1, "canary": 2}}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,10 @@ from gateway.results import (
 )
 from gateway.settings import Settings
 from gateway.syncstatus import not_ready_reason, sync_summary
-from modelrepo import MODEL_NAME_RULE, is_model_name
+from modelrepo import LABEL_RULE, MODEL_NAME_RULE, is_label, is_model_name
 
 bp = Blueprint("gateway", __name__)
 
-LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 MAX_TOP_K = 100
 SELECTOR_FIELDS = ("version", "label", "top_k")
 
@@ -180,8 +178,8 @@ def parse_selector(params: Any, default_k: int) -> tuple[int | None, str | None,
     version = _positive_int("version", version_raw, upper=2**63 - 1)
     if label in ("",):
         label = None
-    if label is not None and not LABEL.match(label):
-        raise InvalidParameter("label must be 1-64 letters, digits, '_', '-' or '.'")
+    if label is not None and not is_label(label):
+        raise InvalidParameter(f"label must be {LABEL_RULE}")
     k = _positive_int("top_k", params.get("top_k"), upper=MAX_TOP_K)
     return version, label, k or default_k
 

@@ -22,6 +22,11 @@ MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 or '-', starting with a letter or digit."""
 MODEL_NAME_RULE = "1-128 letters, digits, '_', '.' or '-', starting with a letter or digit"
 
+LABEL_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
+"""A version label (stable, canary): 1-64 letters, digits, '_', '.' or '-', starting with a
+letter or '_', so no label reads as a version number."""
+LABEL_RULE = "1-64 letters, digits, '_', '.' or '-', starting with a letter or '_'"
+
 MAX_VERSION = 2**63 - 1
 """TF Serving's versions are int64."""
 
@@ -42,6 +47,11 @@ MANIFEST_NAME = "dynoserve-model.json"
 def is_model_name(name: object) -> bool:
     """True for a name that may become a model directory (see MODEL_NAME_PATTERN)."""
     return isinstance(name, str) and MODEL_NAME_PATTERN.fullmatch(name) is not None
+
+
+def is_label(name: object) -> bool:
+    """True for a version label sync writes and the gateway accepts (see LABEL_PATTERN)."""
+    return isinstance(name, str) and LABEL_PATTERN.fullmatch(name) is not None
 
 
 def read_version(text: str) -> int | None:

@@ -12,15 +12,12 @@ No manifest means TF Serving's default: serve the latest version, no labels.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelrepo import MANIFEST_NAME
+from modelrepo import LABEL_RULE, MANIFEST_NAME, is_label
 from sync.errors import ManifestError
-
-LABEL_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -125,8 +122,8 @@ def _labels(raw: Any, model: str) -> dict[str, int]:
         raise ManifestError(f"{model}: version_labels must map label names to versions")
     labels: dict[str, int] = {}
     for name, version in raw.items():
-        if not LABEL_PATTERN.match(name):
-            raise ManifestError(f"{model}: bad label name {name!r}")
+        if not is_label(name):
+            raise ManifestError(f"{model}: bad label name {name!r}: {LABEL_RULE}")
         if not _is_version(version):
             raise ManifestError(f"{model}: label {name!r} must map to a positive version")
         labels[name] = int(version)
@@ -167,7 +164,7 @@ def parse_label_assignments(items: Iterable[str]) -> dict[str, int | None]:
     for item in items:
         for word in item.split():  # LABELS="stable=1 canary=2" arrives as one argument
             name, sign, version = word.partition("=")
-            if not sign or not LABEL_PATTERN.match(name):
+            if not sign or not is_label(name):
                 raise ManifestError(f"{word!r}: write LABEL=VERSION (or LABEL= to remove it)")
             if version and not _is_version(version):
                 raise ManifestError(f"{word!r}: the version must be a positive integer")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import modelrepo
-from modelrepo import is_model_name, parse_version, read_version
+from modelrepo import is_label, is_model_name, parse_version, read_version
 
 
 @pytest.mark.parametrize("name", ["shapes", "m", "Model_2.v-1", "a" * 128, "0"])
@@ -18,6 +18,17 @@ def test_model_names(name: str) -> None:
 @pytest.mark.parametrize("name", ["", "-m", ".m", "_m", "a/b", "a b", "a" * 129, "m\n", "é", 3])
 def test_not_model_names(name: object) -> None:
     assert not is_model_name(name)
+
+
+@pytest.mark.parametrize("name", ["stable", "canary", "_x", "v2.1-rc", "a" * 64])
+def test_labels(name: str) -> None:
+    assert is_label(name)
+
+
+# A label never reads as a version number: sync, the manifest tool and the gateway share this rule.
+@pytest.mark.parametrize("name", ["", "2", "2x", "-a", ".a", "a b", "a" * 65, "stable\n", 1])
+def test_not_labels(name: object) -> None:
+    assert not is_label(name)
 
 
 @pytest.mark.parametrize(
