@@ -14,11 +14,11 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from envsettings import SettingsError
-from sync.errors import AlreadyRunning, SyncError
+from sync.errors import EX_USAGE, AlreadyRunning, SyncError
 from sync.local import LocalSource
 from sync.s3 import S3Source
 from sync.settings import Settings
@@ -49,6 +49,19 @@ def configure_logging(verbose: bool = False) -> None:
     logging.getLogger("botocore").setLevel(logging.WARNING)
     logging.getLogger("s3transfer").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def start_tool(
+    parse: Callable[[Sequence[str] | None], argparse.Namespace], argv: Sequence[str] | None
+) -> argparse.Namespace | int:
+    """The start of the one-shot tools (publish, labels): their arguments with logging set
+    up, or the exit status when argparse has answered already (usage error 64, --help 0)."""
+    try:
+        args = parse(argv)
+    except SystemExit as exc:
+        return EX_USAGE if exc.code else 0
+    configure_logging()
+    return args
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 from envsettings import SettingsError
 from modelrepo import MODEL_NAME_RULE, is_model_name
-from sync.cli import configure_logging
+from sync.cli import start_tool
 from sync.errors import EX_USAGE, LabelsError, ManifestError, SyncError
 from sync.manifest import DEFAULT_MANIFEST, ModelManifest, VersionPolicy, parse_label_assignments
 from sync.manifest import parse_policy as parse_policy_text
@@ -110,11 +110,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-    except SystemExit as exc:
-        return EX_USAGE if exc.code else 0
-    configure_logging()
+    args = start_tool(parse_args, argv)
+    if isinstance(args, int):
+        return args
     try:
         if not is_model_name(args.name):
             raise ManifestError(f"model name {args.name!r}: use {MODEL_NAME_RULE}")

@@ -24,8 +24,8 @@ from botocore.exceptions import ClientError
 
 from envsettings import SettingsError
 from modelrepo import MODEL_NAME_RULE, is_model_name, parse_version
-from sync.cli import configure_logging
-from sync.errors import EX_USAGE, ConfigError, PublishError, SyncError
+from sync.cli import start_tool
+from sync.errors import ConfigError, PublishError, SyncError
 from sync.manifest import MANIFEST_NAME, ModelManifest
 from sync.manifests import BucketManifests, FolderManifests
 from sync.marker import MARKER_NAME, Marker, build_marker, check_layout
@@ -251,11 +251,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-    except SystemExit as exc:
-        return EX_USAGE if exc.code else 0
-    configure_logging()
+    args = start_tool(parse_args, argv)
+    if isinstance(args, int):
+        return args
     try:
         settings = Settings.from_env(os.environ)
         if settings.s3 is None:
