@@ -54,11 +54,7 @@ def start_baseline(log_dir: Any) -> tuple[ManagedProcess, str]:
     port = free_port()
     argv = [str(VENV_PYTHON), "-m", "gunicorn", f"--workers={WORKERS}", f"--threads={THREADS}"]
     argv += [f"--bind=127.0.0.1:{port}", "--timeout=120", "bench.baseline:create_app()"]
-    proc = ManagedProcess(argv, log_dir / "baseline.log", env=python_env()).start()
+    proc = ManagedProcess(argv, log_dir / "baseline.log", env=python_env())
     base = f"http://127.0.0.1:{port}"
-    try:
-        proc.wait_ready(lambda: http_ok(base + "/healthz"), timeout=300)
-    except BaseException:
-        proc.stop()
-        raise
+    proc.start_ready(lambda: http_ok(base + "/healthz"), timeout=300)
     return proc, base

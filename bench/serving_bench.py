@@ -90,12 +90,8 @@ def start_server(base: Path, extra: Sequence[str], log: Path) -> tuple[ManagedPr
     argv = [str(VENV_PYTHON), "-m", "serving.local", f"--port={port}", f"--rest_api_port={rest}"]
     argv += [f"--monitoring_config_file={monitoring}", f"--model_name={MODEL}"]
     argv += [f"--model_base_path={base}", *extra]
-    process = ManagedProcess(argv, log, env=python_env()).start()
-    try:
-        process.wait_ready(lambda: port_open(port), timeout=300)
-    except BaseException:
-        process.stop()
-        raise
+    process = ManagedProcess(argv, log, env=python_env())
+    process.start_ready(lambda: port_open(port), timeout=300)
     return process, port, rest
 
 

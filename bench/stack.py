@@ -51,11 +51,6 @@ def start_stack(export_dir: Path, work: Path) -> tuple[ManagedProcess, str]:
     proc = ManagedProcess(
         entrypoint(), work / "dynoserve.log", env=stack_env(export_dir, work, port)
     )
-    proc.start()
     base = f"http://127.0.0.1:{port}"
-    try:
-        proc.wait_ready(lambda: http_ok(base + "/readyz"), timeout=300)
-    except BaseException:
-        proc.stop(timeout=30)
-        raise
+    proc.start_ready(lambda: http_ok(base + "/readyz"), timeout=300, stop_timeout=30)
     return proc, base

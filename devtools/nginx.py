@@ -59,10 +59,5 @@ def start(conf_text: str, run: Path, port: int) -> ManagedProcess:
     conf = run / "nginx.conf"
     conf.write_text(conf_text)
     argv = [nginx_binary(), "-p", str(run), "-c", str(conf)]
-    proc = ManagedProcess(argv, run / "nginx.log", env=dict(os.environ)).start()
-    try:
-        proc.wait_ready(lambda: port_open(port), timeout=20)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
+    proc = ManagedProcess(argv, run / "nginx.log", env=dict(os.environ))
+    return proc.start_ready(lambda: port_open(port), timeout=20)

@@ -104,6 +104,19 @@ class ManagedProcess:
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}\n--- log ---\n{self.log()[-4000:]}") from exc
 
+    def start_ready(
+        self, predicate: Callable[[], bool], timeout: float = 60.0, stop_timeout: float = 15.0
+    ) -> ManagedProcess:
+        """Start, then wait until `predicate` holds; a process that never gets ready is stopped
+        before the error propagates, so no caller leaks it."""
+        self.start()
+        try:
+            self.wait_ready(predicate, timeout)
+        except BaseException:
+            self.stop(stop_timeout)
+            raise
+        return self
+
     def __enter__(self) -> ManagedProcess:
         return self.start()
 

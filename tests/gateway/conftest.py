@@ -239,13 +239,8 @@ def start_gateway(stack: Stack, name: str, **extra: str) -> GatewayProcess:
     process = ManagedProcess(
         argv, stack.log_dir / f"{name}.log", env=gateway_env(stack, port, **extra)
     )
-    process.start()
     base = f"http://127.0.0.1:{port}"
-    try:
-        process.wait_ready(lambda: http_ok(base + "/readyz"), timeout=60)
-    except BaseException:
-        process.stop()
-        raise
+    process.start_ready(lambda: http_ok(base + "/readyz"), timeout=60)
     return GatewayProcess(process, base)
 
 
