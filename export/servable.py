@@ -46,6 +46,7 @@ from export.signatures import (
 from export.verify import DEFAULT_TOLERANCE, Sample, probe_classifier, verify_saved_model
 from export.warmup import WARMUP_FILE, write_warmup_file
 from modelrepo import MODEL_NAME_RULE, is_model_name
+from modelrepo.exportrecord import write_record
 
 __all__ = [
     "NORMALIZATIONS",
@@ -182,10 +183,13 @@ def _stage(
     progress("saving the SavedModel")
     _save(spec.classifier, labels, spec.preprocessing, staging)
     _write_extras(staging, spec, labels, warmup)
-    if not spec.verify:
-        return None
-    progress("reloading the export and comparing it with the source model")
-    return verify_saved_model(staging, sample, labels, spec.tolerance, warmup)
+    diff = None
+    if spec.verify:
+        progress("reloading the export and comparing it with the source model")
+        diff = verify_saved_model(staging, sample, labels, spec.tolerance, warmup)
+    # Sizes and hashes of what was verified: make publish refuses files changed since.
+    write_record(staging, verified=spec.verify)
+    return diff
 
 
 def _summary(

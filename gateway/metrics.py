@@ -129,3 +129,19 @@ class SyncStatusCollector(Collector):
                 yield CounterMetricFamily(name, f"sync status field {key!r}", value=value)
             else:
                 yield GaugeMetricFamily(name, f"sync status field {key!r}", value=value)
+        yield _failed_versions(status.get("models"))
+
+
+def _failed_versions(models: object) -> Metric:
+    """One series per version sync could not bring to the model server (download, checksum or
+    load failure), so an alert can name it; gone once the version is fixed or removed."""
+    family = GaugeMetricFamily(
+        "dynoserve_sync_version_failed",
+        "1 for each version in the bucket that failed to download, verify or load.",
+        labels=["model", "version"],
+    )
+    for model, body in sorted(models.items()) if isinstance(models, dict) else ():
+        failed = body.get("failed_versions") if isinstance(body, dict) else None
+        for version in sorted(failed) if isinstance(failed, dict) else ():
+            family.add_metric([str(model), str(version)], 1.0)
+    return family

@@ -20,6 +20,7 @@ from gateway.metrics import Metrics
 from gateway.results import ModelInfo, PredictRequest, PredictResult, Readiness, VersionInfo
 from gateway.settings import Settings
 from gateway.signatures import InputPlan, describe_signature, input_plan
+from gateway.syncstatus import failed_versions
 from gateway.topk import rank
 from gateway.versions import NotFoundExplainer, VersionResolver
 
@@ -150,14 +151,19 @@ class ModelServerPredictor:
         return info
 
     def _versions(self, model: str, request_id: str) -> list[VersionInfo]:
+        """The model server's versions, and those sync failed to bring to it, with the error."""
         try:
             statuses = self.client.status(model, request_id)
         except NotFound:
-            return []
-        return [
-            VersionInfo(s.version, s.state, s.error_message)
-            for s in sorted(statuses, key=lambda s: -s.version)
-        ]
+            statuses = []
+        found = {s.version: VersionInfo(s.version, s.state, s.error_message) for s in statuses}
+        for version, why in failed_versions(self.settings.sync_status_file, model).items():
+            known = found.get(version)
+            if known is None or not (known.error or known.state == "AVAILABLE"):
+                # Never reached the server (download or checksum failure) or not reported yet:
+                # END, as TF Serving reports a version it gave up on.
+                found[version] = VersionInfo(version, "END", why)
+        return [found[v] for v in sorted(found, reverse=True)]
 
     def readiness(self) -> Readiness:
         """Ready when every configured model has an AVAILABLE version (per GetModelStatus)."""

@@ -1,6 +1,7 @@
 """What sync's status file says about the models on disk, for /readyz: why nothing is ready yet
 (the bucket unreachable at boot, say) or why what is served may be stale (a cached copy); and
-which versions are installed, so a pinned version still loading is a 503, not a 404."""
+which versions are installed, so a pinned version still loading is a 503, not a 404; and which
+versions failed, so /v1/models/<m> shows them with their error."""
 
 from __future__ import annotations
 
@@ -34,6 +35,15 @@ def served_versions(path: Path, model: str) -> set[int]:
         return {int(v) for v in served}
     except (OSError, ValueError, KeyError, TypeError):
         return set()
+
+
+def failed_versions(path: Path, model: str) -> dict[int, str]:
+    """Versions of `model` sync could not download, verify or get loaded, with why; {} if none."""
+    try:
+        failed = json.loads(path.read_text())["models"][model]["failed_versions"]
+        return {int(v): str(why)[:MAX_ERROR_CHARS] for v, why in failed.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def not_ready_reason(models: dict[str, str], sync: dict[str, Any] | None) -> str:

@@ -1,6 +1,9 @@
 """`python -m sync.publish` (`make publish`): upload exported versions, completion marker last,
 then the model's manifest (labels) if the export folder has one and the bucket has none.
 
+A version whose files differ from its export record (sizes and SHA-256 that `make export`
+wrote once the version had been reloaded and checked) is refused before anything is uploaded.
+
 Files go up in parallel through boto3's transfer manager with a progress bar; the marker (the
 file list with sizes and SHA-256) is written only after every file is in the bucket with the
 right size, and with `If-None-Match: *`, so a published version is never overwritten, even by
@@ -24,6 +27,7 @@ from botocore.exceptions import ClientError
 
 from envsettings import SettingsError
 from modelrepo import MODEL_NAME_RULE, is_model_name, parse_version
+from modelrepo.exportrecord import RECORD_NAME, describe_folder, read_record
 from sync.cli import start_tool
 from sync.errors import ConfigError, PublishError, SyncError
 from sync.manifest import MANIFEST_NAME, ModelManifest
@@ -77,6 +81,30 @@ def pick_version(export_dir: Path, name: str, version: int | None) -> PublishReq
     return PublishRequest(name, version, folder)
 
 
+def check_export(request: PublishRequest) -> None:
+    """Refuse a folder whose files are not the ones export verified (its export record)."""
+    what = f"{request.name}/{request.version} ({request.folder})"
+    try:
+        record = read_record(request.folder)
+    except ValueError as exc:
+        raise PublishError(f"{what}: unreadable export record: {exc}") from exc
+    if record is None:
+        log.warning(
+            "%s has no export record (%s; older exports have none): its files cannot be "
+            "checked against what export verified; export it again to have them checked",
+            what, RECORD_NAME,
+        )  # fmt: skip
+        return
+    if not record.verified:
+        raise PublishError(f"{what} was exported without verification; export it again")
+    changed = record.differences(describe_folder(request.folder, record.verified))
+    if changed:
+        raise PublishError(
+            f"{what} is not what export wrote and verified: {'; '.join(changed[:5])}; "
+            "nothing was uploaded, export the version again"
+        )
+
+
 class Publisher:
     """Uploads versions to `s3://<bucket>/<prefix>/<model>/<version>/`."""
 
@@ -88,6 +116,7 @@ class Publisher:
         self._root = root
 
     def publish(self, request: PublishRequest) -> Marker:
+        check_export(request)
         marker = build_marker(request.name, request.version, request.folder)
         check_layout(marker)
         prefix = f"{self._root}{request.name}/{request.version}/"

@@ -33,6 +33,8 @@ class ModelStatus:
     waiting_removal: list[int] = field(default_factory=list)
     missing_from_source: bool = False
     problems: list[str] = field(default_factory=list)
+    failed_versions: dict[str, str] = field(default_factory=dict)
+    """Version -> why it is not served (download, checksum or load failure), until fixed."""
 
 
 @dataclass
@@ -85,6 +87,7 @@ class StatusBook:
         # counter when the name ends in _total, else a gauge.
         body["versions_served"] = sum(len(m.served) for m in models)
         body["versions_in_source"] = sum(len(m.available_in_source) for m in models)
+        body["versions_failed"] = sum(len(m.failed_versions) for m in models)
         body["labels_pending"] = sum(len(m.pending_labels) for m in models)
         body["versions_waiting_removal"] = sum(len(m.waiting_removal) for m in models)
         body["models_missing_from_source"] = sum(1 for m in models if m.missing_from_source)

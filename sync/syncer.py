@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from sync.errors import SyncError
@@ -15,7 +16,7 @@ from sync.marker import Marker
 from sync.modelconfig import ServedModel, read_previous, render
 from sync.planner import ModelInputs, ModelPlan, plan_model, wanted_versions
 from sync.repository import Repository
-from sync.server_status import ServerStatus
+from sync.server_status import ServerStatus, VersionState
 from sync.settings import Settings
 from sync.source import Listing, Source
 from sync.status import ModelStatus, StatusBook
@@ -23,6 +24,18 @@ from sync.status import ModelStatus, StatusBook
 log = logging.getLogger(__name__)
 
 Installed = dict[str, dict[int, Marker]]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a version in the source is not served: it failed to download, verify or load."""
+
+    error: str
+    marker: Marker
+    """The version's marker when it failed: new content in the source is tried afresh."""
+    load: bool = False
+    """The model server failed to load it: not retried until its content changes."""
+
 
 # A version that failed verification is retried after this long, not on every pass: versions
 # are immutable, so it only heals if someone re-uploads its objects.
@@ -45,6 +58,8 @@ class Syncer:
         self.server = server or ServerStatus(settings.model_server_rest_url)
         self.status = StatusBook(settings.status_file, source.describe())
         self._failed_at: dict[tuple[str, int], float] = {}
+        self._failures: dict[tuple[str, int], Failure] = {}
+        """Versions that failed and are still in the source: reported on every pass until fixed."""
         self._listing: Listing | None = None
         self._scanned_at = 0.0
         self._plans: dict[str, ModelPlan] = {}
@@ -109,11 +124,12 @@ class Syncer:
             self.status.write()
             raise
         errors = [f"{key}: {why}" for key, why in sorted(listing.problems.items())]
+        self._forget_fixed(listing)
         failed = self._install_wanted(listing, self.repository.installed(), errors)
         installed = self.repository.installed()
         missing = self._missing(listing, installed)
         dropped = self._to_drop(listing, missing)
-        plans = self._plan(listing, installed, failed, dropped)
+        plans = self._plan(listing, installed, failed, dropped, errors)
         self._write_config(plans)
         self._delete_released(plans)
         self._report_missing(missing, dropped, plans)
@@ -127,6 +143,14 @@ class Syncer:
             self._listing = self.source.scan()
         return self._listing
 
+    def _forget_fixed(self, listing: Listing) -> None:
+        """Drop the failures of versions gone from the source or published again."""
+        for (model, version), failure in list(self._failures.items()):
+            now = listing.complete.get(model, {}).get(version)
+            if now is None or not now.same_content(failure.marker):
+                del self._failures[(model, version)]
+                self._failed_at.pop((model, version), None)
+
     def _install_wanted(
         self, listing: Listing, installed: Installed, errors: list[str]
     ) -> dict[str, set[int]]:
@@ -134,7 +158,7 @@ class Syncer:
         policy falls back on the next one (latest 1 with a corrupt v2 serves v1)."""
         failed: dict[str, set[int]] = {}
         for model, complete in sorted(listing.complete.items()):
-            bad = failed.setdefault(model, self._cooling(model))
+            bad = failed.setdefault(model, self._cooling(model) | self._load_failed(model))
             local = installed.get(model, {})
             while True:
                 usable = set(complete) - bad
@@ -163,8 +187,10 @@ class Syncer:
                 errors.append(str(exc))
                 bad.add(version)
                 self._failed_at[(model, version)] = time.monotonic()
+                self._failures[(model, version)] = Failure(str(exc), complete[version])
                 any_failed = True
                 continue
+            self._failures.pop((model, version), None)
             self.status.versions_installed_total += 1
             self.status.bytes_downloaded_total += result.fetched_bytes
         return any_failed
@@ -174,6 +200,30 @@ class Syncer:
         now = time.monotonic()
         wait = max(RETRY_FAILED_AFTER, self.settings.poll_interval)
         return {v for (m, v), at in self._failed_at.items() if m == model and now - at < wait}
+
+    def _load_failed(self, model: str) -> set[int]:
+        return {v for (m, v), f in self._failures.items() if m == model and f.load}
+
+    def _note_load_failures(
+        self,
+        model: str,
+        versions: Mapping[int, VersionState],
+        complete: Mapping[int, Marker],
+        installed: Mapping[int, Marker],
+        errors: list[str],
+    ) -> set[int]:
+        """Versions the model server gave up loading (END with an error): never "served"."""
+        found = set()
+        for version, state in sorted(versions.items()):
+            if state.state != "END" or not state.error or version not in complete:
+                continue
+            found.add(version)
+            if version in installed and (model, version) not in self._failures:
+                message = f"{model}/{version}: the model server failed to load it: {state.error}"
+                log.error("%s; serving the versions served before", message)
+                errors.append(message)
+                self._failures[(model, version)] = Failure(message, complete[version], load=True)
+        return found & self._load_failed(model)
 
     def _needs_install(self, remote: Marker, local: Marker | None) -> bool:
         if local is None:
@@ -214,14 +264,22 @@ class Syncer:
         self,
         listing: Listing,
         installed: Installed,
-        failed: Mapping[str, set[int]],
+        failed: dict[str, set[int]],
         dropped: set[str] | None = None,
+        errors: list[str] | None = None,
     ) -> dict[str, ModelPlan]:
         previous = read_previous(self.settings.config_file)
         names = sorted(set(listing.complete) | set(installed) | set(previous))
         plans = {}
         for name in names:
-            states = self.server.states(name)
+            versions = self.server.versions(name)
+            states = None if versions is None else {v: s.state for v, s in versions.items()}
+            if versions:
+                complete = listing.complete.get(name, {})
+                local = installed.get(name, {})
+                failed.setdefault(name, set()).update(
+                    self._note_load_failures(name, versions, complete, local, errors or [])
+                )
             if states is None and self.prune_confirmed and name in (dropped or ()):
                 states = {}  # `--prune` runs with the dyno stopped: nothing holds the files
             inputs = ModelInputs(
@@ -299,12 +357,28 @@ class Syncer:
                 incomplete_in_source=sorted(listing.incomplete.get(name, [])),
                 waiting_removal=sorted(plan.waiting_removal),
                 missing_from_source=name in (missing or ()),
-                problems=plan.notes + [e for e in errors if e.startswith((f"{name}/", f"{name}:"))],
+                problems=plan.notes + self._problems(name, errors),
+                failed_versions=self._failed_versions(name, listing),
             )
             for name, plan in plans.items()
         }
         self.status.record_pass(seconds, errors)
         self.status.write()
+
+    def _failed_versions(self, model: str, listing: Listing) -> dict[str, str]:
+        """Version -> why it is not served: broken in the listing, or failed and not fixed."""
+        failed = {str(v): f.error for (m, v), f in sorted(self._failures.items()) if m == model}
+        for key, why in sorted(listing.problems.items()):
+            name, _, version = key.partition("/")
+            if name == model and version.isdigit():
+                failed.setdefault(version, why)
+        return failed
+
+    def _problems(self, model: str, errors: list[str]) -> list[str]:
+        """This pass's errors about the model, and every failure not fixed since, once each."""
+        mine = [e for e in errors if e.startswith((f"{model}/", f"{model}:"))]
+        kept = [f.error for (m, _v), f in sorted(self._failures.items()) if m == model]
+        return mine + [e for e in kept if e not in mine]
 
     def _serve_local_copy(self, installed: Installed, exc: SyncError) -> None:
         banner = "!" * 72

@@ -38,8 +38,12 @@ def dyno_user() -> None:
 @pytest.fixture(scope="session")
 def demo_bucket(moto_endpoint: str) -> dict[str, str]:
     """Bucketeer's variables for a bucket holding the demo model (shapes, version 2)."""
-    import boto3
+    return new_demo_bucket(moto_endpoint)
 
+
+def new_demo_bucket(moto_endpoint: str) -> dict[str, str]:
+    """A new bucket with the demo model's version 2 published (`python -m sync.publish`), for a
+    test that changes what is in it; Bucketeer's variables for it."""
     assert (DEMO_EXPORTS / "shapes" / "2" / "saved_model.pb").exists(), "run `make demo-model`"
     bucket = f"dynoserve-dyno-{uuid.uuid4().hex[:8]}"
     env = {
@@ -48,13 +52,7 @@ def demo_bucket(moto_endpoint: str) -> dict[str, str]:
         "BUCKETEER_AWS_SECRET_ACCESS_KEY": "testing",
         "BUCKETEER_AWS_REGION": "us-east-1",
     }
-    client = boto3.client(
-        "s3",
-        endpoint_url=moto_endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    client = s3_client(moto_endpoint)
     client.create_bucket(Bucket=bucket)
     client.close()
     argv = [str(GATEWAY_PYTHON), "-m", "sync.publish", "--name", "shapes"]
@@ -65,6 +63,18 @@ def demo_bucket(moto_endpoint: str) -> dict[str, str]:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return env
+
+
+def s3_client(moto_endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=moto_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from export.servable import Preprocessing, ServableSpec, write_servable
 from export.testing import TinyConvNet, write_tiny_model
 from export.verify import probe_classifier
 from export.warmup import read_warmup_file
+from modelrepo.exportrecord import describe_folder, read_record
 from tests.export.images import encode, solid
 
 RED, GREEN, BLUE = (230, 20, 20), (20, 230, 20), (20, 20, 230)
@@ -85,6 +86,15 @@ def test_metadata(tiny_version: Path) -> None:
     assert meta["labels"] == ["cat", "dog", "bird"]
     assert meta["source"]["kind"] == "tiny"
     assert meta["created"].endswith("+00:00")
+
+
+def test_export_record_lists_every_verified_file(tiny_version: Path) -> None:
+    """make publish proves the files it uploads are these (issue 10)."""
+    record = read_record(tiny_version)
+    assert record is not None
+    assert record.verified
+    assert {"saved_model.pb", "variables/variables.index"} <= record.files.keys()
+    assert record.differences(describe_folder(tiny_version, verified=True)) == []
 
 
 def test_warmup_file_is_a_serving_default_request(tiny_version: Path, tiny_loaded: Any) -> None:

@@ -16,7 +16,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from modelrepo.exportrecord import write_record
 from sync.manifest import MANIFEST_NAME
+from sync.marker import MARKER_NAME, Marker
 from sync.modelconfig import read_previous
 from sync.publish import Publisher, PublishRequest
 from sync.settings import Settings
@@ -25,7 +27,8 @@ from sync.settings import Settings
 def make_version(
     root: Path, model: str, version: int, size: int = 4096, labels: str = "cat\ndog\n"
 ) -> Path:
-    """A stand-in version folder: saved_model.pb, variables/, assets/ with random bytes."""
+    """A stand-in version folder: saved_model.pb, variables/, assets/ with random bytes, and
+    the export record (modelrepo/exportrecord.py) export writes."""
     folder = root / model / str(version)
     (folder / "variables").mkdir(parents=True)
     (folder / "assets").mkdir()
@@ -33,6 +36,7 @@ def make_version(
     (folder / "variables" / "variables.index").write_bytes(os.urandom(64))
     (folder / "variables" / "variables.data-00000-of-00001").write_bytes(os.urandom(size))
     (folder / "assets" / "labels.txt").write_text(labels)
+    write_record(folder, verified=True)  # as export does once it has checked the version
     return folder
 
 
@@ -43,6 +47,14 @@ def publish(env: Mapping[str, str], model: str, version: int, size: int = 4096) 
     folder = make_version(settings.export_dir, model, version, size)
     Publisher(settings.s3).publish(PublishRequest(model, version, folder))
     return folder
+
+
+def upload_as_is(s3: Any, bucket: str, prefix: str, marker: Marker, folder: Path) -> None:
+    """What a broken or hostile publisher does: the files, then the marker, no checks."""
+    for entry in marker.files:
+        body = (folder / entry.path).read_bytes()
+        s3.put_object(Bucket=bucket, Key=prefix + entry.path, Body=body)
+    s3.put_object(Bucket=bucket, Key=prefix + MARKER_NAME, Body=marker.to_json().encode())
 
 
 def put_manifest(s3: Any, env: Mapping[str, str], model: str, body: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from modelrepo.exportrecord import RECORD_NAME
 from sync.errors import PublishError
 from sync.marker import MARKER_NAME, build_marker
 from sync.publish import Publisher, PublishRequest, pick_version
@@ -55,6 +56,7 @@ def test_marker_lists_every_file_with_its_digest(tmp_path: Path) -> None:
         "variables/variables.index",
         "variables/variables.data-00000-of-00001",
         "assets/labels.txt",
+        RECORD_NAME,
     }
     assert marker.total_bytes == sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -71,3 +73,25 @@ def test_bucket_secrets_file_the_readme_suggests_is_ignored_by_git() -> None:
             check=False,
         )
         assert result.returncode == 0, f"{name} would be committed: add it to .gitignore"
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        ("variables/variables.data-00000-of-00001", "bytes, export wrote"),  # truncated
+        ("saved_model.pb", "SHA-256 differs"),  # same size, other bytes
+    ],
+)
+def test_publish_refuses_files_changed_since_the_export(
+    env: dict, s3: Any, damage: str, why: str
+) -> None:
+    """Issue 10 (b): a truncated variables file was uploaded with a valid marker."""
+    settings = Settings.from_env(env)
+    assert settings.s3 is not None
+    folder = make_version(settings.export_dir, "cats", 1)
+    path = folder / damage
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if "variables" in damage else bytes(len(data)))
+    with pytest.raises(PublishError, match=why):
+        Publisher(settings.s3).publish(pick_version(settings.export_dir, "cats", None))
+    assert "Contents" not in s3.list_objects_v2(Bucket=env["BUCKETEER_BUCKET_NAME"])
