@@ -1,23 +1,16 @@
-"""Small filesystem helpers: atomic writes and file digests."""
+"""Small filesystem helpers: atomic writes, and the file digest sync compares."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 from pathlib import Path
 
-_CHUNK = 1 << 20
+# One digest for the export record, the completion marker and the installer: they must agree.
+from modelrepo.exportrecord import sha256_file
 
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks so big variables files stay out of memory."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+__all__ = ["atomic_write_text", "sha256_file"]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
