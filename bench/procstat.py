@@ -134,16 +134,20 @@ class Sampler:
     def start(self) -> Sampler:
         self._start_cpu = _cpu_by_pid(self.roles())
         self._busy0, _ = machine_busy_seconds()
+        self._take_rss()
         self._thread.start()
         return self
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
-            per_role: dict[str, int] = defaultdict(int)
-            for pid, role in self.roles().items():
-                per_role[role] += rss_bytes(pid)
-            for role, total in per_role.items():
-                self._rss[role] = max(self._rss[role], total)
+            self._take_rss()
+
+    def _take_rss(self) -> None:
+        per_role: dict[str, int] = defaultdict(int)
+        for pid, role in self.roles().items():
+            per_role[role] += rss_bytes(pid)
+        for role, total in per_role.items():
+            self._rss[role] = max(self._rss[role], total)
 
     def stop(self) -> StepUsage:
         busy, cpus = machine_busy_seconds()
@@ -151,6 +155,8 @@ class Sampler:
         end_cpu = _cpu_by_pid(roles)
         self._stop.set()
         self._thread.join()
+        # A step shorter than the interval would otherwise have no RSS for a role at all.
+        self._take_rss()
         usage = StepUsage(machine_busy_s=busy - self._busy0, cpus=cpus)
         for pid, seconds in end_cpu.items():
             role = roles[pid]
