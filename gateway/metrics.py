@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from gateway.syncstatus import read_status
 
 # `_created` series double the exposition for no use here.
 disable_created_metrics()
@@ -112,11 +113,8 @@ class SyncStatusCollector(Collector):
         self.path = path
 
     def collect(self) -> Iterator[Metric]:
-        try:
-            status = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return
-        if not isinstance(status, dict):
+        status = read_status(self.path)
+        if status is None:
             return
         numbers = {
             k: float(v)

@@ -14,13 +14,19 @@ FIELDS = ("boot_completed_at", "degraded", "last_error", "consecutive_failures",
 MAX_ERROR_CHARS = 500
 
 
-def sync_summary(path: Path) -> dict[str, Any] | None:
-    """The status file's boot and error fields; None when there is no readable file."""
+def read_status(path: Path) -> dict[str, Any] | None:
+    """The whole status file; None when it is missing, unreadable or not a JSON object."""
     try:
         status = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(status, dict):
+    return status if isinstance(status, dict) else None
+
+
+def sync_summary(path: Path) -> dict[str, Any] | None:
+    """The status file's boot and error fields; None when there is no readable file."""
+    status = read_status(path)
+    if status is None:
         return None
     summary = {name: status.get(name) for name in FIELDS}
     if isinstance(summary["last_error"], str):
@@ -31,19 +37,26 @@ def sync_summary(path: Path) -> dict[str, Any] | None:
 def served_versions(path: Path, model: str) -> set[int]:
     """The versions sync last wrote into models.config for `model`; empty when unknown."""
     try:
-        served = json.loads(path.read_text())["models"][model]["served"]
-        return {int(v) for v in served}
-    except (OSError, ValueError, KeyError, TypeError):
+        return {int(v) for v in _model_field(path, model, "served")}
+    except (ValueError, TypeError):
         return set()
 
 
 def failed_versions(path: Path, model: str) -> dict[int, str]:
     """Versions of `model` sync could not download, verify or get loaded, with why; {} if none."""
     try:
-        failed = json.loads(path.read_text())["models"][model]["failed_versions"]
+        failed = _model_field(path, model, "failed_versions")
         return {int(v): str(why)[:MAX_ERROR_CHARS] for v, why in failed.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError):
         return {}
+
+
+def _model_field(path: Path, model: str, field: str) -> Any:
+    """`models.<model>.<field>` of the status file, or None when any step is missing."""
+    try:
+        return (read_status(path) or {})["models"][model][field]
+    except (KeyError, TypeError):
+        return None
 
 
 def not_ready_reason(models: dict[str, str], sync: dict[str, Any] | None) -> str:
