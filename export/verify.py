@@ -100,15 +100,16 @@ def _verify_graph_mode(
     """
     feeds = {PREDICT_PIXELS: sample.pixels, SERVING_DEFAULT: np.array(sample.encoded, object)}
     with tf_errors(VerificationFailed, "the export fails in TF Serving's graph-mode loader"):
-        outputs = _run_graph_mode(path, feeds)
+        outputs = run_graph_mode(path, feeds)
     return max(
         _compare(f"{signature} (graph-mode loader)", out, sample.expected, labels, tolerance)
         for signature, out in outputs.items()
     )
 
 
-def _run_graph_mode(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-    """Outputs by signature name, each signature fed its one input by SignatureDef tensor name."""
+def run_graph_mode(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Outputs by signature name, as stock TF Serving computes them: the v1 loader (the Python
+    twin of C++ LoadSavedModel) in a Session, each signature fed by SignatureDef tensor name."""
     v1 = tf.compat.v1
     outputs = {}
     graph = tf.Graph()

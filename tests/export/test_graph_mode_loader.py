@@ -20,7 +20,7 @@ from PIL import Image
 from export.errors import VerificationFailed
 from export.preprocessing import Preprocessing
 from export.signatures import ServingModule, build_signatures
-from export.verify import probe_classifier, verify_saved_model
+from export.verify import probe_classifier, run_graph_mode, verify_saved_model
 from tests.export.images import encode
 
 KINDS = ["tiny_tf_module", "keras3", "tf_keras2_h5", "tf1"]
@@ -32,20 +32,6 @@ def _inputs(size: tuple[int, int]) -> dict[str, np.ndarray]:
     pixels = rng.integers(0, 256, (3, *size, 3), dtype=np.uint8)
     images = np.array([encode(Image.fromarray(p), "PNG") for p in pixels], dtype=object)
     return {"serving_default": images, "predict_pixels": pixels.astype(np.float32)}
-
-
-def _run_graph_mode(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """Outputs by signature, as TF Serving would compute them: names from the SignatureDefs."""
-    v1 = tf.compat.v1
-    results = {}
-    with tf.Graph().as_default() as graph, v1.Session(graph=graph) as session:
-        meta_graph = v1.saved_model.loader.load(session, ["serve"], str(path))
-        for name, value in feeds.items():
-            signature = meta_graph.signature_def[name]
-            (tensor_info,) = signature.inputs.values()
-            fetches = {key: info.name for key, info in signature.outputs.items()}
-            results[name] = session.run(fetches, {tensor_info.name: value})
-    return results
 
 
 def _run_tf2(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
@@ -66,7 +52,7 @@ def test_both_signatures_run_in_the_graph_mode_loader(
     path = tiny_version if kind == "tiny_tf_module" else exported[kind]
     size = (32, 32) if kind == "tiny_tf_module" else (16, 16)
     feeds = _inputs(size)
-    graph_mode = _run_graph_mode(path, feeds)
+    graph_mode = run_graph_mode(path, feeds)
     expected = _run_tf2(path, feeds)
     for name in feeds:
         np.testing.assert_allclose(
