@@ -35,6 +35,8 @@ class Failure:
     """The version's marker when it failed: new content in the source is tried afresh."""
     load: bool = False
     """The model server failed to load it: not retried until its content changes."""
+    at: float = 0.0
+    """When it failed (monotonic): a failed download is retried RETRY_FAILED_AFTER later."""
 
 
 # A version that failed verification is retried after this long, not on every pass: versions
@@ -57,7 +59,6 @@ class Syncer:
         self.installer = Installer(source, self.repository, settings.checksum_retries)
         self.server = server or ServerStatus(settings.model_server_rest_url)
         self.status = StatusBook(settings.status_file, source.describe())
-        self._failed_at: dict[tuple[str, int], float] = {}
         self._failures: dict[tuple[str, int], Failure] = {}
         """Versions that failed and are still in the source: reported on every pass until fixed."""
         self._listing: Listing | None = None
@@ -149,7 +150,6 @@ class Syncer:
             now = listing.complete.get(model, {}).get(version)
             if now is None or not now.same_content(failure.marker):
                 del self._failures[(model, version)]
-                self._failed_at.pop((model, version), None)
 
     def _install_wanted(
         self, listing: Listing, installed: Installed, errors: list[str]
@@ -186,8 +186,9 @@ class Syncer:
                 log.error("skipping %s/%s, keeping what serves now: %s", model, version, exc)
                 errors.append(str(exc))
                 bad.add(version)
-                self._failed_at[(model, version)] = time.monotonic()
-                self._failures[(model, version)] = Failure(str(exc), complete[version])
+                self._failures[(model, version)] = Failure(
+                    str(exc), complete[version], at=time.monotonic()
+                )
                 any_failed = True
                 continue
             self._failures.pop((model, version), None)
@@ -199,7 +200,11 @@ class Syncer:
         """Versions that failed recently: not fetched again before RETRY_FAILED_AFTER seconds."""
         now = time.monotonic()
         wait = max(RETRY_FAILED_AFTER, self.settings.poll_interval)
-        return {v for (m, v), at in self._failed_at.items() if m == model and now - at < wait}
+        return {
+            v
+            for (m, v), f in self._failures.items()
+            if m == model and not f.load and now - f.at < wait
+        }
 
     def _load_failed(self, model: str) -> set[int]:
         return {v for (m, v), f in self._failures.items() if m == model and f.load}
