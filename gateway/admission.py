@@ -39,6 +39,9 @@ class Refused(Overloaded):
         super().__init__(message)
         self.retry_after = retry_after
 
+    def retry_after_header(self, default_s: int) -> str | None:
+        return str(self.retry_after)  # the admission estimate, not the configured default
+
 
 class ClientGone(GatewayError):
     """The client closed its connection while its request waited; nobody reads this answer."""

@@ -13,7 +13,7 @@ from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
-from gateway.admission import AdmissionControl, AdmittedPredictor, Refused
+from gateway.admission import AdmissionControl, AdmittedPredictor
 from gateway.errors import BadRequest as GatewayBadRequest
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, Unauthorized
 from gateway.errors import PayloadTooLarge as GatewayPayloadTooLarge
@@ -139,10 +139,9 @@ def _install_error_handlers(app: Flask, settings: Settings) -> None:
     @app.errorhandler(GatewayError)
     def gateway_error(error: GatewayError) -> tuple[Response, int, dict[str, str]]:
         headers = {}
-        if isinstance(error, Refused):
-            headers["Retry-After"] = str(error.retry_after)  # from the admission estimate
-        elif error.retry_after is not None:
-            headers["Retry-After"] = str(settings.retry_after_s)
+        retry_after = error.retry_after_header(settings.retry_after_s)
+        if retry_after is not None:
+            headers["Retry-After"] = retry_after
         if error.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="dynoserve"'
         return jsonify(error.to_json()), error.status, headers

@@ -27,6 +27,11 @@ class GatewayError(Exception):
         if code is not None:
             self.code = code
 
+    def retry_after_header(self, default_s: int) -> str | None:
+        """Retry-After for this answer: none, or the configured wait (DYNOSERVE_RETRY_AFTER_S);
+        an error that knows its own wait overrides this."""
+        return None if self.retry_after is None else str(default_s)
+
     def to_json(self) -> dict[str, dict[str, str]]:
         return {"error": {"code": self.code, "message": self.message}}
 
