@@ -104,7 +104,9 @@ class FairShares:
             self._in_use -= amount
 
     @contextmanager
-    def holding(self, client: str, amount: int, refuse: Callable[[Refusal], Exception]) -> Iterator[None]:
+    def holding(
+        self, client: str, amount: int, refuse: Callable[[Refusal], Exception]
+    ) -> Iterator[None]:
         """Hold `amount` units for the block; `refuse` builds the error raised when refused."""
         refusal = self.try_take(client, amount)
         if refusal is not None:

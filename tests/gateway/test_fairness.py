@@ -33,7 +33,9 @@ def test_once_others_hold_units_the_flooder_waits_for_its_share() -> None:
     assert take_all(pool, "b") == 25  # what is left; b is under its share of 37
     refusal = pool.try_take("a", 1)
     assert isinstance(refusal, Refusal)
-    assert refusal.over_share and refusal.held == 75 and refusal.share == 37
+    assert refusal.over_share
+    assert refusal.held == 75
+    assert refusal.share == 37
     for _ in range(40):  # a's requests finish one by one
         pool.give_back("a", 1)
     assert pool.try_take("a", 1) is None  # 35 + 1 <= share 37
@@ -44,28 +46,38 @@ def test_refusal_says_whose_fault() -> None:
     pool = FairShares("fetches", 8)
     take_all(pool, "a")
     mine = pool.try_take("a", 1)
-    assert mine is not None and mine.over_share
+    assert mine is not None
+    assert mine.over_share
     assert "fair share" in mine.describe()
     take_all(pool, "b")
     full = pool.try_take("c", 1)
-    assert full is not None and not full.over_share
+    assert full is not None
+    assert not full.over_share
     assert "all 8 fetches are in use" in full.describe()
 
 
 def test_holding_gives_back_on_error() -> None:
     pool = FairShares("bytes", 10)
-    with pytest.raises(KeyError), pool.holding("a", 4, lambda r: RuntimeError(r.describe())):
-        assert pool.in_use == 4
-        raise KeyError("boom")
-    assert pool.in_use == 0 and pool.held("a") == 0
-    with pytest.raises(RuntimeError, match="in use"), pool.holding(
-        "a", 11, lambda r: RuntimeError(r.describe())
+
+    def fail_while_holding() -> None:
+        with pool.holding("a", 4, lambda r: RuntimeError(r.describe())):
+            assert pool.in_use == 4
+            raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        fail_while_holding()
+    assert pool.in_use == 0
+    assert pool.held("a") == 0
+    with (
+        pytest.raises(RuntimeError, match="in use"),
+        pool.holding("a", 11, lambda r: RuntimeError(r.describe())),
     ):
         pass
 
 
 def test_identity_hides_the_key() -> None:
     who = client_identity("secret-key", "10.0.0.1")
-    assert who.startswith("key:") and "secret" not in who
+    assert who.startswith("key:")
+    assert "secret" not in who
     assert client_identity(None, "203.0.113.9") == "addr:203.0.113.9"
     assert client_identity("", None) == "addr:unknown"
