@@ -14,9 +14,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from gateway.admission import AdmissionControl, AdmittedPredictor
+from gateway.deadline import Deadline
 from gateway.errors import BadRequest as GatewayBadRequest
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, Unauthorized
 from gateway.errors import PayloadTooLarge as GatewayPayloadTooLarge
+from gateway.fairness import client_identity
 from gateway.logs import request_id_var
 from gateway.metrics import Metrics
 from gateway.predictor import ModelServerPredictor
@@ -73,12 +75,17 @@ def create_app(
 def _install_hooks(app: Flask, settings: Settings, predictor: Predictor, metrics: Metrics) -> None:
     @app.before_request
     def start_request() -> None:
+        # The request's one deadline counts from here: waitress calls the app once it holds the
+        # whole body and publishes no earlier arrival time (DYNOSERVE_REQUEST_TIMEOUT_S < 30 s
+        # leaves Heroku's router the rest).
+        g.deadline = Deadline.after(settings.request_timeout_s)
         g.start = time.perf_counter()
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         request_id_var.set(g.request_id)
         if settings.api_keys and request.endpoint not in PUBLIC_ENDPOINTS:
             _authenticate(settings.api_keys)
+        g.client = _client(settings)
 
     @app.after_request
     def finish_request(response: Response) -> Response:
@@ -97,11 +104,23 @@ def _client_gone() -> bool:
     return bool(check is not None and check())
 
 
-def _authenticate(keys: tuple[str, ...]) -> None:
-    """Accept `Authorization: Bearer <key>` or `X-API-Key: <key>`, compared in constant time."""
+def _offered_key() -> str:
     header = request.headers.get("Authorization", "")
     offered = header[7:].strip() if header[:7].lower() == "bearer " else ""
-    offered = offered or request.headers.get("X-API-Key", "")
+    return offered or request.headers.get("X-API-Key", "")
+
+
+def _client(settings: Settings) -> str:
+    """Who the request counts against in fair shares: its API key where keys are checked (an
+    unchecked one would be a free new identity per request), else its address (REMOTE_ADDR:
+    the last X-Forwarded-For entry with DYNOSERVE_TRUST_X_FORWARDED_FOR, see server.py)."""
+    checked = bool(settings.api_keys) and request.endpoint not in PUBLIC_ENDPOINTS
+    return client_identity(_offered_key() if checked else None, request.remote_addr)
+
+
+def _authenticate(keys: tuple[str, ...]) -> None:
+    """Accept `Authorization: Bearer <key>` or `X-API-Key: <key>`, compared in constant time."""
+    offered = _offered_key()
     if not offered:
         raise Unauthorized("an API key is required (Authorization: Bearer <key> or X-API-Key)")
     candidate = offered.encode()

@@ -141,15 +141,21 @@ class ModelServerClient:
         ]
 
     def metadata(
-        self, model: str, version: int | None = None, label: str | None = None, request_id: str = ""
+        self,
+        model: str,
+        version: int | None = None,
+        label: str | None = None,
+        request_id: str = "",
+        timeout: float | None = None,
     ) -> VersionMetadata:
-        """The signatures of a version (the latest when neither version nor label is given)."""
+        """The signatures of a version (the latest when neither version nor label is given);
+        `timeout` (what is left of the request's deadline) shortens the call's deadline."""
         request = get_model_metadata_pb2.GetModelMetadataRequest(
             model_spec=model_spec(model, version, label), metadata_field=["signature_def"]
         )
         with grpc_errors():
             response = self._predict.GetModelMetadata(
-                request, timeout=self.deadline_s, metadata=_metadata(request_id)
+                request, timeout=self._timeout(timeout), metadata=_metadata(request_id)
             )
         signatures = get_model_metadata_pb2.SignatureDefMap()
         packed = response.metadata.get("signature_def")
@@ -168,8 +174,10 @@ class ModelServerClient:
         signature: str,
         inputs: dict[str, tensor_pb2.TensorProto],
         request_id: str = "",
+        timeout: float | None = None,
     ) -> tuple[PredictOutput, float]:
-        """Run one Predict; returns the decoded answer and the call's wall time in seconds."""
+        """Run one Predict; returns the decoded answer and the call's wall time in seconds.
+        `timeout` (what is left of the request's deadline) shortens the call's deadline."""
         request = predict_pb2.PredictRequest(
             model_spec=model_spec(model, version, signature_name=signature)
         )
@@ -178,10 +186,14 @@ class ModelServerClient:
         start = time.perf_counter()
         with grpc_errors():
             response = self._predict.Predict(
-                request, timeout=self.deadline_s, metadata=_metadata(request_id)
+                request, timeout=self._timeout(timeout), metadata=_metadata(request_id)
             )
         elapsed = time.perf_counter() - start
         return decode_outputs(response), elapsed
+
+    def _timeout(self, remaining: float | None) -> float:
+        """The call's deadline: the per-call cap, or less when the request has less left."""
+        return self.deadline_s if remaining is None else max(0.0, min(self.deadline_s, remaining))
 
 
 def model_spec(

@@ -36,6 +36,15 @@ class GatewayError(Exception):
         return {"error": {"code": self.code, "message": self.message}}
 
 
+class TooManyRequests(GatewayError):
+    """This client holds more than its fair share of a pool others are waiting for; everyone
+    else is served. Answered with Retry-After."""
+
+    status = 429
+    code = "client_over_share"
+    retry_after = 1
+
+
 class ConfigError(GatewayError, SettingsError):
     """Settings that cannot work together; raised at start, never while serving."""
 
@@ -144,9 +153,32 @@ class Overloaded(ServiceUnavailable):
     code = "overloaded"
 
 
+class FetchCapacity(Overloaded):
+    """Every image-fetch slot (DYNOSERVE_MAX_FETCHES) is taken."""
+
+    code = "fetch_capacity"
+
+
+# The stages of a prediction that spend from the request's deadline, in order.
+DEADLINE_STAGES = ("metadata", "fetch", "queue", "inference")
+
+
 class DeadlineExceeded(GatewayError):
+    """Out of time: the gRPC deadline, or the request's own (DYNOSERVE_REQUEST_TIMEOUT_S) while
+    in `stage`, which the answer names."""
+
     status = 504
     code = "deadline_exceeded"
+
+    def __init__(self, message: str, *, code: str | None = None, stage: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.stage = stage
+
+    def to_json(self) -> dict[str, dict[str, str]]:
+        body = super().to_json()
+        if self.stage is not None:
+            body["error"]["stage"] = self.stage
+        return body
 
 
 # Hand-written on purpose: each gRPC status says who is at fault, which decides the HTTP status.

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from gateway.errors import GatewayError, Overloaded, ServiceUnavailable, TooManyRequests
+
 # Up to this fraction of a pool in use, nobody's share is checked.
 UNCONTENDED = 0.5
 # The fraction of a pool no single client may take while others could want it.
@@ -43,6 +45,18 @@ class Refusal:
     share: int
     in_use: int
     capacity: int
+
+    @property
+    def reason(self) -> str:
+        """The metrics label: `over_share` (429) or `full` (503)."""
+        return "over_share" if self.over_share else "full"
+
+    def as_error(self, full: type[ServiceUnavailable] = Overloaded) -> GatewayError:
+        """The answer: 429 `client_over_share` when it is this client's doing, else `full`
+        (a 503); both say Retry-After."""
+        if self.over_share:
+            return TooManyRequests(f"too many requests: {self.describe()}; retry later")
+        return full(f"overloaded: {self.describe()}; retry later")
 
     def describe(self) -> str:
         if self.over_share:

@@ -1,49 +1,71 @@
-"""A request's images made ready for the model: fetched (a batch in parallel), vetted, encoded or
-resized as the signature's input plan says, then sent as one input tensor the signature takes."""
+"""A request's images made ready for the model: fetched (a batch in parallel, under the fetch
+bound and each client's fair share of it), vetted, encoded or resized as the signature's input
+plan says, then sent as one input tensor the signature takes."""
 
 from __future__ import annotations
 
 import contextvars
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 
 from gateway._proto.dynoserve.tensorflow import tensor_pb2
 from gateway.client import Signature, float_tensor, string_tensor
-from gateway.errors import GatewayError
+from gateway.deadline import Deadline
+from gateway.errors import DeadlineExceeded, FetchCapacity, GatewayError
+from gateway.fairness import FairShares, Refusal
 from gateway.fetch import ImageFetcher
 from gateway.images import check_image, encoded_for_graph, pixels_for_graph
 from gateway.metrics import Metrics
 from gateway.results import ImageInput, ItemResult
 from gateway.signatures import InputPlan, check_tensor
 
+Outcome = tuple[ItemResult, bytes | None]
+
 
 class ImagePreparer:
     """Fetches and vets a request's images; thread-safe. Per-image errors stay with their item,
-    so one bad URL spoils nothing."""
+    so one bad URL spoils nothing.
 
-    def __init__(self, fetcher: ImageFetcher, max_pixels: int, metrics: Metrics | None) -> None:
+    A request takes a fetch slot per URL before fetching any (FairShares pool "fetches", at most
+    `max_fetches`): past the bound it is refused at once (503 fetch_capacity), past its client's
+    fair share under contention 429. The calling (waitress) thread fetches the first URL itself;
+    the rest of a batch run on threads of a pool as large as the bound, so a fetch holding a
+    slot never waits for a thread (the old shared 8-thread pool queued outside every deadline).
+    """
+
+    def __init__(
+        self,
+        fetcher: ImageFetcher,
+        max_pixels: int,
+        metrics: Metrics | None,
+        max_fetches: int = 256,
+    ) -> None:
         self.fetcher = fetcher
         self.max_pixels = max_pixels
         self.metrics = metrics
-        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch")
+        self.fetches = FairShares("fetches", max_fetches, on_refusal=self._count_refusal)
+        # Threads start only when needed and are reused: idle ones cost about 16 KB RSS each.
+        self._pool = ThreadPoolExecutor(max_workers=max_fetches, thread_name_prefix="fetch")
+        if metrics is not None:
+            metrics.fetches_in_progress.set_function(lambda: self.fetches.in_use)
 
     def close(self) -> None:
         """Stop the fetch threads (the fetcher is its owner's to close)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def prepare_all(
-        self, images: tuple[ImageInput, ...], plan: InputPlan
+        self,
+        images: tuple[ImageInput, ...],
+        plan: InputPlan,
+        client: str = "",
+        deadline: Deadline | None = None,
     ) -> tuple[list[ItemResult], list[tuple[int, bytes]]]:
         """An item per image, and (index, payload) for each image ready to send."""
-        if len(images) == 1:
-            outcomes = [self._prepare(images[0], plan)]
-        else:
-            # Each task runs in a copy of this request's context, so logs keep its request id.
-            tasks = [
-                self._pool.submit(contextvars.copy_context().run, self._prepare, image, plan)
-                for image in images
-            ]
-            outcomes = [task.result() for task in tasks]
+        urls = sum(1 for image in images if image.data is None)
+        with self._fetch_slots(client, urls):
+            outcomes = self._prepare_each(images, plan, deadline)
         items: list[ItemResult] = []
         payloads: list[tuple[int, bytes]] = []
         for index, (item, payload) in enumerate(outcomes):
@@ -52,10 +74,41 @@ class ImagePreparer:
                 payloads.append((index, payload))
         return items, payloads
 
-    def _prepare(self, image: ImageInput, plan: InputPlan) -> tuple[ItemResult, bytes | None]:
+    @contextmanager
+    def _fetch_slots(self, client: str, count: int) -> Iterator[None]:
+        if not count:
+            yield
+            return
+        with self.fetches.holding(client, count, _refusal_error):
+            yield
+
+    def _prepare_each(
+        self, images: tuple[ImageInput, ...], plan: InputPlan, deadline: Deadline | None
+    ) -> list[Outcome]:
+        """URLs after the first go to pool threads (each holds a slot, so one is free for it);
+        the first URL and the uploads are done on this thread meanwhile."""
+        first_url = next((n for n, image in enumerate(images) if image.data is None), None)
+        futures: dict[int, Future[Outcome]] = {}
+        for n, image in enumerate(images):
+            if image.data is None and n != first_url:
+                # Each task runs in a copy of this request's context: logs keep its request id.
+                run = contextvars.copy_context().run
+                futures[n] = self._pool.submit(run, self._prepare, image, plan, deadline)
+        outcomes: dict[int, Outcome] = {
+            n: self._prepare(image, plan, deadline)
+            for n, image in enumerate(images)
+            if n not in futures
+        }
+        # Every fetch ends by its own budget (within the request's deadline): no timeout here.
+        outcomes.update({n: future.result() for n, future in futures.items()})
+        return [outcomes[n] for n in range(len(images))]
+
+    def _prepare(self, image: ImageInput, plan: InputPlan, deadline: Deadline | None) -> Outcome:
         item = ItemResult()
         try:
-            data = image.data if image.data is not None else self._fetch(image.url or "", item)
+            data = image.data
+            if data is None:
+                data = self._fetch(image.url or "", item, deadline)
             checked = check_image(data, self.max_pixels)
             if plan.kind == "encoded":
                 return item, encoded_for_graph(checked)
@@ -64,20 +117,34 @@ class ImagePreparer:
             item.error = exc
             return item, None
 
-    def _fetch(self, url: str, item: ItemResult) -> bytes:
+    def _fetch(self, url: str, item: ItemResult, deadline: Deadline | None) -> bytes:
         start = time.perf_counter()
         outcome = "error"
         try:
-            fetched = self.fetcher.fetch(url)
+            if deadline is not None:
+                deadline.check("fetch")
+            fetched = self.fetcher.fetch(url, deadline=deadline.at if deadline else None)
             outcome = "ok"
             if self.metrics is not None:
                 self.metrics.fetch_bytes.observe(len(fetched.data))
             return fetched.data
+        except DeadlineExceeded as exc:
+            if self.metrics is not None and exc.stage is not None:
+                self.metrics.deadline_misses.labels(exc.stage).inc()
+            raise
         finally:
             elapsed = time.perf_counter() - start
             item.fetch_ms = elapsed * 1000
             if self.metrics is not None:
                 self.metrics.fetch.labels(outcome).observe(elapsed)
+
+    def _count_refusal(self, refusal: Refusal) -> None:
+        if self.metrics is not None:
+            self.metrics.refused(refusal.pool, refusal.reason)
+
+
+def _refusal_error(refusal: Refusal) -> GatewayError:
+    return refusal.as_error(FetchCapacity)
 
 
 def input_tensor(

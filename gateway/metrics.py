@@ -68,6 +68,7 @@ class Metrics:
             registry=r,
         )
         self._add_admission(r)
+        self._add_limits(r)
         if sync_status_file is not None:
             r.register(SyncStatusCollector(sync_status_file))
 
@@ -104,6 +105,31 @@ class Metrics:
             "Recent rate at which images go through prediction (moving average).",
             registry=r,
         )
+
+    def _add_limits(self, r: CollectorRegistry) -> None:
+        """Bounded pools (fetch slots, the admission queue, bytes) and the request deadline."""
+        self.refusals = Counter(
+            "dynoserve_gateway_refusals",
+            "Requests refused by a bounded pool: pool (fetches, admission, bytes) and reason "
+            "(full: 503 for everyone; over_share: 429, this client holds more than its share; "
+            "estimate, queue_full, waited: admission's 503).",
+            ["pool", "reason"],
+            registry=r,
+        )
+        self.fetches_in_progress = Gauge(
+            "dynoserve_gateway_fetches_in_progress",
+            "Image fetch slots taken now (DYNOSERVE_MAX_FETCHES bounds them).",
+            registry=r,
+        )
+        self.deadline_misses = Counter(
+            "dynoserve_gateway_deadline_misses",
+            "Requests (or batch images) whose deadline ran out, by the stage it ran out in.",
+            ["stage"],
+            registry=r,
+        )
+
+    def refused(self, pool: str, reason: str) -> None:
+        self.refusals.labels(pool, reason).inc()
 
 
 class SyncStatusCollector(Collector):

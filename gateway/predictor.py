@@ -10,14 +10,32 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from gateway.catalog import ModelCatalog
 from gateway.client import ModelServerClient, PredictOutput, Signature, VersionMetadata
-from gateway.errors import GatewayError, InvalidArgument, ModelNotReady, ModelServerError, NotFound
+from gateway.deadline import Deadline
+from gateway.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    InvalidArgument,
+    ModelNotReady,
+    ModelServerError,
+    NotFound,
+)
 from gateway.fetch import FetchPolicy, ImageFetcher
 from gateway.inputs import ImagePreparer, input_tensor
 from gateway.metrics import Metrics
-from gateway.results import ModelInfo, PredictRequest, PredictResult, Readiness, VersionInfo
+from gateway.results import (
+    ItemResult,
+    ModelInfo,
+    PredictRequest,
+    PredictResult,
+    Readiness,
+    VersionInfo,
+)
 from gateway.settings import Settings
 from gateway.signatures import InputPlan, describe_signature, input_plan
 from gateway.syncstatus import failed_versions
@@ -31,6 +49,23 @@ READINESS_TIMEOUT_S = 2.0
 
 class VersionUnloaded(ModelNotReady):
     """The version a request was pinned to went away between metadata and Predict."""
+
+
+@dataclass
+class Prepared:
+    """A request with its version resolved and its images fetched: ready for one Predict."""
+
+    request: PredictRequest
+    meta: VersionMetadata
+    plan: InputPlan
+    items: list[ItemResult]
+    payloads: list[tuple[int, bytes]]  # (index in the request, input) of each image ready
+    started: float  # perf_counter when preparation began
+
+    @property
+    def cost(self) -> int:
+        """Images to predict: what admission counts (failed images need no capacity)."""
+        return len(self.payloads)
 
 
 class ModelServerPredictor:
@@ -51,7 +86,9 @@ class ModelServerPredictor:
         self.metrics = metrics
         self.versions = VersionResolver(self.client)
         self.explain = NotFoundExplainer(self.client, self.catalog, settings.sync_status_file)
-        self.images = ImagePreparer(self.fetcher, settings.max_image_pixels, metrics)
+        self.images = ImagePreparer(
+            self.fetcher, settings.max_image_pixels, metrics, settings.max_fetches
+        )
 
     def close(self) -> None:
         self.images.close()
@@ -62,19 +99,37 @@ class ModelServerPredictor:
         return set(self.catalog.entries())
 
     def predict(self, request: PredictRequest) -> PredictResult:
+        return self.infer(self.prepare(request))
+
+    def prepare(self, request: PredictRequest) -> Prepared:
+        """Everything before the model: resolve the version, fetch and vet the images. Holds
+        no admission slot (admission.py asks for one only between this and infer)."""
         start = time.perf_counter()
         meta = self._resolve(request)
         plan = input_plan(self._signature(meta))
-        items, payloads = self.images.prepare_all(request.images, plan)
+        items, payloads = self.images.prepare_all(
+            request.images, plan, request.client, request.deadline
+        )
+        return Prepared(request, meta, plan, items, payloads, start)
+
+    def infer(self, prepared: Prepared) -> PredictResult:
+        """The Predict call for the images that are ready, and the ranked answer."""
+        request, meta, items, payloads = (
+            prepared.request,
+            prepared.meta,
+            prepared.items,
+            prepared.payloads,
+        )
         # Fetches of a batch run in parallel: the slowest one is the time spent fetching.
         fetch_ms = max(item.fetch_ms for item in items)
         result = PredictResult(request.model, meta.version, items, fetch_ms=fetch_ms)
         if payloads:
-            output, infer_s = self._infer_once_more(request, meta, plan, [p for _, p in payloads])
+            tensors = [p for _, p in payloads]
+            output, infer_s = self._infer_once_more(request, meta, prepared.plan, tensors)
             result.version = output.version or meta.version
             result.inference_ms = infer_s * 1000
             rank(output, [i for i, _ in payloads], items, request.top_k)
-        result.total_ms = (time.perf_counter() - start) * 1000
+        result.total_ms = (time.perf_counter() - prepared.started) * 1000
         return result
 
     def _infer_once_more(
@@ -94,9 +149,10 @@ class ModelServerPredictor:
 
     def _resolve(self, request: PredictRequest) -> VersionMetadata:
         try:
-            return self.versions.resolve(
-                request.model, request.version, request.label, request.request_id
-            )
+            with self._stage(request.deadline, "metadata") as left:
+                return self.versions.resolve(
+                    request.model, request.version, request.label, request.request_id, left
+                )
         except NotFound as exc:
             raise self.explain.not_found(request.model, request.version, request.label) from exc
         except InvalidArgument as exc:
@@ -119,9 +175,15 @@ class ModelServerPredictor:
         tensor = input_tensor(plan, self._signature(meta), payloads)
         signature = self.settings.signature_name
         try:
-            output, elapsed = self.client.predict(
-                meta.model, meta.version, signature, {plan.key: tensor}, request.request_id
-            )
+            with self._stage(request.deadline, "inference") as left:
+                output, elapsed = self.client.predict(
+                    meta.model,
+                    meta.version,
+                    signature,
+                    {plan.key: tensor},
+                    request.request_id,
+                    left,
+                )
         except NotFound as exc:
             # The version we resolved was unloaded meanwhile: forget it; a retry resolves anew.
             self.versions.forget(meta.model)
@@ -131,6 +193,17 @@ class ModelServerPredictor:
         if self.metrics is not None:
             self.metrics.inference.labels(meta.model).observe(elapsed)
         return output, elapsed
+
+    @contextmanager
+    def _stage(self, deadline: Deadline | None, stage: str) -> Iterator[float | None]:
+        """A gRPC call under the request's deadline: it gets what is left (None: no request
+        deadline, the per-call cap only); running out, in or before it, names `stage`."""
+        try:
+            yield None if deadline is None else deadline.check(stage)
+        except DeadlineExceeded as exc:
+            if self.metrics is not None:
+                self.metrics.deadline_misses.labels(stage).inc()
+            raise DeadlineExceeded(exc.message, stage=stage) from exc
 
     def list_models(self, request_id: str = "") -> list[ModelInfo]:
         infos = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.deadline import Deadline
 from gateway.errors import GatewayError
 
 
@@ -30,6 +31,8 @@ class PredictRequest:
     label: str | None = None
     top_k: int = 5
     request_id: str = ""
+    client: str = ""  # fairness.client_identity: whose share its fetches and queued images use
+    deadline: Deadline | None = None  # the request's; None: only the per-stage limits apply
 
 
 @dataclass(frozen=True)

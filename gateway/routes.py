@@ -113,7 +113,9 @@ def run_prediction(
 ) -> Response:
     version, label, k = parse_selector(params, _settings().default_top_k)
     g.model = model
-    req = PredictRequest(model, images, version, label, k, g.request_id)
+    req = PredictRequest(
+        model, images, version, label, k, g.request_id, g.get("client", ""), g.get("deadline")
+    )
     result = _predictor().predict(req)
     # Metrics name a version only if it served something: a refused image was served by none.
     if any(item.predictions is not None for item in result.items):

@@ -31,8 +31,12 @@ class Settings(EnvSettings):
         derive=lambda read: config_file(read["model_base_path"]),
     )
     """The model server's models.config, read for model names and version labels."""
+    request_timeout_s: float = env("DYNOSERVE_REQUEST_TIMEOUT_S", 25.0)
+    """One deadline per request, counted from when the app sees it: queue wait, image fetches
+    and gRPC calls all spend from it, so an answer (504 naming the stage that ran out at worst)
+    comes before Heroku's router gives up at 30 s."""
     grpc_deadline_s: float = env("DYNOSERVE_GRPC_DEADLINE_S", 10.0)
-    """Deadline of every gRPC call, well below Heroku's 30 s router timeout."""
+    """Cap of every gRPC call; a prediction's calls also end with its request deadline."""
     grpc_max_attempts: int = env("DYNOSERVE_GRPC_MAX_ATTEMPTS", 3)
     """Attempts per gRPC call when the server is UNAVAILABLE (retries use a token budget)."""
     signature_name: str = env("DYNOSERVE_SIGNATURE_NAME", "serving_default")
@@ -52,7 +56,11 @@ class Settings(EnvSettings):
     fetch_read_timeout_s: float = env("DYNOSERVE_FETCH_READ_TIMEOUT_S", 5.0)
     """Timeout for each read from an image host."""
     fetch_total_timeout_s: float = env("DYNOSERVE_FETCH_TOTAL_TIMEOUT_S", 8.0)
-    """Time budget for one image fetch, redirects included."""
+    """Time budget for one image fetch, redirects included (ends earlier with the request's
+    deadline)."""
+    max_fetches: int = env("DYNOSERVE_MAX_FETCHES", 256)
+    """Image fetches in progress at once (waiting on image hosts costs a thread and a socket,
+    not model capacity); past it 503 `fetch_capacity`, past a client's fair share 429."""
     fetch_max_redirects: int = env("DYNOSERVE_FETCH_MAX_REDIRECTS", 3)
     """Redirects followed per fetch; each hop is checked again."""
     fetch_allow_hosts: tuple[str, ...] = env("DYNOSERVE_FETCH_ALLOW_HOSTS", ())
@@ -62,14 +70,19 @@ class Settings(EnvSettings):
     """Allow loopback and private addresses (tests, benchmarks, private networks only)."""
     api_keys: tuple[str, ...] = env("DYNOSERVE_API_KEYS", (), secret=True)
     """If set, API requests need one of these keys (Bearer token or X-API-Key)."""
+    trust_x_forwarded_for: bool = env("DYNOSERVE_TRUST_X_FORWARDED_FOR", True)
+    """Take a client's address from the last X-Forwarded-For entry (Heroku's router appends the
+    real peer there); turn off when clients reach the gateway directly, or they choose it."""
     max_in_flight: int = env("DYNOSERVE_MAX_IN_FLIGHT", 32)
     """Images in prediction at once (a batch of n counts n); more wait in the admission queue."""
     max_queue: int = env("DYNOSERVE_MAX_QUEUE", 256)
     """Images that may wait in the admission queue; past it requests are refused with 503."""
     admission_budget_s: float = env("DYNOSERVE_ADMISSION_BUDGET_S", 12.0)
-    """Refuse a request (503) only when its estimated time to answer is over this (< 30 s)."""
+    """Refuse a request (503) when its estimated time to answer is over this or over what is
+    left of its deadline; also the longest it waits in the queue (<= the request timeout)."""
     threads: int = env("DYNOSERVE_THREADS", 0)
-    """Waitress worker threads; 0 means max_in_flight + max_queue + 8 (every waiter a thread)."""
+    """Waitress worker threads; 0 means max_fetches + max_in_flight + max_queue + 8 (a thread for
+    every request fetching, waiting or predicting, so none waits in waitress's own queue)."""
     backlog: int = env("DYNOSERVE_BACKLOG", 2048)
     """Listen backlog; a small one stalls connection bursts."""
     client_timeout_s: int = env("DYNOSERVE_CLIENT_TIMEOUT_S", 10)
@@ -90,10 +103,10 @@ class Settings(EnvSettings):
 
     @property
     def worker_threads(self) -> int:
-        """Threads waitress runs: the explicit setting, or one per request that may be admitted
-        or waiting plus headroom, so a request past the queue is refused at once instead of
-        waiting in waitress's own queue for a thread, and probes always find one."""
-        return self.threads or self.max_in_flight + self.max_queue + 8
+        """Threads waitress runs: the explicit setting, or one per request that may be fetching,
+        waiting or admitted plus headroom, so a request past a bound is refused at once instead
+        of waiting in waitress's own queue for a thread, and probes always find one."""
+        return self.threads or self.max_fetches + self.max_in_flight + self.max_queue + 8
 
     def validate(self) -> None:
         """Reject combinations that cannot work, naming the variable."""
@@ -109,14 +122,21 @@ class Settings(EnvSettings):
             "DYNOSERVE_FETCH_TOTAL_TIMEOUT_S": self.fetch_total_timeout_s,
             "DYNOSERVE_CLIENT_TIMEOUT_S": self.client_timeout_s,
             "DYNOSERVE_ADMISSION_BUDGET_S": self.admission_budget_s,
+            "DYNOSERVE_REQUEST_TIMEOUT_S": self.request_timeout_s,
+            "DYNOSERVE_MAX_FETCHES": self.max_fetches,
         }
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
         if self.max_queue < 0:
             raise ConfigError(f"DYNOSERVE_MAX_QUEUE must be 0 or more, got {self.max_queue}")
-        if self.admission_budget_s >= 30:
-            raise ConfigError("DYNOSERVE_ADMISSION_BUDGET_S must stay below Heroku's 30 s limit")
+        if self.request_timeout_s >= 30:
+            raise ConfigError("DYNOSERVE_REQUEST_TIMEOUT_S must stay below Heroku's 30 s limit")
+        if self.admission_budget_s > self.request_timeout_s:
+            raise ConfigError(
+                "DYNOSERVE_ADMISSION_BUDGET_S is the queue's part of a request's deadline: it "
+                f"must not exceed DYNOSERVE_REQUEST_TIMEOUT_S ({self.request_timeout_s:g} s)"
+            )
         if self.grpc_deadline_s >= 30:
             raise ConfigError("DYNOSERVE_GRPC_DEADLINE_S must stay below Heroku's 30 s limit")
         if self.grpc_max_attempts > 5:

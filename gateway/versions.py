@@ -38,7 +38,12 @@ class VersionResolver:
         self._aliases: dict[tuple[str, str], tuple[float, int]] = {}
 
     def resolve(
-        self, model: str, version: int | None, label: str | None, request_id: str = ""
+        self,
+        model: str,
+        version: int | None,
+        label: str | None,
+        request_id: str = "",
+        timeout: float | None = None,
     ) -> VersionMetadata:
         if version is None:
             alias = (model, label or "")
@@ -52,7 +57,9 @@ class VersionResolver:
                 if cached is not None:
                     self._versions.move_to_end((model, version))
                     return cached
-        meta = self.client.metadata(model, version, None if version else label, request_id)
+        meta = self.client.metadata(
+            model, version, None if version else label, request_id, timeout=timeout
+        )
         self._store(meta, None if version else (model, label or ""))
         return meta
 

@@ -15,7 +15,10 @@ def test_defaults_need_no_environment() -> None:
     assert settings == Settings()
     assert settings.port == 8080
     assert settings.grpc_deadline_s < 30
-    assert settings.worker_threads == settings.max_in_flight + settings.max_queue + 8
+    assert settings.request_timeout_s < 30
+    # A thread for every request fetching, queued or predicting, so waitress never queues one.
+    expected = settings.max_fetches + settings.max_in_flight + settings.max_queue + 8
+    assert settings.worker_threads == expected
 
 
 def test_every_field_reads_its_variable() -> None:
@@ -64,6 +67,10 @@ def test_sync_files_follow_the_model_base_path_like_sync_does() -> None:
         ("DYNOSERVE_MAX_QUEUE", "-1"),
         ("DYNOSERVE_ADMISSION_BUDGET_S", "30"),
         ("DYNOSERVE_ADMISSION_BUDGET_S", "0"),
+        ("DYNOSERVE_REQUEST_TIMEOUT_S", "30"),
+        ("DYNOSERVE_REQUEST_TIMEOUT_S", "0"),
+        ("DYNOSERVE_MAX_FETCHES", "0"),
+        ("DYNOSERVE_TRUST_X_FORWARDED_FOR", "perhaps"),
         ("DYNOSERVE_FETCH_ALLOW_PRIVATE", "maybe"),
         ("DYNOSERVE_GRPC_MAX_ATTEMPTS", "9"),
     ],
@@ -77,3 +84,10 @@ def test_every_setting_is_documented() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "gateway.md").read_text()
     for (name,) in Settings.variables().values():
         assert f"`{name}`" in doc, name
+
+
+def test_the_queue_budget_is_part_of_the_request_deadline() -> None:
+    with pytest.raises(SettingsError, match="DYNOSERVE_ADMISSION_BUDGET_S.*REQUEST_TIMEOUT_S"):
+        Settings.from_env(
+            {"DYNOSERVE_REQUEST_TIMEOUT_S": "10", "DYNOSERVE_ADMISSION_BUDGET_S": "12"}
+        )
