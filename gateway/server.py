@@ -96,6 +96,19 @@ def build_server(
         channel_timeout=settings.client_timeout_s,  # silent clients, incomplete bodies too
         cleanup_interval=1,  # check for them every second, not every 30 s
         asyncore_use_poll=True,  # select() fails beyond 1024 descriptors
+        # Heroku's router appends the peer it saw to X-Forwarded-For: with one trusted proxy
+        # waitress takes that last entry as REMOTE_ADDR (earlier entries are the client's own
+        # words), the address fair shares count by. Without a proxy in front, a client could
+        # name any address there: DYNOSERVE_TRUST_X_FORWARDED_FOR=0 then.
+        **(
+            {
+                "trusted_proxy": "*",
+                "trusted_proxy_count": 1,
+                "trusted_proxy_headers": {"x-forwarded-for"},
+            }
+            if settings.trust_x_forwarded_for
+            else {}
+        ),
         clear_untrusted_proxy_headers=True,
         expose_tracebacks=False,
         ident="dynoserve",
