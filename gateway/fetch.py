@@ -17,8 +17,6 @@ import ssl
 import threading
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from urllib.parse import SplitResult, quote, urljoin, urlsplit
 
@@ -32,6 +30,7 @@ from gateway.errors import (
     TooManyRedirects,
 )
 from gateway.netguard import IPAddress, Resolver, host_allowed, pick_address, system_resolver
+from gateway.resolve import DnsResolver
 from gateway.settings import Settings
 
 MAX_URL_LENGTH = 2048
@@ -215,18 +214,18 @@ class ImageFetcher:
     def __init__(
         self,
         policy: FetchPolicy,
-        resolver: Resolver = system_resolver,
+        resolver: Resolver | DnsResolver = system_resolver,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.policy = policy
-        self.resolver = resolver
+        # getaddrinfo has no timeout and cannot be cancelled: DnsResolver gives each look-up a
+        # thread under caps, so a dead name server delays only look-ups of its own names.
+        # A plain function is wrapped; the fetcher owns (and closes) its resolver either way.
+        self.dns = resolver if isinstance(resolver, DnsResolver) else DnsResolver(resolver)
         self.tls = tls or ssl.create_default_context()
-        # getaddrinfo has no timeout of its own: lookups run here so a slow DNS server
-        # cannot hold a request past its budget.
-        self._dns = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dns")
 
     def close(self) -> None:
-        self._dns.shutdown(wait=False, cancel_futures=True)
+        self.dns.close()
 
     def fetch(self, url: str) -> Fetched:
         """The image bytes at `url`, or a GatewayError saying why not."""
@@ -280,14 +279,8 @@ class ImageFetcher:
         return self._read_body(sock, response, deadline)
 
     def _resolve(self, host: str, port: int, deadline: float) -> list[str]:
-        future = self._dns.submit(self.resolver, host, port)
-        try:
-            return future.result(min(self.policy.connect_timeout_s, _remaining(deadline)))
-        except FutureTimeout as exc:
-            future.cancel()
-            raise ImageHostError(
-                f"resolving image host {host!r} timed out", code="image_host_timeout"
-            ) from exc
+        timeout = min(self.policy.connect_timeout_s, _remaining(deadline))
+        return self.dns.resolve(host, port, timeout)
 
     def _connection(
         self, address: IPAddress, target: Target, deadline: float, watchdog: _Watchdog
