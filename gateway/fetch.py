@@ -22,6 +22,7 @@ from urllib.parse import SplitResult, quote, urljoin, urlsplit
 
 from gateway import __version__
 from gateway.errors import (
+    DeadlineExceeded,
     ForbiddenImageUrl,
     GatewayError,
     ImageHostError,
@@ -37,6 +38,8 @@ MAX_URL_LENGTH = 2048
 _REDIRECTS = {301, 302, 303, 307, 308}
 _CHUNK = 64 * 1024
 _URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
+# A timeout this close to the request's deadline counts as that deadline running out.
+_SLACK_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -227,10 +230,26 @@ class ImageFetcher:
     def close(self) -> None:
         self.dns.close()
 
-    def fetch(self, url: str) -> Fetched:
-        """The image bytes at `url`, or a GatewayError saying why not."""
+    def fetch(self, url: str, deadline: float | None = None) -> Fetched:
+        """The image bytes at `url`, or a GatewayError saying why not. `deadline` (monotonic) is
+        the request's: the fetch's budget is the policy's total or what is left of it, the
+        smaller; when the request's runs out first the error is DeadlineExceeded (stage fetch)."""
         start = time.monotonic()
-        deadline = start + self.policy.total_timeout_s
+        budget_end = start + self.policy.total_timeout_s
+        if deadline is None or deadline >= budget_end:
+            return self._fetch_hops(url, start, budget_end)
+        try:
+            return self._fetch_hops(url, start, deadline)
+        except ImageHostError as exc:
+            if exc.code == "image_host_timeout" and time.monotonic() >= deadline - _SLACK_S:
+                raise DeadlineExceeded(
+                    "the request's deadline (DYNOSERVE_REQUEST_TIMEOUT_S) ran out while its "
+                    "image was being fetched",
+                    stage="fetch",
+                ) from exc
+            raise
+
+    def _fetch_hops(self, url: str, start: float, deadline: float) -> Fetched:
         for _hop in range(self.policy.max_redirects + 1):
             target = parse_target(url, self.policy.allow_hosts)
             location = self._fetch_hop(target, deadline)
