@@ -1,32 +1,39 @@
-"""`make bench`: the original experiment, side by side, on loopback.
+"""`make bench`: the original experiment, side by side, on loopback; then the internet.
 
 siege at 1..100 clients posting {"image_url": ...} against Dynoserve (supervisord.conf as
 `make run` runs it, benchmark model) and the 2019-style baseline (bench/baseline.py), images from
-nginx; the SavedModel in-process as the limit. Results, table and plot in bench/results/.
+nginx; the SavedModel in-process as the limit. Then, against the same Dynoserve stack: image
+hosts 0, 100 and 500 ms away (internet mode), one client flooding slow URLs while others upload
+(flood), 64 clients uploading 6 MB bodies (uploads; the gateway's peak RSS). Results, table and
+plot in bench/results/.
   python -m bench                 short steps (default 10 s)
   python -m bench --original      60 s per step, like the original experiment
-  python -m bench --quick         about two minutes: 4 steps of 5 s, shorter limit runs
+  python -m bench --quick         about three minutes: shorter steps and fewer of them
+  python -m bench --only internet,flood,uploads   some parts (the README is left alone)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import platform
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench import procstat, report, siege, steps, targets
+from bench import internet, procstat, report, siege, steps, targets, uploads
 from bench.baseline import start_baseline
 from bench.images import SIZE, write_photos
 from bench.nginx import start_nginx
-from bench.stack import MODEL, ROLES, start_stack
+from bench.slowhost import start_slowhost
+from bench.stack import MODEL, ROLES, start_stack, wait_idle
 from devtools.processes import REPO_ROOT, VENV_PYTHON, ManagedProcess, python_env
 
 CLIENTS = (1, 2, 4, 8, 16, 32, 64, 100)
@@ -34,6 +41,8 @@ QUICK_CLIENTS = (1, 8, 32, 100)
 IMAGES = 8
 WORK = REPO_ROOT / "var" / "bench"
 MODEL_DIR = REPO_ROOT / "var" / "bench-models"
+PARTS = ("limit", "sweep", "baseline", "internet", "flood", "uploads")
+HOSTILE = ("internet", "flood", "uploads")  # the parts run against Dynoserve after its sweep
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -46,6 +55,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--original", action="store_true", help="60 s per step")
     parser.add_argument("--quick", action="store_true", help="about two minutes in all")
     parser.add_argument("--clients", help="comma-separated client counts (default 1..100)")
+    parser.add_argument("--internet-clients", help="comma-separated (default 32,64,128)")
+    parser.add_argument("--only", help=f"comma-separated parts of {','.join(PARTS)}")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--results", type=Path, default=report.RESULTS)
     args = parser.parse_args(argv)
@@ -53,9 +64,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.seconds = 60.0
     if args.quick:
         args.seconds = min(args.seconds, 5.0)
-    default = QUICK_CLIENTS if args.quick else CLIENTS
-    args.clients = [int(c) for c in args.clients.split(",")] if args.clients else list(default)
+    args.clients = _counts(args.clients) or list(QUICK_CLIENTS if args.quick else CLIENTS)
+    far = internet.QUICK_CLIENTS if args.quick else internet.CLIENTS
+    args.internet_clients = _counts(args.internet_clients) or list(far)
+    args.parts = set(args.only.split(",")) if args.only else set(PARTS)
+    if args.parts - set(PARTS):
+        parser.error(f"unknown parts {sorted(args.parts - set(PARTS))}; choose from {PARTS}")
+    if args.skip_baseline:
+        args.parts.discard("baseline")
     return args
+
+
+def _counts(text: str | None) -> list[int]:
+    return [int(c) for c in text.split(",")] if text else []
 
 
 def ensure_model() -> Path:
@@ -99,6 +120,14 @@ def warm_up(endpoint: str, image_urls: Sequence[str]) -> None:
         steps.sequential_latency(endpoint, url, 0, at_least=1)
 
 
+def warm_batches(endpoint: str, image_urls: Sequence[str], work: Path) -> None:
+    """32 clients for a few seconds, not recorded: the model server's first large batches
+    (new shapes) are slow, and without the sweep nothing else has run them yet."""
+    folder = work / "warm-up"
+    folder.mkdir(exist_ok=True)
+    siege.run(siege.url_file(folder / "urls.txt", endpoint, image_urls), 32, 5, folder)
+
+
 def run_system(
     name: str,
     proc: ManagedProcess,
@@ -136,6 +165,8 @@ def header(args: argparse.Namespace, photos: Sequence[Path], limit: dict) -> dic
         "settings": {
             "seconds": args.seconds,
             "clients": args.clients,
+            "internet_clients": args.internet_clients,
+            "parts": sorted(args.parts),
             "images": len(photos),
             "image_size": "x".join(map(str, SIZE)),
             "image_kb": round(sum(p.stat().st_size for p in photos) / len(photos) / 1000),
@@ -153,24 +184,119 @@ def measure_systems(
         stack.callback(nginx.stop)
         image_urls = [f"{image_base}/{p.name}" for p in photos]
         roots = {nginx.pid: "nginx"}
-        dyno, base = start_stack(MODEL_DIR, work / "dynoserve")
-        try:
-            endpoint = f"{base}/v1/models/{MODEL}:predict"
-            results["dynoserve"] = run_system(
-                "dynoserve", dyno, endpoint, image_urls, args, roots, ROLES, work
-            )
-        finally:
-            dyno.stop(timeout=40)  # supervisord stops its programs one by one
-        if args.skip_baseline:
+        if args.parts & {"sweep", *HOSTILE}:
+            dyno, base = start_stack(MODEL_DIR, work / "dynoserve")
+            try:
+                endpoint = f"{base}/v1/models/{MODEL}:predict"
+                if "sweep" in args.parts:
+                    with timed(results, "sweep"):
+                        results["dynoserve"] = run_system(
+                            "dynoserve", dyno, endpoint, image_urls, args, roots, ROLES, work
+                        )
+                else:
+                    warm_up(endpoint, image_urls)
+                    warm_batches(endpoint, image_urls, work)
+                run_hostile(args, work, photos, (dyno, base), endpoint, results)
+            finally:
+                dyno.stop(timeout=40)  # supervisord stops its programs one by one
+        if "baseline" not in args.parts:
             return
         baseline, base = start_baseline(work)
         try:
             rules = [("gunicorn", "baseline (gunicorn)")]
-            results["baseline"] = run_system(
-                "baseline", baseline, f"{base}/predict", image_urls, args, roots, rules, work
-            )
+            with timed(results, "baseline"):
+                results["baseline"] = run_system(
+                    "baseline", baseline, f"{base}/predict", image_urls, args, roots, rules, work
+                )
         finally:
             baseline.stop(timeout=30)
+
+
+@contextlib.contextmanager
+def timed(results: dict[str, Any], part: str) -> Iterator[None]:
+    """Wall seconds of one part of the run, kept in results["part_seconds"]."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        seconds = round(time.monotonic() - started, 1)
+        results.setdefault("part_seconds", {})[part] = seconds
+        print(f"{part}: {seconds} s")
+
+
+def run_hostile(
+    args: argparse.Namespace,
+    work: Path,
+    photos: Sequence[Path],
+    stack: tuple[ManagedProcess, str],
+    endpoint: str,
+    results: dict[str, Any],
+) -> None:
+    """Internet mode and the flood (images from bench/slowhost.py), then the uploads: last,
+    because the memory they make the gateway take is rarely given back to the system."""
+    dyno, base = stack
+
+    def settle() -> float:
+        return wait_idle(base)
+
+    if args.parts & {"internet", "flood"}:
+        host, host_base = start_slowhost(photos[0].parent, work / "slowhost.log", internet.JITTER)
+        try:
+            rules = [*ROLES, ("-m bench.slowhost", "image host")]
+            roles = procstat.roles_under({dyno.pid: "dynoserve", host.pid: "image host"}, rules)
+            if "internet" in args.parts:
+                with timed(results, "internet"):
+                    results["internet"] = internet.internet_mode(
+                        endpoint,
+                        host_base,
+                        photos,
+                        args.internet_clients,
+                        args.seconds,
+                        lambda: procstat.Sampler(roles),
+                        settle,
+                        work,
+                    )
+            if "flood" in args.parts:
+                flood = internet.QUICK_FLOOD if args.quick else internet.FloodPlan()
+                with timed(results, "flood"):
+                    results["flood"] = internet.flood(
+                        endpoint,
+                        host_base,
+                        photos[0],
+                        flood,
+                        lambda: procstat.Sampler(roles),
+                        settle,
+                    )
+                print_flood(results["flood"])
+        finally:
+            host.stop()
+    if "uploads" in args.parts:
+        photo = uploads.write_upload_photo(WORK / "uploads")
+        plan = uploads.QUICK_UPLOADS if args.quick else uploads.UploadPlan()
+        roles = procstat.roles_under({dyno.pid: "dynoserve"}, ROLES)
+        with timed(results, "uploads"):
+            results["uploads"] = uploads.uploads(endpoint, photo, plan, roles, settle)
+        print_uploads(results["uploads"])
+
+
+def print_flood(flood: dict[str, Any]) -> None:
+    for key, title in (("calm", "uploaders alone"), ("uploaders", "uploaders in the flood")):
+        r = flood[key]
+        print(
+            f"flood: {title}: {r['ok_per_s']} ok/s  p50 {r['p50_ms']}  p99 {r['p99_ms']}  "
+            f"failed {r['failed']} {r['failures'] or ''}"
+        )
+    r = flood["flood"]
+    print(f"flood: the slow-URL client: {r['ok']} ok, p50 {r['p50_ms']}, failed {r['failures']}")
+
+
+def print_uploads(result: dict[str, Any]) -> None:
+    print(
+        f"uploads: {result['plan']['clients']} clients x {result['body_mb']} MB bodies: "
+        f"{result['ok_per_s']} ok/s, p50 {result['p50_ms']} ms, statuses "
+        f"{ {'200': result['ok'], **result['failures']} }, gateway RSS "
+        f"{result['rss_mb_before'].get('gateway')} -> {result['gateway_peak_rss_mb']} MB peak"
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -179,18 +305,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"logs and siege output in {work}")
     version = ensure_model()
     photos = write_photos(WORK / "photos", IMAGES)
-    limit = measure_limit(version, photos[0], min(args.seconds, 3.0 if args.quick else 8.0))
-    print(f"limit: {limit}")
-    results = header(args, photos, limit)
+    results = header(args, photos, {})
+    if "limit" in args.parts:
+        seconds = min(args.seconds, 3.0 if args.quick else 8.0)
+        with timed(results, "limit"):
+            results["limit"] = measure_limit(version, photos[0], seconds)
+        print(f"limit: {results['limit']}")
     measure_systems(args, work, photos, results)
     results["targets"] = targets.evaluate(results)
     results["warnings"] = [
-        f"{key}, {s['clients']} clients: {s['warning']}"
-        for key in ("dynoserve", "baseline")
+        f"{key}, {s['clients']} clients{_delay(s)}: {s['warning']}"
+        for key in ("dynoserve", "baseline", "internet")
         for s in results.get(key, {}).get("steps", [])
         if s.get("warning")
     ]
     return results
+
+
+def _delay(step: dict[str, Any]) -> str:
+    return f", image host {step['delay_ms']} ms away" if "delay_ms" in step else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run(args)
     table = report.write(results, args.results)
     print(table)
-    if args.results == report.RESULTS and report.update_readme(table):
+    complete = args.parts == set(PARTS)
+    if complete and args.results == report.RESULTS and report.update_readme(table):
         print(f"updated the latest run in {report.README}")
     for t in results["targets"]:
         verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]

@@ -98,6 +98,18 @@ def roles_under(roots: dict[int, str], rules: Iterable[tuple[str, str]]) -> Role
     return current
 
 
+def rss_by_role(roles: dict[int, str]) -> dict[str, int]:
+    """Resident bytes now, summed per role."""
+    per_role: dict[str, int] = defaultdict(int)
+    for pid, role in roles.items():
+        per_role[role] += rss_bytes(pid)
+    return dict(per_role)
+
+
+def rss_mb_by_role(roles: dict[int, str]) -> dict[str, float]:
+    return {role: round(b / 2**20, 1) for role, b in rss_by_role(roles).items()}
+
+
 @dataclass
 class StepUsage:
     """CPU seconds and peak RSS per role during one step, and the machine's busy time."""
@@ -143,10 +155,7 @@ class Sampler:
             self._take_rss()
 
     def _take_rss(self) -> None:
-        per_role: dict[str, int] = defaultdict(int)
-        for pid, role in self.roles().items():
-            per_role[role] += rss_bytes(pid)
-        for role, total in per_role.items():
+        for role, total in rss_by_role(self.roles()).items():
             self._rss[role] = max(self._rss[role], total)
 
     def stop(self) -> StepUsage:

@@ -37,7 +37,7 @@ def steps_table(steps: Sequence[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in steps:
-        failed = ", ".join(f"{n}× {k}" for k, n in s["failures"].items()) or "0"
+        failed = _failures(s)
         warn = " ⚠" if s.get("warning") else ""
         lines.append(
             f"| {s['clients']}{warn} | {_fmt(s['ok_per_s'])} | {_fmt(s['mean_ms'])} "
@@ -67,6 +67,79 @@ def target_lines(targets: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def internet_lines(internet: dict[str, Any]) -> list[str]:
+    jitter = round(100 * internet.get("jitter", 0))
+    needed = internet.get("clients_needed", {})
+    lines = [
+        f"**internet mode**: Dynoserve, siege posting `image_url`s whose host "
+        f"(bench/slowhost.py) answers after 0, 100 or 500 ms (±{jitter} %). Clients to keep "
+        "the best loopback throughput by Little's law (best 0 ms ok/s × (its mean latency + "
+        "delay)): " + ", ".join(f"{d} ms: {n}" for d, n in needed.items()),
+        "",
+        "| host delay ms | clients | ok/s | mean ms | p50 ms | p99 ms | failed (by status) "
+        "| gateway CPU s per 1,000 | RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    ordered = sorted(internet.get("steps", []), key=lambda s: (s["delay_ms"], s["clients"]))
+    for s in ordered:
+        warn = " ⚠" if s.get("warning") else ""
+        lines.append(
+            f"| {s['delay_ms']} | {s['clients']}{warn} | {_fmt(s['ok_per_s'])} "
+            f"| {_fmt(s['mean_ms'])} | {_fmt(s['p50_ms'])} | {_fmt(s['p99_ms'])} "
+            f"| {_failures(s)} | {_fmt(s['cpu_s_per_1000_requests'].get('gateway'))} "
+            f"| {_per_role(s['rss_mb'])} |"
+        )
+    return lines
+
+
+def flood_lines(flood: dict[str, Any]) -> list[str]:
+    plan = flood["plan"]
+    lines = [
+        f"**slow-URL flood**: one client keeps {plan['requests']} requests in flight whose image "
+        f"host sends the body one byte per 0.5 s for {plan['dribble_s']:g} s, while "
+        f"{plan['uploaders']} other clients upload their image as base64 JSON "
+        f"({plan['seconds']:g} s; the same uploaders alone for {plan['calm_s']:g} s first)",
+        "",
+        "| clients | ok/s | p50 ms | p99 ms | failed (by status) |",
+        "|---|---|---|---|---|",
+    ]
+    rows = (
+        ("calm", f"{plan['uploaders']} uploaders, alone"),
+        ("uploaders", f"{plan['uploaders']} uploaders, during the flood"),
+        ("flood", f"the flooding client ({plan['requests']} in flight)"),
+    )
+    for key, title in rows:
+        r = flood[key]
+        lines.append(
+            f"| {title} | {_fmt(r['ok_per_s'])} | {_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} "
+            f"| {_failures(r)} |"
+        )
+    return lines
+
+
+def upload_lines(uploads: dict[str, Any]) -> list[str]:
+    plan = uploads["plan"]
+    before = uploads.get("rss_mb_before", {}).get("gateway")
+    return [
+        f"**uploads**: {plan['clients']} clients posting a {uploads['photo_mb']:g} MB JPEG as "
+        f"base64 JSON ({uploads['body_mb']:g} MB bodies) for {plan['seconds']:g} s",
+        "",
+        "| ok/s | p50 ms | p99 ms | answers by status | gateway RSS MB before → peak |",
+        "|---|---|---|---|---|",
+        f"| {_fmt(uploads['ok_per_s'])} | {_fmt(uploads['p50_ms'])} | {_fmt(uploads['p99_ms'])} "
+        f"| {_statuses(uploads)} | {_fmt(before)} → {_fmt(uploads['gateway_peak_rss_mb'])} |",
+    ]
+
+
+def _failures(record: dict[str, Any]) -> str:
+    return ", ".join(f"{n}× {k}" for k, n in record["failures"].items()) or "0"
+
+
+def _statuses(record: dict[str, Any]) -> str:
+    counts = {"200": record["ok"], **record["failures"]}
+    return ", ".join(f"{n}× {k}" for k, n in counts.items() if n)
+
+
 def markdown(results: dict[str, Any]) -> str:
     m, s = results["machine"], results["settings"]
     out = [
@@ -82,8 +155,19 @@ def markdown(results: dict[str, Any]) -> str:
             one = results[key].get("one_client", {})
             out += [f"**{title}** (1 keep-alive client: p50 {_fmt(one.get('p50_ms'))} ms)", ""]
             out += [*steps_table(results[key]["steps"]), ""]
-    out += ["**limit**: the SavedModel in-process, no server", "", *limit_lines(results["limit"])]
-    out += ["", "**targets** (ratios within this run)", "", *target_lines(results["targets"])]
+    if results.get("limit"):
+        out += ["**limit**: the SavedModel in-process, no server", ""]
+        out += [*limit_lines(results["limit"]), ""]
+    if results.get("internet"):
+        out += [*internet_lines(results["internet"]), ""]
+    if results.get("flood"):
+        out += [*flood_lines(results["flood"]), ""]
+    if results.get("uploads"):
+        out += [*upload_lines(results["uploads"]), ""]
+    timings = results.get("part_seconds", {})
+    if timings:
+        out += ["Wall time per part: " + ", ".join(f"{k} {v:g} s" for k, v in timings.items()), ""]
+    out += ["**targets** (ratios within this run)", "", *target_lines(results["targets"])]
     warnings = [f"- {w}" for w in results.get("warnings", [])]
     if warnings:
         out += ["", "⚠ other processes used the CPU:", *warnings]
@@ -91,40 +175,63 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Latency and throughput against clients, like the original experiment's chart."""
+    """Latency and throughput against clients, like the original experiment's chart; a third
+    panel for the internet mode when the run has it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key, title in SYSTEMS:
-        steps = results.get(key, {}).get("steps", [])
-        clients = [s["clients"] for s in steps]
-        left.plot(clients, [s["mean_ms"] for s in steps], "o-", label=f"{title}, mean")
-        right.plot(clients, [s["ok_per_s"] for s in steps], "o-", label=title)
-    limit = results["limit"].get("jpeg", {})
-    if limit:
-        left.axhline(limit["batch1_p50_ms"], ls="--", c="gray", label="limit: batch 1 JPEG")
-        right.axhline(
-            limit["batch32_images_per_s"], ls="--", c="gray", label="limit: batch 32 JPEG"
-        )
-    if "float" in results["limit"]:
-        right.axhline(
-            results["limit"]["float"]["batch32_images_per_s"],
-            ls=":",
-            c="gray",
-            label="limit: batch 32 float",
-        )
-    left.set(xscale="log", yscale="log", xlabel="clients", ylabel="latency (ms)")
-    right.set(xscale="log", xlabel="clients", ylabel="answered requests/s")
-    for axis in (left, right):
-        axis.legend(fontsize=8)
+    internet = results.get("internet", {}).get("steps", [])
+    sweep = any(results.get(key, {}).get("steps") for key, _ in SYSTEMS)
+    panels = (2 if sweep else 0) + (1 if internet else 0)
+    fig, axes = plt.subplots(1, max(1, panels), figsize=(5.5 * max(1, panels), 4.2), squeeze=False)
+    if sweep:
+        plot_sweep(axes[0][0], axes[0][1], results)
+    if internet:
+        plot_internet(axes[0][-1], internet)
+    for axis in axes[0]:
+        if axis.has_data():
+            axis.legend(fontsize=8)
         axis.grid(alpha=0.3)
     fig.suptitle(f"siege, MobileNet v1 224 (40 classes), {results['machine']['cpu']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_sweep(left: Any, right: Any, results: dict[str, Any]) -> None:
+    for key, title in SYSTEMS:
+        steps = results.get(key, {}).get("steps", [])
+        clients = [s["clients"] for s in steps]
+        left.plot(clients, [s["mean_ms"] for s in steps], "o-", label=f"{title}, mean")
+        right.plot(clients, [s["ok_per_s"] for s in steps], "o-", label=title)
+    limit = results.get("limit", {})
+    if "jpeg" in limit:
+        left.axhline(limit["jpeg"]["batch1_p50_ms"], ls="--", c="gray", label="limit: batch 1 JPEG")
+        right.axhline(
+            limit["jpeg"]["batch32_images_per_s"], ls="--", c="gray", label="limit: batch 32 JPEG"
+        )
+    if "float" in limit:
+        right.axhline(
+            limit["float"]["batch32_images_per_s"], ls=":", c="gray", label="limit: batch 32 float"
+        )
+    left.set(xscale="log", yscale="log", xlabel="clients", ylabel="latency (ms)")
+    right.set(xscale="log", xlabel="clients", ylabel="answered requests/s")
+
+
+def plot_internet(axis: Any, steps: Sequence[dict[str, Any]]) -> None:
+    """Dynoserve's throughput against clients, one line per image-host delay."""
+    for delay in sorted({s["delay_ms"] for s in steps}):
+        mine = sorted((s for s in steps if s["delay_ms"] == delay), key=lambda s: s["clients"])
+        axis.plot(
+            [s["clients"] for s in mine],
+            [s["ok_per_s"] for s in mine],
+            "o-",
+            label=f"Dynoserve, image host {delay} ms away",
+        )
+    axis.set(xscale="log", xlabel="clients", ylabel="answered requests/s", ylim=(0, None))
+    axis.set_title("internet mode", fontsize=9)
 
 
 def write(results: dict[str, Any], folder: Path = RESULTS) -> str:

@@ -3,10 +3,14 @@ serving the benchmark model from a local export folder (sync's source when no bu
 
 from __future__ import annotations
 
+import contextlib
+import re
+import time
+import urllib.request
 from pathlib import Path
 
 from devtools.net import free_port, http_ok
-from devtools.processes import GATEWAY_PYTHON, VENV_PYTHON, ManagedProcess, python_env
+from devtools.processes import GATEWAY_PYTHON, VENV_PYTHON, ManagedProcess, python_env, wait_for
 
 MODEL = "mobilenet"
 
@@ -54,3 +58,31 @@ def start_stack(export_dir: Path, work: Path) -> tuple[ManagedProcess, str]:
     base = f"http://127.0.0.1:{port}"
     proc.start_ready(lambda: http_ok(base + "/readyz"), timeout=300, stop_timeout=30)
     return proc, base
+
+
+# Gauges of work the gateway holds; a gateway without one of them (older or newer) reads as 0.
+BUSY_GAUGES = (
+    "dynoserve_gateway_in_flight_requests",
+    "dynoserve_gateway_queue_length",
+    "dynoserve_gateway_fetches_in_progress",
+)
+
+
+def gateway_busy(base: str) -> float:
+    """Requests the gateway holds now (in prediction, queued, fetching), from /metrics."""
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    total = 0.0
+    for name in BUSY_GAUGES:
+        match = re.search(rf"^{name} ([0-9.eE+-]+)$", text, re.MULTILINE)
+        total += float(match.group(1)) if match else 0.0
+    return total
+
+
+def wait_idle(base: str, timeout: float = 60.0) -> float:
+    """Wait until the gateway holds no request (work left by a step's abandoned clients would
+    otherwise fall into the next step); seconds waited. Bounded: gives up after `timeout`."""
+    started = time.monotonic()
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: gateway_busy(base) == 0, timeout, interval=0.2, what="an idle gateway")
+    return round(time.monotonic() - started, 1)

@@ -1,0 +1,141 @@
+"""A small closed-loop HTTP client for the steps siege cannot run: one logical client keeping
+many requests in flight, clients with their own address, multi-megabyte bodies.
+
+Each worker thread owns one keep-alive connection and posts one fixed body back to back until
+the group is stopped; every answer's status and latency is tallied (a socket error or timeout
+is a status too). Bounded: a fixed number of threads, a per-request timeout, and `stop()` waits
+for the requests in flight (at most one per thread) before returning.
+
+A logical client says who it is the way Heroku's router does, with an `X-Forwarded-For` entry
+(documentation addresses, 203.0.113.0/24): on loopback every connection comes from 127.0.0.1,
+so a gateway that shares capacity by client address can tell clients apart only by that header.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.steps import latency_stats_ms
+
+REQUEST_TIMEOUT_S = 60.0
+
+
+def client_address(n: int) -> str:
+    """The documentation address of logical client `n` (0-253)."""
+    return f"203.0.113.{1 + n % 254}"
+
+
+@dataclass
+class Tally:
+    """Statuses and latencies of one group's answers; thread-safe."""
+
+    statuses: Counter[str] = field(default_factory=Counter)
+    latencies_s: list[float] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, status: str, latency_s: float) -> None:
+        with self._lock:
+            self.statuses[status] += 1
+            self.latencies_s.append(latency_s)
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get("200", 0)
+
+    def record(self, seconds: float) -> dict[str, Any]:
+        """The JSON record of the group over `seconds` of wall time."""
+        total = sum(self.statuses.values())
+        failures = {s: n for s, n in sorted(self.statuses.items()) if s != "200"}
+        return {
+            "seconds": round(seconds, 2),
+            "requests": total,
+            "ok": self.ok,
+            "ok_per_s": round(self.ok / seconds, 2) if seconds else 0.0,
+            **latency_stats_ms(self.latencies_s),
+            "failures": failures,
+            "failed": sum(failures.values()),
+        }
+
+
+class ClosedLoop:
+    """`workers` threads posting `body` to `endpoint` back to back until `stop()`; worker i
+    speaks for the logical client at addresses[i % len(addresses)]."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        body: bytes,
+        workers: int,
+        addresses: Sequence[str],
+        timeout_s: float = REQUEST_TIMEOUT_S,
+    ) -> None:
+        self.parts = urllib.parse.urlsplit(endpoint)
+        self.body = body
+        self.timeout_s = timeout_s
+        self.tally = Tally()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(
+                target=self._worker, args=(addresses[i % len(addresses)],), daemon=True
+            )
+            for i in range(workers)
+        ]
+        self._started = 0.0
+
+    def start(self) -> ClosedLoop:
+        self._started = time.monotonic()
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        """Stop sending, wait for the answers in flight, return the group's record (rates over
+        the time until the last answer)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.timeout_s + 5)
+        return self.tally.record(time.monotonic() - self._started)
+
+    def _connect(self) -> http.client.HTTPConnection:
+        host, port = self.parts.hostname or "127.0.0.1", self.parts.port
+        return http.client.HTTPConnection(host, port, timeout=self.timeout_s)
+
+    def _worker(self, address: str) -> None:
+        headers = {"Content-Type": "application/json", "X-Forwarded-For": address}
+        conn = self._connect()
+        try:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                status, keep = self._post(conn, headers)
+                self.tally.add(status, time.perf_counter() - started)
+                if not keep:
+                    conn.close()
+                    conn = self._connect()
+        finally:
+            conn.close()
+
+    def _post(self, conn: http.client.HTTPConnection, headers: dict[str, str]) -> tuple[str, bool]:
+        """One request: (status, whether the connection may be reused)."""
+        try:
+            conn.request("POST", self.parts.path, body=self.body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            return str(response.status), not response.will_close
+        except TimeoutError:
+            return "timeout", False
+        except (OSError, http.client.HTTPException):
+            return "socket error", False
+
+
+def run_for(loop: ClosedLoop, seconds: float) -> dict[str, Any]:
+    """Start `loop`, let it run `seconds`, stop it; its record."""
+    loop.start()
+    time.sleep(seconds)
+    return loop.stop()
