@@ -11,8 +11,10 @@ caps decide how many threads slow name servers may hold:
 - names under one domain (its registrable part, guessed: see `domain_of`) hold at most
   `per_domain` threads, so a dead name server cannot take them all with random subdomains;
 - all look-ups together hold at most `max_threads`;
-- a name whose look-up just went unanswered for a caller's whole timeout is refused at once
-  for `unanswered_memory_s`, instead of making more callers wait as long for nothing.
+- a name whose look-up went unanswered for a caller's whole timeout, and for at least
+  `unanswered_after_s`, is refused at once for `unanswered_memory_s` instead of making more
+  callers wait as long for nothing. (A caller with little budget left gives up early: that
+  says nothing about the name servers, so it marks nothing.)
 
 A look-up refused by a cap or the memory, or not answered in time, is 502 `image_host_timeout`.
 Answers are not cached: getaddrinfo gives no TTL, and the platform's recursive resolver
@@ -40,6 +42,9 @@ PER_DOMAIN = 4
 # glibc gives up on a dead server after ~10 s; refusing for half that spares callers most of it
 # while a name server that recovers is asked again soon.
 UNANSWERED_MEMORY_S = 5.0
+# Healthy DNS answers in milliseconds, an uncached chain of zones in a few hundred: a second
+# without an answer means the name servers are down or silent on purpose.
+UNANSWERED_AFTER_S = 1.0
 TIMEOUT_CODE = "image_host_timeout"
 
 # Second-level labels under two-letter country codes that are public suffixes (co.uk, com.au).
@@ -70,6 +75,7 @@ class _Call:
     host: str
     port: int
     domain: str
+    started: float
     done: threading.Event = field(default_factory=threading.Event)
     addresses: list[str] = field(default_factory=list)
     error: Exception | None = None
@@ -85,12 +91,14 @@ class DnsResolver:
         max_threads: int = MAX_THREADS,
         per_domain: int = PER_DOMAIN,
         unanswered_memory_s: float = UNANSWERED_MEMORY_S,
+        unanswered_after_s: float = UNANSWERED_AFTER_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.lookup = lookup
         self.max_threads = max_threads
         self.per_domain = per_domain
         self.unanswered_memory_s = unanswered_memory_s
+        self.unanswered_after_s = unanswered_after_s
         self._clock = clock
         self._lock = threading.Lock()
         self._calls: dict[tuple[str, int], _Call] = {}
@@ -136,7 +144,7 @@ class DnsResolver:
             call = self._calls.get((host, port))
             if call is not None:
                 return call
-            call = _Call(host, port, domain_of(host))
+            call = _Call(host, port, domain_of(host), self._clock())
             self._check_room(call.domain)
             self._calls[(host, port)] = call
             self._per_domain[call.domain] += 1
@@ -204,6 +212,8 @@ class DnsResolver:
         with self._lock:
             if call.done.is_set() and call.error is None:
                 return  # the answer came just as the caller gave up
+            if now - call.started < self.unanswered_after_s:
+                return  # not unanswered for long enough to say the name servers are down
             horizon = now - self.unanswered_memory_s
             for host in [h for h, since in self._unanswered.items() if since <= horizon]:
                 del self._unanswered[host]

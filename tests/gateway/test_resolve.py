@@ -197,7 +197,8 @@ class FakeClock:
 
 def test_an_unanswered_name_is_refused_at_once_for_a_while(lookup: FakeSlowLookup) -> None:
     clock = FakeClock()
-    dns = DnsResolver(lookup, unanswered_memory_s=5.0, clock=clock)
+    # unanswered_after_s=0: any whole timeout counts (the 1 s default has its own test).
+    dns = DnsResolver(lookup, unanswered_memory_s=5.0, unanswered_after_s=0.0, clock=clock)
     elapsed, error = timed(lambda: dns.resolve("x.gone.dead", 80, 0.2))
     assert isinstance(error, ImageHostError)
     assert elapsed >= 0.15
@@ -216,13 +217,22 @@ def test_an_unanswered_name_is_refused_at_once_for_a_while(lookup: FakeSlowLooku
 
 
 def test_a_late_answer_clears_the_memory(lookup: FakeSlowLookup) -> None:
-    dns = DnsResolver(lookup, unanswered_memory_s=60.0)
+    dns = DnsResolver(lookup, unanswered_memory_s=60.0, unanswered_after_s=0.0)
     with pytest.raises(ImageHostError, match="timed out"):
         dns.resolve("late.dead", 80, 0.1)
     lookup.late["late.dead"] = ["93.184.216.34"]
     lookup.release.set()
     assert wait_until(lambda: dns.threads == 0)
     assert dns.resolve("late.dead", 80, 1.0) == ["93.184.216.34"]  # not refused for 60 s
+
+
+def test_a_caller_short_of_time_marks_nothing(lookup: FakeSlowLookup) -> None:
+    dns = DnsResolver(lookup, unanswered_after_s=1.0)
+    for _ in range(2):  # the second is asked (and times out), not refused from memory
+        elapsed, error = timed(lambda: dns.resolve("x.young.dead", 80, 0.1))
+        assert isinstance(error, ImageHostError)
+        assert "timed out after 0.1 s" in str(error)
+        assert elapsed >= 0.09
 
 
 def test_every_caller_gets_the_lookups_error(lookup: FakeSlowLookup) -> None:
