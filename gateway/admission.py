@@ -123,8 +123,9 @@ class AdmissionControl:
     def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> AdmissionControl:
         return cls(settings.max_in_flight, settings.max_queue, settings.admission_budget_s, metrics)
 
-    def estimate(self, cost: int, client: str = "") -> float:
-        """Seconds until a request of `cost` images from `client` arriving now would be answered."""
+    def estimate(self, cost: int, client: str | None = None) -> float:
+        """Seconds until a request of `cost` images from `client` arriving now would be answered;
+        no client: behind every image queued (a client with less queued is let in sooner)."""
         with self._lock:
             return self._estimate(min(cost, self.capacity), client)
 
@@ -318,13 +319,15 @@ class AdmissionControl:
         self._area += self._busy * (now - self._area_at)
         self._area_at = now
 
-    def _estimate(self, cost: int, client: str = "") -> float:
+    def _estimate(self, cost: int, client: str | None) -> float:
         """Wait for the images ahead (in the fair order) to make room at the recent rate, plus
         one service time. Before the first answer there is no rate: only the bounds apply."""
         if self._rate is None or self._service_s is None:
             return 0.0
-        tag = self._start_tag(client)
-        before = sum(w.cost for w in self._queue if w.start <= tag)
+        before = self._queued
+        if client is not None:
+            tag = self._start_tag(client)
+            before = sum(w.cost for w in self._queue if w.start <= tag)
         ahead = max(0, self._busy + before + cost - self.capacity)
         return ahead / self._rate + self._service_s
 

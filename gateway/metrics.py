@@ -97,7 +97,8 @@ class Metrics:
         )
         self.admission_estimate = Gauge(
             "dynoserve_gateway_admission_estimate_seconds",
-            "Estimated time to answer a one-image request arriving now (0 before any answer).",
+            "Estimated time to answer a one-image request arriving now behind every image "
+            "queued (0 before any answer; a client with less queued is let in sooner).",
             registry=r,
         )
         self.service_rate = Gauge(

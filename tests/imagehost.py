@@ -69,6 +69,30 @@ class ImageServer(ThreadingHTTPServer):
         self.routes[path] = route
         return self.base + path
 
+    def add_held(self, path: str, body: bytes, gate: threading.Event, hold_s: float = 30) -> str:
+        """`body` (as a JPEG) sent only once `gate` is set or after `hold_s` (nothing if the
+        server closes meanwhile): a distant host for as long as a test needs."""
+
+        def route(h: BaseHTTPRequestHandler) -> None:
+            gate.wait(hold_s)
+            if self.closing.is_set():
+                return
+            _send(h, body, "image/jpeg")
+
+        self.routes[path] = route
+        return self.base + path
+
+    def add_delayed(self, path: str, body: bytes, delay_s: float) -> str:
+        """`body` sent `delay_s` after the request: a host that far away."""
+
+        def route(h: BaseHTTPRequestHandler) -> None:
+            if self.closing.wait(delay_s):
+                return
+            _send(h, body, "image/jpeg")
+
+        self.routes[path] = route
+        return self.base + path
+
     def add_slow_headers(self, path: str, interval_s: float, lines: int = 60) -> str:
         """A host that sends its status line, then one header line every `interval_s`, `lines`
         times: each read is quick, so only a budget over the whole header phase stops it."""
@@ -101,6 +125,14 @@ class ImageServer(ThreadingHTTPServer):
 
         self.routes[path] = route
         return self.base + path
+
+
+def _send(h: BaseHTTPRequestHandler, body: bytes, content_type: str) -> None:
+    h.send_response(200)
+    h.send_header("Content-Type", content_type)
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    h.wfile.write(body)
 
 
 class _Handler(BaseHTTPRequestHandler):

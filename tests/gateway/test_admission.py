@@ -1,9 +1,9 @@
-"""Admission by time: the queue's rules on their own (a manual clock), then the real stack.
+"""Admission by time: the queue's rules on their own (a manual clock), then a gateway process.
 
-In the stack tests a gateway process talks to the local model server; images come from the
-loopback image host through routes that hold their answer until the test lets go (a request
-fetching one occupies its admission slot), or that answer after a fixed delay (a slow service
-the estimator can measure). Nothing here waits on a timer: every wait is a poll of /metrics.
+In the stack tests a gateway process fetches images from the loopback image host and talks to a
+fake of TF Serving's gRPC services (grpcfake.py) whose Predict the test holds until it lets go
+(only Predict occupies an admission slot) or slows by a fixed delay (a service time the estimator
+can measure). Nothing here waits on a timer: every wait is a poll of /metrics.
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from functools import partial
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
-from gateway.admission import AdmissionControl, ClientGone, Refused
+from gateway.admission import AdmissionControl, ClientGone, OverShare, Refused
+from gateway.deadline import Deadline
+from gateway.errors import DeadlineExceeded
 from gateway.metrics import Metrics
-from tests.gateway.conftest import GatewayProcess, Stack, start_gateway
+from tests.gateway.conftest import MODELS_CONFIG, GatewayProcess, Stack, start_gateway
+from tests.gateway.grpcfake import FakeGrpcModelServer, serve_fake
 from tests.imagehost import ImageServer, image_bytes
 from tests.support import http_json, wait_for
 
@@ -171,37 +173,135 @@ def test_a_client_that_hangs_up_leaves_the_queue() -> None:
     assert metrics.registry.get_sample_value("dynoserve_gateway_in_flight_requests") == 0
 
 
+# --- fair between clients ---------------------------------------------------------------------
+
+
+def client_in_line(
+    control: AdmissionControl, client: str, release: threading.Event, order: list[str], tag: str
+) -> tuple[threading.Thread, list[Any]]:
+    def body() -> str:
+        with control.admitted(1, lambda: False, client):
+            order.append(tag)
+            release.wait(10)
+        return tag
+
+    return in_thread(body)
+
+
+def test_a_newcomer_is_not_queued_behind_a_flooding_client() -> None:
+    """Start-time fair queuing: client b's one request goes in after a's first, not its last;
+    each client's own requests keep their order."""
+    control = AdmissionControl(capacity=1, max_queue=10, budget_s=10)
+    order: list[str] = []
+    release = threading.Event()
+    waiting = []
+    with ExitStack() as stack:
+        stack.enter_context(control.admitted(1, lambda: False, "a"))
+        for n in range(4):
+            waiting.append(client_in_line(control, "a", release, order, f"a{n}"))
+            queued(control, n + 1)
+        waiting.append(client_in_line(control, "b", release, order, "b0"))
+        queued(control, 5)
+    release.set()
+    for thread, _ in waiting:
+        thread.join(10)
+    assert order == ["a0", "b0", "a1", "a2", "a3"]
+
+
+def test_the_estimate_is_per_client() -> None:
+    clock = ManualClock()
+    control = AdmissionControl(capacity=1, max_queue=10, budget_s=100, clock=clock)
+    measured(control, clock, 1.0)  # 1 image/s, 1 s each
+    release = threading.Event()
+    waiting = []
+    with ExitStack() as stack:
+        hold(control, 1, stack)
+        for n in range(3):
+            waiting.append(in_thread(partial(client_waits, control, "a", release)))
+            queued(control, n + 1)
+        assert control.estimate(1, "a") == pytest.approx(5.0)  # the slot, then its own 3
+        assert control.estimate(1, "b") == pytest.approx(3.0)  # the slot and a's first only
+        assert control.estimate(1) == pytest.approx(5.0)  # the gauge: behind everything
+    release.set()
+    for thread, _ in waiting:
+        thread.join(10)
+
+
+def client_waits(control: AdmissionControl, client: str, release: threading.Event) -> None:
+    with control.admitted(1, lambda: False, client):
+        release.wait(10)
+
+
+def test_a_full_queue_pushes_out_the_biggest_client() -> None:
+    """The queue holds 3, all client a's: b's request takes the place of a's newest (429 for
+    it); a's next is refused at once, as a holds the most."""
+    metrics = Metrics()
+    control = AdmissionControl(capacity=1, max_queue=3, budget_s=10, metrics=metrics)
+    release = threading.Event()
+    with ExitStack() as stack:
+        hold(control, 1, stack)
+        flood = []
+        for n in range(3):
+            flood.append(in_thread(partial(client_waits, control, "a", release)))
+            queued(control, n + 1)
+        newcomer = in_thread(partial(client_waits, control, "b", release))
+        wait_for(lambda: any(out for _, out in flood), timeout=5, what="a pushed out")
+        queued(control, 3)
+        with pytest.raises(OverShare) as again:
+            stack.enter_context(control.admitted(1, lambda: False, "a"))
+        assert again.value.status == 429
+    release.set()
+    for thread, _ in [*flood, newcomer]:
+        thread.join(10)
+    pushed = [out[0] for _, out in flood if isinstance(out[0], OverShare)]
+    assert len(pushed) == 1
+    assert pushed[0].code == "client_over_share"
+    assert newcomer[1] == [None]
+    over_share = {"pool": "admission", "reason": "over_share"}
+    assert metrics.registry.get_sample_value("dynoserve_gateway_refusals_total", over_share) == 2
+
+
+def test_the_request_deadline_ends_the_wait_with_stage_queue() -> None:
+    clock = ManualClock()
+    metrics = Metrics()
+    control = AdmissionControl(capacity=1, max_queue=10, budget_s=10, metrics=metrics, clock=clock)
+    deadline = Deadline.after(2.0, clock)
+    with ExitStack() as stack:
+        hold(control, 1, stack)
+        waiting = in_thread(
+            lambda: stack.enter_context(control.admitted(1, lambda: False, "a", deadline))
+        )
+        queued(control, 1)
+        clock.now += 2.5  # past the request's deadline, well inside the 10 s budget
+        waiting[0].join(10)
+    error = waiting[1][0]
+    assert isinstance(error, DeadlineExceeded)
+    assert error.to_json()["error"]["stage"] == "queue"
+    assert (
+        metrics.registry.get_sample_value(
+            "dynoserve_gateway_deadline_misses_total", {"stage": "queue"}
+        )
+        == 1
+    )
+
+
+def test_refused_up_front_when_the_deadline_leaves_too_little() -> None:
+    """check() judges a request before it fetches: the estimate against what is left."""
+    clock = ManualClock()
+    control = AdmissionControl(capacity=1, max_queue=10, budget_s=10, clock=clock)
+    measured(control, clock, 2.0)
+    with ExitStack() as stack:
+        hold(control, 1, stack)
+        control.check(1, "a", Deadline.after(5.0, clock))  # 4 s to answer: fine
+        with pytest.raises(Refused, match="left of the request's deadline"):
+            control.check(1, "a", Deadline.after(3.0, clock))
+
+
 # --- the real stack ---------------------------------------------------------------------------
 
 
-def held_route(server: ImageServer, path: str, gate: threading.Event) -> str:
-    """A JPEG the host sends only once `gate` is set: a request fetching it keeps its slot."""
-
-    def route(h: BaseHTTPRequestHandler) -> None:
-        gate.wait(30)
-        send_jpeg(h)
-
-    server.routes[path] = route
-    return server.base + path
-
-
-def slow_route(server: ImageServer, path: str, delay_s: float) -> str:
-    """A JPEG sent after `delay_s`: a service time long enough to measure on a busy machine."""
-
-    def route(h: BaseHTTPRequestHandler) -> None:
-        threading.Event().wait(delay_s)
-        send_jpeg(h)
-
-    server.routes[path] = route
-    return server.base + path
-
-
-def send_jpeg(h: BaseHTTPRequestHandler) -> None:
-    h.send_response(200)
-    h.send_header("Content-Type", "image/jpeg")
-    h.send_header("Content-Length", str(len(JPEG)))
-    h.end_headers()
-    h.wfile.write(JPEG)
+def jpeg_url(server: ImageServer) -> str:
+    return server.add_bytes("/admission/blue.jpg", JPEG, {"Content-Type": "image/jpeg"})
 
 
 def metric(gw: GatewayProcess, name: str) -> float:
@@ -218,20 +318,39 @@ def until(gw: GatewayProcess, name: str, value: float) -> None:
     wait_for(lambda: metric(gw, name) == value, timeout=20, what=f"{name} == {value}")
 
 
-@pytest.fixture
-def small_gateway(model_stack: Stack, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """start(**env) starts a gateway with these DYNOSERVE_* settings; stopped after the test."""
-    started: list[GatewayProcess] = []
+@pytest.fixture(scope="module")
+def held_model(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[FakeGrpcModelServer, Stack]]:
+    """A fake model server (grpcfake.py) whose Predict the test holds or slows: only Predict
+    holds an admission slot, and the real model cannot be told to take its time."""
+    base = tmp_path_factory.mktemp("held-model")
+    config = base / "models.config"
+    config.write_text(MODELS_CONFIG.format(base=base))
+    with serve_fake(FakeGrpcModelServer(), workers=32) as (fake, target):
+        yield fake, Stack(target, config, base)
 
-    def start(**env: str) -> GatewayProcess:
-        # Held images may be held longer than the default fetch timeouts on a busy machine.
-        slow_fetch = {"fetch_read_timeout_s": "25", "fetch_total_timeout_s": "28"}
-        extra = {f"DYNOSERVE_{k.upper()}": v for k, v in (slow_fetch | env).items()}
-        gw = start_gateway(model_stack, request.node.name, **extra)
+
+@pytest.fixture
+def small_gateway(
+    held_model: tuple[FakeGrpcModelServer, Stack], request: pytest.FixtureRequest
+) -> Iterator[Any]:
+    """start(**env) starts a gateway with these DYNOSERVE_* settings and returns it with the
+    model's gate, shut at first; stopped (and the gate opened) after the test."""
+    fake, stack = held_model
+    started: list[GatewayProcess] = []
+    gate = threading.Event()
+    fake.predict_gate, fake.predict_delay = gate, 0.0
+    fake.predicted.clear()
+
+    def start(**env: str) -> tuple[GatewayProcess, FakeGrpcModelServer, threading.Event]:
+        extra = {f"DYNOSERVE_{k.upper()}": v for k, v in env.items()}
+        gw = start_gateway(stack, request.node.name, **extra)
         started.append(gw)
-        return gw
+        return gw, fake, gate
 
     yield start
+    gate.set()
     for gw in started:
         gw.process.stop()
 
@@ -240,9 +359,8 @@ def small_gateway(model_stack: Stack, request: pytest.FixtureRequest) -> Iterato
 def test_three_times_the_capacity_all_answered(
     small_gateway: Any, image_server: ImageServer
 ) -> None:
-    gw = small_gateway(max_in_flight="2")
-    gate = threading.Event()
-    url = held_route(image_server, "/admission/held-1.jpg", gate)
+    gw, _, gate = small_gateway(max_in_flight="2")
+    url = jpeg_url(image_server)
     calls = [
         ("/v1/models/shapes:predict", {"images": [{"image_url": url}, {"image_url": url}]}),
         ("/v1/models/shapes:predict", {"image_url": url}),
@@ -281,25 +399,25 @@ def test_refused_only_past_the_budget_with_retry_after(
     small_gateway: Any, image_server: ImageServer
 ) -> None:
     budget = 6.0
-    gw = small_gateway(max_in_flight="1", admission_budget_s=str(budget))
-    slow = slow_route(image_server, "/admission/slow.jpg", 1.0)
+    gw, model, gate = small_gateway(max_in_flight="1", admission_budget_s=str(budget))
+    post = {"image_url": jpeg_url(image_server)}
+    legacy = {"model": "shapes", "image_url": post["image_url"]}
+    model.predict_gate, model.predict_delay = None, 1.0
     for _ in range(2):  # measured: about 1 image/s, 1 s each
-        assert http_json(gw.base + "/v1/models/shapes:predict", {"image_url": slow})[0] == 200
-    gate = threading.Event()
-    held = held_route(image_server, "/admission/held-2.jpg", gate)
-    post = {"image_url": held}
-    legacy = {"model": "shapes", "image_url": held}
+        assert http_json(gw.base + "/v1/models/shapes:predict", post)[0] == 200
+    model.predict_gate, model.predict_delay = gate, 0.0
     running = [in_thread(lambda: http_json(gw.base + "/v1/models/shapes:predict", post))]
     try:
         until(gw, "dynoserve_gateway_in_flight_requests", 1)
         # Nothing completes while the held request keeps the only slot, so the estimate the
-        # gateway publishes is exactly what the next request will be judged by.
+        # gateway publishes is exactly what the next request (the same client) is judged by.
         estimate = metric(gw, "dynoserve_gateway_admission_estimate_seconds")
         while estimate <= budget and len(running) < 20:
             running.append(in_thread(lambda: http_json(gw.base + "/predict", legacy)))
             until(gw, "dynoserve_gateway_queue_length", len(running) - 1)
             estimate = metric(gw, "dynoserve_gateway_admission_estimate_seconds")
         assert len(running) >= 3, "queued requests must come before any refusal"
+        fetched = len(image_server.hits)
         start = time.monotonic()
         status, headers, body = http_json(gw.base + "/v1/models/shapes:predict", post)
         refused_in = time.monotonic() - start
@@ -308,26 +426,26 @@ def test_refused_only_past_the_budget_with_retry_after(
     assert (status, body["error"]["code"]) == (503, "overloaded"), body
     assert headers["Retry-After"] == str(max(1, math.ceil(estimate - budget)))
     assert refused_in < 1.0
+    assert len(image_server.hits) == fetched  # refused before fetching its image
     for thread, out in running:
         thread.join(30)
         assert out, "no answer"
         assert out[0][0] == 200, out
     assert metric(gw, "dynoserve_gateway_shed_requests_total") == 1
+    assert metric(gw, 'dynoserve_gateway_refusals_total{pool="admission",reason="estimate"}') == 1
 
 
 @pytest.mark.slow
 def test_a_client_gone_while_waiting_never_reaches_the_model(
     small_gateway: Any, image_server: ImageServer
 ) -> None:
-    gw = small_gateway(max_in_flight="1")
-    gate = threading.Event()
-    held = held_route(image_server, "/admission/held-3.jpg", gate)
-    never = image_server.add_bytes("/admission/never.jpg", JPEG, {"Content-Type": "image/jpeg"})
-    first = in_thread(lambda: http_json(gw.base + "/v1/models/shapes:predict", {"image_url": held}))
+    gw, model, gate = small_gateway(max_in_flight="1")
+    url = jpeg_url(image_server)
+    first = in_thread(lambda: http_json(gw.base + "/v1/models/shapes:predict", {"image_url": url}))
     try:
         until(gw, "dynoserve_gateway_in_flight_requests", 1)
         with socket.create_connection(("127.0.0.1", int(gw.base.rsplit(":", 1)[1])), 5) as sock:
-            sock.sendall(raw_post("/v1/models/shapes:predict", f'{{"image_url": "{never}"}}'))
+            sock.sendall(raw_post("/v1/models/shapes:predict", f'{{"image_url": "{url}"}}'))
             until(gw, "dynoserve_gateway_queue_length", 1)
         until(gw, "dynoserve_gateway_abandoned_requests_total", 1)
         assert metric(gw, "dynoserve_gateway_queue_length") == 0
@@ -335,7 +453,7 @@ def test_a_client_gone_while_waiting_never_reaches_the_model(
         gate.set()
     first[0].join(30)
     assert first[1][0][0] == 200
-    assert not [path for path, _ in image_server.hits if path == "/admission/never.jpg"]
+    assert len(model.predicted) == 1
     assert metric(gw, "dynoserve_gateway_inference_duration_seconds_count") == 1
     assert metric(gw, "dynoserve_gateway_admitted_requests_total") == 1
 
@@ -353,9 +471,8 @@ def test_refusals_do_not_wait_for_a_thread(small_gateway: Any, image_server: Ima
     """Every waiting request holds a waitress thread; the pool has one for each plus headroom,
     so with the slot and the queue full, more clients are refused at once (with 3 threads this
     test times out: the refusals would wait for the held request)."""
-    gw = small_gateway(max_in_flight="1", max_queue="2")
-    gate = threading.Event()
-    post = {"image_url": held_route(image_server, "/admission/held-4.jpg", gate)}
+    gw, _, gate = small_gateway(max_in_flight="1", max_queue="2")
+    post = {"image_url": jpeg_url(image_server)}
 
     def call() -> tuple[int, Any, Any]:
         return http_json(gw.base + "/v1/models/shapes:predict", post)
