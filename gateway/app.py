@@ -7,10 +7,12 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 from flask import Flask, Response, g, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from gateway.admission import AdmissionControl, AdmittedPredictor
@@ -18,8 +20,9 @@ from gateway.deadline import Deadline
 from gateway.errors import BadRequest as GatewayBadRequest
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, Unauthorized
 from gateway.errors import PayloadTooLarge as GatewayPayloadTooLarge
-from gateway.fairness import client_identity
+from gateway.fairness import Refusal, client_identity
 from gateway.logs import request_id_var
+from gateway.membudget import MemoryBudget, body_cost, for_request
 from gateway.metrics import Metrics
 from gateway.predictor import ModelServerPredictor
 from gateway.results import Predictor
@@ -63,6 +66,7 @@ def create_app(
     app.extensions["dynoserve.metrics"] = metrics
     app.register_blueprint(bp)
     _install_hooks(app, settings, predictor, metrics)
+    _install_memory_budget(app, settings, metrics)
     _install_error_handlers(app, settings)
 
     @app.get("/metrics")
@@ -94,6 +98,52 @@ def _install_hooks(app: Flask, settings: Settings, predictor: Predictor, metrics
             response.headers.setdefault(name, value)
         _record(metrics, predictor, response.status_code)
         return response
+
+
+def _install_memory_budget(app: Flask, settings: Settings, metrics: Metrics) -> None:
+    """Reserve what a request's body will cost (membudget.py) before anything reads it, after
+    start_request has named the client; give it back when the request ends, however it ends
+    (teardown runs after errors and after a client hung up too)."""
+    budget = MemoryBudget(settings.memory_budget_bytes, on_refusal=_count_refusal(metrics))
+    app.extensions["dynoserve.memory"] = budget
+    Gauge(
+        "dynoserve_gateway_memory_reserved_bytes",
+        "Bytes reserved now for request bodies, decoded and fetched images and their copies "
+        "(DYNOSERVE_MEMORY_BUDGET_BYTES bounds them).",
+        registry=metrics.registry,
+    ).set_function(lambda: budget.in_use)
+
+    @app.before_request
+    def reserve_memory() -> None:
+        length = request.content_length
+        if length is not None and length > settings.max_request_bytes:
+            raise GatewayPayloadTooLarge(
+                f"the body is larger than {settings.max_request_bytes} bytes",
+                code="request_too_large",
+            )
+        if length is None and _unsized_body():
+            length = settings.max_request_bytes  # read with that cap (bodies.read_body)
+        client = g.get("client") or client_identity(None, request.remote_addr)
+        reservation = budget.reserve(client, body_cost(length or 0, request.mimetype))
+        scope = ExitStack()
+        scope.enter_context(for_request(reservation))
+        g.memory_scope = scope
+
+    @app.teardown_request
+    def release_memory(_error: BaseException | None) -> None:
+        scope = g.pop("memory_scope", None)
+        if scope is not None:
+            scope.close()
+
+
+def _unsized_body() -> bool:
+    """A chunked body whose length nobody knows yet: servers that stream it to the app (waitress
+    reads a chunked body whole, then sets Content-Length and drops Transfer-Encoding)."""
+    return request.headers.get("Transfer-Encoding", "").lower().endswith("chunked")
+
+
+def _count_refusal(metrics: Metrics) -> Callable[[Refusal], None]:
+    return lambda refusal: metrics.refused(refusal.pool, refusal.reason)
 
 
 def _client_gone() -> bool:

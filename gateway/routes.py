@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.datastructures import FileStorage
 
+from gateway.bodies import decode_b64, parse_json, read_body
 from gateway.errors import BadRequest, GatewayError, InvalidParameter, PayloadTooLarge
 from gateway.errors import UnsupportedMediaType as UnsupportedContent
 from gateway.openapi import openapi_spec
@@ -210,13 +209,16 @@ def parse_images(settings: Settings) -> tuple[tuple[ImageInput, ...], bool]:
 
 
 def _json_object() -> dict[str, Any]:
-    try:
-        body = request.get_json(silent=True)
-    except RecursionError:
-        # json gives up on deep nesting (about 1,000 levels) with RecursionError, not ValueError.
-        body = None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object", code="malformed_json")
+    """The JSON body, read and parsed once per request (bodies.py: few copies at a time); the
+    image strings are taken out of it as they are decoded (_take_b64)."""
+    body = g.get("json_body")
+    if body is None:
+        raw = read_body(request.stream, request.content_length, _settings().max_request_bytes)
+        body = parse_json(raw)
+        del raw  # emptied by parse_json; the name goes too
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object", code="malformed_json")
+        g.json_body = body
     return body
 
 
@@ -234,24 +236,18 @@ def _parse_item(item: Any, settings: Settings) -> ImageInput:
     present = [k for k in ("image_url", "image_b64") if item.get(k) is not None]
     if len(present) != 1:
         raise BadRequest("give exactly one of image_url or image_b64", code="missing_image")
-    value = item[present[0]]
-    if not isinstance(value, str):
+    if not isinstance(item[present[0]], str):
         raise BadRequest(f"{present[0]} must be a string", code="missing_image")
     if present[0] == "image_url":
-        return ImageInput(url=value)
-    return ImageInput(data=decode_b64(value, settings.max_image_bytes))
+        return ImageInput(url=item["image_url"])
+    return ImageInput(data=decode_b64(_take_b64(item), settings.max_image_bytes))
 
 
-def decode_b64(text: str, max_bytes: int) -> bytes:
-    """Standard base64, with or without a data: URL prefix."""
-    if text.startswith("data:") and "," in text:
-        text = text.split(",", 1)[1]
-    if len(text) > (max_bytes + 2) // 3 * 4 + 4:
-        raise PayloadTooLarge(f"image is larger than {max_bytes} bytes")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidParameter("image_b64 is not valid base64", code="invalid_base64") from exc
+def _take_b64(item: dict[str, Any]) -> str:
+    """The item's base64 text, removed from the parsed body: once decoded nothing holds it (a
+    6 MB string otherwise lives as long as the request)."""
+    text: str = item.pop("image_b64")
+    return text
 
 
 def _parse_form(settings: Settings) -> ImageInput:

@@ -26,6 +26,7 @@ from waitress.server import BaseWSGIServer
 
 from envsettings import exit_on_error
 from gateway import logs
+from gateway.membudget import tune_malloc
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -232,6 +233,7 @@ def main() -> int:
     with exit_on_error("gateway"):
         settings = Settings.from_env()
     logs.configure(settings.log_level)
+    tune_malloc()  # large request buffers get their own mappings, freed for real (membudget.py)
     sock = bind_listener(settings)
     from gateway.app import create_app  # after the bind: Flask, gRPC stubs, Pillow
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from envsettings import EnvSettings, env
 from gateway.errors import ConfigError
+from gateway.membudget import largest_body_cost
 from gateway.netguard import parse_allow_entry
 from modelrepo import DEFAULT_BASE_PATH, config_file, status_file
 
@@ -51,6 +52,10 @@ class Settings(EnvSettings):
     """Largest width x height accepted, checked from the header before decoding."""
     max_request_bytes: int = env("DYNOSERVE_MAX_REQUEST_BYTES", 12 * 1024 * 1024)
     """Largest request body (JSON with base64 images or multipart upload)."""
+    memory_budget_bytes: int = env("DYNOSERVE_MEMORY_BUDGET_BYTES", 128 * 1024 * 1024)
+    """Bytes requests may hold at once: bodies, decoded and fetched images and their copies
+    for the model server, reserved before a body is read; past it 503 memory_budget, past a
+    client's fair share 429 (128 MiB fits a 512 MB dyno beside TF Serving: docs/gateway.md)."""
     fetch_connect_timeout_s: float = env("DYNOSERVE_FETCH_CONNECT_TIMEOUT_S", 3.0)
     """Timeout for connecting to an image host."""
     fetch_read_timeout_s: float = env("DYNOSERVE_FETCH_READ_TIMEOUT_S", 5.0)
@@ -108,6 +113,17 @@ class Settings(EnvSettings):
         of waiting in waitress's own queue for a thread, and probes always find one."""
         return self.threads or self.max_fetches + self.max_in_flight + self.max_queue + 8
 
+    def _validate_memory_budget(self) -> None:
+        """The budget must fit the largest body the gateway accepts, or such a request could
+        never be served."""
+        largest = largest_body_cost(self.max_request_bytes)
+        if self.memory_budget_bytes < largest:
+            raise ConfigError(
+                f"DYNOSERVE_MEMORY_BUDGET_BYTES ({self.memory_budget_bytes}) is below what the "
+                f"largest body (DYNOSERVE_MAX_REQUEST_BYTES {self.max_request_bytes}) holds "
+                f"at its peak ({largest} bytes)"
+            )
+
     def validate(self) -> None:
         """Reject combinations that cannot work, naming the variable."""
         positive = {
@@ -128,6 +144,7 @@ class Settings(EnvSettings):
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
+        self._validate_memory_budget()
         if self.max_queue < 0:
             raise ConfigError(f"DYNOSERVE_MAX_QUEUE must be 0 or more, got {self.max_queue}")
         if self.request_timeout_s >= 30:

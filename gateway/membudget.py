@@ -1,0 +1,185 @@
+"""The gateway's memory budget: bytes a request will hold (its body, the images decoded from it
+or fetched for it, and their copies on the way to the model server) are reserved before they
+are allocated, against one pool shared fairly between clients (fairness.FairShares).
+
+A full pool answers 503 `memory_budget`, a client over its fair share 429 `client_over_share`,
+both with Retry-After, before the body is read. What a body will cost follows from its
+Content-Length and kind (the expansion factors below, from the copies the code makes); a
+fetched image is charged as it streams in (`charge_fetched`). Everything is given back when the
+request ends. No Flask here: app.py reserves per request and routes.py reads bodies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from gateway.errors import GatewayError, ServiceUnavailable, TooManyRequests
+from gateway.fairness import FairShares, Refusal
+
+log = logging.getLogger("gateway.membudget")
+
+MiB = 1024 * 1024
+# Copies of an image's bytes on their way to the model server, besides the image the request
+# keeps: the input tensor (client.string_tensor), the PredictRequest it is copied into
+# (CopyFrom), the serialized request and gRPC's send buffer. All live during the Predict call.
+PREDICT_COPIES = 4
+# Per byte of a base64 JSON body, at its peak: while parsing, the body and its text (2); at
+# Predict, the decoded image (3/4 of the body) and its copies. routes.read_json frees the body
+# before parsing its text and each base64 string once it is decoded.
+JSON_FACTOR = max(2.0, 0.75 * (1 + PREDICT_COPIES))
+# A multipart upload: werkzeug spools the file part to disk, routes.py reads it once; then the
+# image and its copies at Predict.
+MULTIPART_FACTOR = 1.0 + PREDICT_COPIES
+# A urlencoded form (image_url, options): the body and its parsed fields.
+FORM_FACTOR = 2.0
+# Any other body is never read (415), but waitress handed it over: count it once.
+OTHER_FACTOR = 1.0
+# A fetched image: read into a buffer, then the image and its copies at Predict.
+FETCHED_FACTOR = 1 + PREDICT_COPIES
+
+_FACTORS = {
+    "application/json": JSON_FACTOR,
+    "multipart/form-data": MULTIPART_FACTOR,
+    "application/x-www-form-urlencoded": FORM_FACTOR,
+}
+
+
+class MemoryBudgetFull(ServiceUnavailable):
+    """Requests in progress hold the whole memory budget (DYNOSERVE_MEMORY_BUDGET_BYTES)."""
+
+    code = "memory_budget"
+
+
+def body_cost(length: int, mimetype: str) -> int:
+    """Bytes a request body of `length` bytes will hold in the gateway at its peak."""
+    if length <= 0:
+        return 0
+    json_like = mimetype == "application/json" or mimetype.endswith("+json")
+    factor = JSON_FACTOR if json_like else _FACTORS.get(mimetype, OTHER_FACTOR)
+    return int(length * factor)
+
+
+def largest_body_cost(max_request_bytes: int) -> int:
+    """What the largest body the gateway accepts may cost, of any kind."""
+    return int(max_request_bytes * max(JSON_FACTOR, *_FACTORS.values(), OTHER_FACTOR))
+
+
+def _mib(amount: int) -> str:
+    return f"{amount / MiB:.1f} MiB"
+
+
+def refusal_error(refusal: Refusal, amount: int) -> GatewayError:
+    """503 memory_budget when the pool is full, 429 client_over_share when this client holds
+    more than its share of a contended pool; both say Retry-After."""
+    if refusal.over_share:
+        return TooManyRequests(
+            f"this client holds {_mib(refusal.held)} of request memory and this request needs "
+            f"{_mib(amount)} more, over its fair share of {_mib(refusal.share)} while others "
+            "wait; retry later"
+        )
+    return MemoryBudgetFull(
+        f"the gateway's memory budget is taken by requests in progress ({_mib(refusal.in_use)} "
+        f"of {_mib(refusal.capacity)} held, this request needs {_mib(amount)}); retry later"
+    )
+
+
+class Reservation:
+    """What one request holds of the budget; grows as fetched bytes arrive, released once."""
+
+    def __init__(self, pool: FairShares, client: str) -> None:
+        self.pool = pool
+        self.client = client
+        self.held = 0
+        self._released = False
+
+    def grow(self, amount: int) -> None:
+        """Hold `amount` more bytes, or raise the refusal (nothing more held then)."""
+        if amount <= 0:
+            return
+        if self._released:
+            raise RuntimeError("a released reservation cannot grow")
+        refusal = self.pool.try_take(self.client, amount)
+        if refusal is not None:
+            raise refusal_error(refusal, amount)
+        self.held += amount
+
+    def release(self) -> None:
+        """Give everything back; safe to call more than once."""
+        if not self._released:
+            self._released = True
+            held, self.held = self.held, 0
+            if held:
+                self.pool.give_back(self.client, held)
+
+
+class MemoryBudget:
+    """The byte pool of one gateway process; thread-safe."""
+
+    def __init__(self, capacity: int, on_refusal: Callable[[Refusal], None] | None = None) -> None:
+        self.pool = FairShares("bytes", capacity, on_refusal=on_refusal)
+
+    @property
+    def capacity(self) -> int:
+        return self.pool.capacity
+
+    @property
+    def in_use(self) -> int:
+        return self.pool.in_use
+
+    def reserve(self, client: str, amount: int) -> Reservation:
+        """A reservation of `amount` bytes for `client`, or the 503/429 refusal raised."""
+        reservation = Reservation(self.pool, client)
+        reservation.grow(amount)
+        return reservation
+
+
+# The reservation of the request this thread (or a copy of its context) is serving.
+_current: ContextVar[Reservation | None] = ContextVar("dynoserve_memory", default=None)
+
+
+@contextmanager
+def for_request(reservation: Reservation) -> Iterator[Reservation]:
+    """Make `reservation` the current request's for the block, then release it."""
+    token = _current.set(reservation)
+    try:
+        yield reservation
+    finally:
+        _current.reset(token)
+        reservation.release()
+
+
+def charge_fetched(nbytes: int) -> None:
+    """Count `nbytes` more of an image being fetched for the current request (and the copies
+    it will need), or raise 503 memory_budget / 429 client_over_share. Outside a request
+    (tests of the fetcher alone) nothing is counted."""
+    reservation = _current.get()
+    if reservation is not None:
+        reservation.grow(nbytes * FETCHED_FACTOR)
+
+
+# glibc mallopt parameters (<malloc.h>).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+# Allocations from this size up get their own mapping, returned to the system when freed.
+MMAP_THRESHOLD = 128 * 1024
+
+
+def tune_malloc() -> bool:
+    """Keep large buffers (bodies, images) out of malloc's heaps: with its default dynamic
+    threshold, glibc raises the mmap threshold to the size of the largest block freed (up to
+    32 MiB), so after the first request every 6 MB body lands in one of the up to 8 x CPUs
+    arenas the gateway's hundreds of threads spread over, where freed memory mostly stays.
+    Fixing the thresholds turns that off. False where there is no glibc (nothing changed)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
+    except (OSError, AttributeError):
+        return False
+    ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    ok = mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD) == 1 and ok
+    if not ok:
+        log.warning("mallopt refused the mmap/trim thresholds; large frees may stay in RSS")
+    return ok
