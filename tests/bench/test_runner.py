@@ -166,6 +166,95 @@ def test_targets_are_ratios_within_the_run() -> None:
     assert verdicts["best ok/s >= 4x baseline best ok/s"] is True  # 85 >= 84
 
 
+def _internet_step(delay_ms: int, clients: int, ok_per_s: float, failed: int = 0) -> dict[str, Any]:
+    return {"delay_ms": delay_ms, **_step(clients, ok_per_s, 1000 * clients / ok_per_s, failed)}
+
+
+def _group(ok_per_s: float, p99_ms: float, failed: int = 0) -> dict[str, Any]:
+    return {
+        "seconds": 10.0,
+        "requests": 10,
+        "ok": 10 - failed,
+        "ok_per_s": ok_per_s,
+        "mean_ms": p99_ms / 2,
+        "p50_ms": p99_ms / 2,
+        "p95_ms": p99_ms,
+        "p99_ms": p99_ms,
+        "failures": {"503": failed} if failed else {},
+        "failed": failed,
+    }
+
+
+def hostile_results() -> dict[str, Any]:
+    """A run with only the issue-16 parts (python -m bench --only internet,flood,uploads)."""
+    return {
+        "started": "2026-12-06T12:00:00+00:00",
+        "machine": {"cpu": "Test CPU", "cpus": 2},
+        "settings": {"seconds": 10.0, "images": 8, "image_size": "640x480", "image_kb": 145},
+        "limit": {},
+        "internet": {
+            "delays_ms": [0, 100, 500],
+            "jitter": 0.2,
+            "clients": [32, 128],
+            "steps": [
+                _internet_step(0, 32, 80),
+                _internet_step(100, 32, 60),
+                _internet_step(500, 32, 30),
+                _internet_step(0, 128, 75),
+                _internet_step(100, 128, 74),
+                _internet_step(500, 128, 70, failed=2),
+            ],
+            "clients_needed": {"0": 32, "100": 40, "500": 72},
+        },
+        "flood": {
+            "plan": {
+                "requests": 40,
+                "dribble_s": 6.5,
+                "uploaders": 4,
+                "seconds": 20.0,
+                "calm_s": 5.0,
+                "head_start_s": 1.0,
+            },
+            "calm": _group(120, 60),
+            "uploaders": _group(2, 6600, failed=1),
+            "flood": _group(5, 7000),
+        },
+        "uploads": {
+            "plan": {"clients": 64, "seconds": 20.0},
+            "photo_mb": 4.5,
+            "body_mb": 6.0,
+            **_group(8, 9000, failed=3),
+            "rss_mb_before": {"gateway": 63.0},
+            "rss_mb": {"gateway": 345.0},
+            "gateway_peak_rss_mb": 345.0,
+        },
+    }
+
+
+def test_issue_16_targets_are_ratios_and_bounds_within_the_run() -> None:
+    found = {t["target"]: t for t in targets.evaluate(hostile_results())}
+    far = found["internet: best ok/s, host 500 ms away >= 0.9x best ok/s, host on loopback"]
+    assert (far["value"], far["bound"], far["met"]) == (70, 72, False)  # 70 < 0.9 x 80
+    assert found["internet: failed requests (every delay and client count)"]["value"] == 2
+    assert found["internet: most clients >= Little's law need at 500 ms"]["met"] is True
+    assert found["flood: other clients' p99 (ms)"]["met"] is False
+    assert found["flood: other clients' failed requests"]["value"] == 1
+    rss = found["uploads: gateway peak RSS (MB), 64 clients x 6 MB"]
+    assert (rss["value"], rss["bound"], rss["met"]) == (345, 300, False)
+    assert not any(t["target"].startswith(("64 clients", "1 client")) for t in found.values())
+
+
+def test_report_without_the_sweep_has_the_issue_16_tables_and_plot(tmp_path: Path) -> None:
+    results = hostile_results()
+    results["targets"] = targets.evaluate(results)
+    table = report.write(results, tmp_path)
+    assert "| 500 | 128 | 70 |" in table
+    assert "500 ms: 72" in table  # Little's law need, from the run's own numbers
+    assert "| 4 uploaders, during the flood | 2 | 3300 | 6600 | 1× 503 |" in table
+    assert "| 8 | 4500 | 9000 | 7× 200, 3× 503 | 63 → 345 |" in table
+    assert (tmp_path / report.PLOT_NAME).read_bytes().startswith(b"\x89PNG")
+
+
 def test_report_writes_json_markdown_and_plot(tmp_path: Path) -> None:
     results = sample_results()
     results["targets"] = targets.evaluate(results)
