@@ -3,9 +3,12 @@
 Heroku sends SIGTERM (to every process of the dyno at once) and SIGKILLs 30 s later. On SIGTERM
 the gateway loses no request it has accepted: it stops new TCP handshakes on the listening socket
 (Linux), accepts the connections already in the kernel's accept queue, then closes the listening
-socket (new connections are refused from then on, none is reset), lets every request in flight
-finish with `Connection: close` (at most shutdown_timeout_s), then exits 0. The model server
-outlives this drain: it ignores SIGTERM and supervisord stops it after the gateway.
+socket (new connections are refused from then on, none is reset). Every request it has read, or
+that waits in a connection's socket, is answered; the last answer on each connection says
+`Connection: close`, idle kept-alive connections are closed, all without a reset
+(gateway/drain.py). It exits 0 as soon as no connection is busy (at most shutdown_timeout_s).
+The model server outlives this drain: it ignores SIGTERM and supervisord stops it after the
+gateway.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,7 @@ from waitress.server import BaseWSGIServer
 
 from envsettings import exit_on_error
 from gateway import logs
+from gateway.drain import Drain, channel_class, connections, sweep
 from gateway.membudget import tune_malloc
 from gateway.settings import Settings
 
@@ -34,30 +37,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.server")
 _POLL_S = 0.2
+# While draining, idle graces and lingers expire on their own: look at them this often.
+_DRAIN_POLL_S = 0.05
 # After new handshakes stop, those the kernel already answered with SYN-ACK complete within one
 # round trip (the Heroku router is in the dyno's region); wait that long before closing.
 HANDSHAKE_GRACE_S = 0.1
 _SO_ATTACH_FILTER = 26  # Linux <asm-generic/socket.h>
-
-StartResponse = Callable[..., Any]
-
-
-class Draining:
-    """WSGI wrapper: once `active`, every response carries `Connection: close`, so keep-alive
-    clients finish their request and go instead of holding the drain open."""
-
-    def __init__(self, app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]]) -> None:
-        self.app = app
-        self.active = False
-
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            if self.active:
-                headers = [(k, v) for k, v in headers if k.lower() != "connection"]
-                headers.append(("Connection", "close"))
-            return start_response(status, headers, exc_info)
-
-        return self.app(environ, respond)
 
 
 def bind_listener(settings: Settings) -> socket.socket:
@@ -85,7 +70,7 @@ def build_server(
         {"sockets": [sock]} if sock else {"host": settings.bind_host, "port": settings.port}
     )
     server: BaseWSGIServer = create_server(
-        Draining(app),
+        app,
         **where,
         threads=settings.worker_threads,
         backlog=settings.backlog,
@@ -114,6 +99,9 @@ def build_server(
         expose_tracebacks=False,
         ident="dynoserve",
     )
+    # Waitress wraps the app (clear_untrusted_proxy_headers) and forbids it hop-by-hop headers:
+    # the drain lives in waitress's own connection class instead (gateway/drain.py).
+    server.channel_class = channel_class(Drain())
     return server
 
 
@@ -123,14 +111,22 @@ def serve(server: BaseWSGIServer, stop: threading.Event, shutdown_timeout_s: flo
     while not stop.is_set():
         _loop_once(socket_map)
     log.info("stop signal: no new connections; draining in-flight requests")
-    server.application.active = True
+    server.channel_class.drain.active = True
     stop_listening(server)
     deadline = time.monotonic() + shutdown_timeout_s
-    while _busy(socket_map) and time.monotonic() < deadline:
-        _loop_once(socket_map)
-    if _busy(socket_map):
-        log.warning("shutdown timeout: closing connections with requests still in flight")
+    while sweep(socket_map) and time.monotonic() < deadline:
+        # Waitress checks for silent clients (channel_timeout) only while it listens.
+        server.maintenance(time.time())
+        _loop_once(socket_map, timeout=_DRAIN_POLL_S)
+    busy = [c for c in connections(socket_map) if c.holds_drain() and c.linger_until is None]
+    if busy:
+        log.warning(
+            "shutdown timeout: closing connections with requests still in flight",
+            extra={"connections": len(busy)},
+        )
     server.task_dispatcher.shutdown(timeout=1)
+    for channel in connections(socket_map):
+        channel.finish()
     wasyncore.close_all(socket_map)
 
 
@@ -190,16 +186,6 @@ def _drop_new_handshakes(sock: socket.socket) -> bool:
         log.warning("cannot stop new handshakes before closing (%s); closing at once", exc)
         return False
     return True
-
-
-def _busy(socket_map: dict[int, Any]) -> bool:
-    """A connection has a request half-received, in progress, or a response not yet sent."""
-    return any(
-        getattr(ch, "request", None) is not None
-        or getattr(ch, "requests", None)
-        or getattr(ch, "total_outbufs_len", 0)
-        for ch in list(socket_map.values())
-    )
 
 
 class _Waker(wasyncore.dispatcher):

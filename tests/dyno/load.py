@@ -1,8 +1,12 @@
 """Bounded closed-loop load on the dyno, every request classified.
 
-Each client opens a new connection per request (as Heroku's router does) and records:
-ok (200), shed (503 with Retry-After), refused (the connection was not accepted: the dyno
-is going away), failed (any other answer) and lost (accepted, then reset or no answer).
+Each client opens a new connection per request (as Heroku's router does), or with
+`keep_alive` keeps one HTTP/1.1 connection for as long as the dyno does (as a router or proxy
+with upstream keep-alive does), and records: ok (200), shed (503 with Retry-After), refused (the
+connection was not accepted: the dyno is going away), failed (any other answer), lost (accepted,
+then reset or no answer) and closed (keep-alive only: the dyno closed the idle connection with a
+clean FIN while the request was on its way, the race every keep-alive client must retry on a
+new connection, RFC 9112 section 9.3.1).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import select
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,8 +30,10 @@ PATH = "/v1/models/shapes:predict"
 class Outcome:
     started: float
     ended: float
-    kind: str  # ok, shed, refused, failed, lost
+    kind: str  # ok, shed, refused, failed, lost, closed
     detail: str = ""
+    closing: bool = False
+    """The answer said `Connection: close`."""
 
 
 @dataclass
@@ -38,6 +45,8 @@ class Load:
     stop_when_refused: bool = True
     bodies: tuple[bytes, ...] = (BODY,)
     """Client i sends bodies[i % len(bodies)]."""
+    keep_alive: bool = False
+    """Each client keeps its connection between requests (a new one once the dyno closed it)."""
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -65,17 +74,22 @@ class Load:
         self.stop()
 
     def _client(self, body: bytes) -> None:
-        while not self._stop.is_set():
-            outcome = one_request(self.port, body)
-            with self._lock:
-                self.outcomes.append(outcome)
-            if outcome.kind == "refused" and self.stop_when_refused:
-                return
-            if outcome.kind in ("shed", "refused"):
-                self._stop.wait(0.1)  # a polite client backs off (Retry-After: 1)
+        kept = KeptConnection(self.port) if self.keep_alive else None
+        try:
+            while not self._stop.is_set():
+                outcome = kept.request(body) if kept else one_request(self.port, body)
+                with self._lock:
+                    self.outcomes.append(outcome)
+                if outcome.kind == "refused" and self.stop_when_refused:
+                    return
+                if outcome.kind in ("shed", "refused"):
+                    self._stop.wait(0.1)  # a polite client backs off (Retry-After: 1)
+        finally:
+            if kept:
+                kept.close()
 
     def counts(self, after: float = 0.0) -> dict[str, int]:
-        kinds = ("ok", "shed", "refused", "failed", "lost")
+        kinds = ("ok", "shed", "refused", "failed", "lost", "closed")
         chosen = [o for o in self.outcomes if o.started >= after]
         counts = {kind: sum(o.kind == kind for o in chosen) for kind in kinds}
         counts["sent"] = len(chosen) - counts["refused"]
@@ -104,11 +118,61 @@ def one_request(port: int, body: bytes = BODY, timeout: float = 20) -> Outcome:
             payload = response.read()
         except (OSError, http.client.HTTPException) as exc:
             return Outcome(started, time.monotonic(), "lost", repr(exc))
-        return Outcome(
-            started, time.monotonic(), classify(response, payload), payload[:200].decode()
-        )
+        closing = (response.getheader("Connection") or "").lower() == "close"
+        kind = classify(response, payload)
+        return Outcome(started, time.monotonic(), kind, payload[:200].decode(), closing)
     finally:
         conn.close()
+
+
+class KeptConnection:
+    """One HTTP/1.1 connection reused for request after request, as urllib3's pool or nginx's
+    upstream keep-alive do: before reuse it checks whether the server has closed it (readable at
+    rest means a FIN or stray bytes) and connects anew if so."""
+
+    def __init__(self, port: int, timeout: float = 20) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+    def request(self, body: bytes = BODY) -> Outcome:
+        started = time.monotonic()
+        reused = self.conn.sock is not None and not self._dropped()
+        if not reused:
+            self.conn.close()
+            try:
+                self.conn.connect()
+            except OSError as exc:
+                return Outcome(started, time.monotonic(), "refused", repr(exc))
+        try:
+            self.conn.request("POST", PATH, body, {"Content-Type": "application/json"})
+            response = self.conn.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.conn.close()
+            return Outcome(started, time.monotonic(), _failure_kind(exc, reused), repr(exc))
+        closing = (response.getheader("Connection") or "").lower() == "close"
+        if closing:
+            self.conn.close()
+        kind = classify(response, payload)
+        return Outcome(started, time.monotonic(), kind, payload[:200].decode(), closing)
+
+    def _dropped(self) -> bool:
+        assert self.conn.sock is not None
+        readable, _, _ = select.select([self.conn.sock], [], [], 0)
+        return bool(readable)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _failure_kind(exc: Exception, reused: bool) -> str:
+    """closed: a reused connection ended with a clean FIN before any byte of an answer (the
+    server closed it idle while the request was on its way); anything else, a reset above all,
+    is lost. http.client's RemoteDisconnected subclasses ConnectionResetError without an errno;
+    a real reset carries ECONNRESET (or EPIPE on send)."""
+    clean_eof = isinstance(exc, http.client.RemoteDisconnected) and exc.errno is None
+    if reused and clean_eof:
+        return "closed"
+    return "lost"
 
 
 def classify(response: http.client.HTTPResponse, payload: bytes) -> str:

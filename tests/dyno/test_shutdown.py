@@ -1,12 +1,16 @@
 """Shutdown under load: Heroku's SIGTERM to every process at once, SIGTERM to supervisord alone,
-and `docker stop` (SIGTERM to the entrypoint, PID 1). Zero accepted requests fail or are lost,
-new connections are refused (or answered 503) from the signal on, all exits within 25 s."""
+and `docker stop` (SIGTERM to the entrypoint, PID 1), with clients that open a connection per
+request and clients that keep theirs (a router or proxy with upstream keep-alive). Zero accepted
+requests fail or are lost, new connections are refused (or answered 503) from the signal on, all
+exits within 25 s; a kept-alive connection gets its last answer with `Connection: close`."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -28,16 +32,27 @@ REFUSE_AFTER_S = 1.0
 # SIGTERM, would fail them).
 SLOW_IMAGE_S = 0.4
 
+# The gateway's drain ends when no connection is busy, long before this (its default timeout).
+SHUTDOWN_TIMEOUT_S = 12.0
+# An answer to a request sent this long after the signal was written after the drain began.
+CLOSE_AFTER_S = 0.2
+
 TARGETS = {
     "every process": lambda roles: list(roles.values()),
     "supervisord alone": lambda roles: [roles["supervisord"]],
     "entrypoint alone (docker stop)": lambda roles: [roles["entrypoint"]],
 }
+CASES = [(target, False) for target in TARGETS] + [("every process", True)]
 
 
-@pytest.mark.parametrize("target", list(TARGETS))
+@pytest.mark.parametrize(
+    ("target", "keep_alive"),
+    CASES,
+    ids=[f"{t}{', kept-alive connections' if k else ''}" for t, k in CASES],
+)
 def test_sigterm_under_load_loses_nothing(
     target: str,
+    keep_alive: bool,
     make_dyno: Callable[..., Dyno],
     make_layout: Callable[[], Layout],
     image_server: ImageServer,
@@ -47,7 +62,8 @@ def test_sigterm_under_load_loses_nothing(
     dyno.wait_ready()
     roles = dyno.processes()
     assert len(roles) == 5, roles
-    load = Load(dyno.port, clients=6, bodies=(BODY, url_body(slow_url))).start()
+    bodies = (BODY, url_body(slow_url))
+    load = Load(dyno.port, clients=6, bodies=bodies, keep_alive=keep_alive).start()
     try:
         wait_for(lambda: load.counts()["ok"] >= 30, timeout=30, what="load to warm up")
         signalled_at = time.monotonic()
@@ -62,10 +78,11 @@ def test_sigterm_under_load_loses_nothing(
     late = [o for o in load.outcomes if o.started > signalled_at + REFUSE_AFTER_S]
     RESULTS.append(
         {
-            "fault": f"SIGTERM to {target}",
+            "fault": f"SIGTERM to {target}" + (", kept-alive clients" if keep_alive else ""),
             **counts,
             "in_flight_at_signal_ok": sum(o.kind == "ok" for o in in_flight),
             "exit_s": round(exit_s, 2),
+            "gateway_drain_s": gateway_drain_s(dyno.log()),
         }
     )
     log = dyno.log()
@@ -74,8 +91,30 @@ def test_sigterm_under_load_loses_nothing(
     assert code == 0, log[-3000:]
     assert exit_s < EXIT_DEADLINE_S
     assert all(o.kind in ("refused", "shed") for o in late), [o for o in late if o.kind == "ok"]
+    # Only a request sent after the signal may meet a connection the gateway closed idle.
+    assert all(o.started > signalled_at for o in load.outcomes if o.kind == "closed")
+    after = [o for o in load.outcomes if o.started > signalled_at + CLOSE_AFTER_S]
+    after = [o for o in after if o.kind == "ok"]
+    assert all(o.closing for o in after), [o for o in after if not o.closing]
+    # The drain ended when the last request was answered, not at its timeout.
+    assert "shutdown timeout" not in log, log[-3000:]
+    assert exit_s < SHUTDOWN_TIMEOUT_S, exit_s
     # The model server outlived the gateway's drain.
     assert log.index('"message": "stopped"') < log.index("Server stopped"), log[-3000:]
+
+
+def gateway_drain_s(log: str) -> float | None:
+    """From the gateway's stop signal to its exit, by the times its JSON log lines carry."""
+    times = {}
+    for line in log.splitlines():
+        if '"logger": "gateway.server"' not in line or "{" not in line:
+            continue
+        record = json.loads(line[line.index("{") :])
+        if record["message"].startswith("stop signal") or record["message"] == "stopped":
+            times[record["message"].split(":")[0]] = datetime.fromisoformat(record["time"])
+    if len(times) < 2:
+        return None
+    return round((times["stopped"] - times["stop signal"]).total_seconds(), 2)
 
 
 def slow_image(image_server: ImageServer) -> str:
