@@ -20,7 +20,7 @@ from gateway.deadline import Deadline
 from gateway.errors import BadRequest as GatewayBadRequest
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, Unauthorized
 from gateway.errors import PayloadTooLarge as GatewayPayloadTooLarge
-from gateway.fairness import Refusal, client_identity
+from gateway.fairness import client_identity
 from gateway.logs import request_id_var
 from gateway.membudget import MemoryBudget, body_cost, for_request
 from gateway.metrics import Metrics
@@ -142,8 +142,8 @@ def _unsized_body() -> bool:
     return request.headers.get("Transfer-Encoding", "").lower().endswith("chunked")
 
 
-def _count_refusal(metrics: Metrics) -> Callable[[Refusal], None]:
-    return lambda refusal: metrics.refused(refusal.pool, refusal.reason)
+def _count_refusal(metrics: Metrics) -> Callable[[str], None]:
+    return lambda reason: metrics.refused("bytes", reason)
 
 
 def _client_gone() -> bool:

@@ -73,26 +73,41 @@ def _mib(amount: int) -> str:
 
 
 def refusal_error(refusal: Refusal, amount: int) -> GatewayError:
-    """503 memory_budget when the pool is full, 429 client_over_share when this client holds
-    more than its share of a contended pool; both say Retry-After."""
-    if refusal.over_share:
+    """429 client_over_share when this client holds more than its share of a contended pool,
+    else 503 memory_budget; both say Retry-After. A client that holds nothing is over no share:
+    its one request is larger than a share of the contended pool, which only others can free."""
+    needs = f"this request needs {_mib(amount)}"
+    if refusal.over_share and refusal.held > 0:
         return TooManyRequests(
-            f"this client holds {_mib(refusal.held)} of request memory and this request needs "
-            f"{_mib(amount)} more, over its fair share of {_mib(refusal.share)} while others "
-            "wait; retry later"
+            f"this client holds {_mib(refusal.held)} of request memory and {needs} more, over "
+            f"its fair share of {_mib(refusal.share)}; retry later"
+        )
+    held = f"{_mib(refusal.in_use)} of {_mib(refusal.capacity)} held"
+    if refusal.over_share:
+        return MemoryBudgetFull(
+            f"the gateway's memory budget is shared by requests in progress ({held}): {needs}, "
+            f"more than a fair share ({_mib(refusal.share)}); retry later"
         )
     return MemoryBudgetFull(
-        f"the gateway's memory budget is taken by requests in progress ({_mib(refusal.in_use)} "
-        f"of {_mib(refusal.capacity)} held, this request needs {_mib(amount)}); retry later"
+        f"the gateway's memory budget is taken by requests in progress ({held}): {needs}; "
+        "retry later"
     )
+
+
+def _reason(error: GatewayError) -> str:
+    """The refusal's label in dynoserve_gateway_refusals_total (fairness.Refusal.reason's)."""
+    return "over_share" if isinstance(error, TooManyRequests) else "full"
 
 
 class Reservation:
     """What one request holds of the budget; grows as fetched bytes arrive, released once."""
 
-    def __init__(self, pool: FairShares, client: str) -> None:
+    def __init__(
+        self, pool: FairShares, client: str, on_refusal: Callable[[str], None] | None = None
+    ) -> None:
         self.pool = pool
         self.client = client
+        self.on_refusal = on_refusal
         self.held = 0
         self._released = False
 
@@ -104,7 +119,10 @@ class Reservation:
             raise RuntimeError("a released reservation cannot grow")
         refusal = self.pool.try_take(self.client, amount)
         if refusal is not None:
-            raise refusal_error(refusal, amount)
+            error = refusal_error(refusal, amount)
+            if self.on_refusal is not None:
+                self.on_refusal(_reason(error))
+            raise error
         self.held += amount
 
     def release(self) -> None:
@@ -117,10 +135,12 @@ class Reservation:
 
 
 class MemoryBudget:
-    """The byte pool of one gateway process; thread-safe."""
+    """The byte pool of one gateway process; thread-safe. `on_refusal` gets each refusal's
+    reason (`full` or `over_share`), for the metrics."""
 
-    def __init__(self, capacity: int, on_refusal: Callable[[Refusal], None] | None = None) -> None:
-        self.pool = FairShares("bytes", capacity, on_refusal=on_refusal)
+    def __init__(self, capacity: int, on_refusal: Callable[[str], None] | None = None) -> None:
+        self.pool = FairShares("bytes", capacity)
+        self.on_refusal = on_refusal
 
     @property
     def capacity(self) -> int:
@@ -132,7 +152,7 @@ class MemoryBudget:
 
     def reserve(self, client: str, amount: int) -> Reservation:
         """A reservation of `amount` bytes for `client`, or the 503/429 refusal raised."""
-        reservation = Reservation(self.pool, client)
+        reservation = Reservation(self.pool, client, self.on_refusal)
         reservation.grow(amount)
         return reservation
 
