@@ -132,12 +132,14 @@ prune: setup ## Drop models gone from the source from models.config and disk (ma
 	DYNOSERVE_MODEL_SERVER_REST_URL=$${DYNOSERVE_MODEL_SERVER_REST_URL:-http://127.0.0.1:$${DYNOSERVE_MODEL_SERVER_REST_PORT:-8501}} \
 	$(GW_PY) -m sync --prune
 
-# siege at 1-100 clients against Dynoserve, the 2019-style baseline and the model alone (bench/);
-# about 5 minutes with 10 s steps; ARGS=--original runs 60 s steps like the original (~20 min).
-bench: setup apt-deps ## The original experiment side by side: table and plot in bench/results [ARGS=--original]
+# siege at 1-100 clients against Dynoserve, the 2019-style baseline and the model alone (bench/),
+# then Dynoserve with image hosts 0-500 ms away, a slow-URL flood and 6 MB uploads; about
+# 8 minutes with 10 s steps; ARGS=--original runs 60 s steps like the original (~20 min more);
+# ARGS=--only=internet,flood,uploads runs only those parts.
+bench: setup apt-deps ## The original experiment side by side, then images from the internet: table and plot in bench/results [ARGS=--original]
 	$(PY) -m bench $(ARGS)
 
-bench-quick: setup apt-deps ## make bench in about two minutes (4 client counts, 5 s steps)
+bench-quick: setup apt-deps ## make bench in about three minutes (fewer client counts, 5 s steps)
 	$(PY) -m bench --quick $(ARGS)
 
 # Exports are your models: clean leaves $(EXPORT_DIR) alone (delete a version by hand).
