@@ -34,8 +34,15 @@ _ERRORS = {
     "413": _error("Image or request body too large"),
     "415": _error("Not an image, unsupported image format, or unsupported request body type"),
     "422": _error("The image could not be decoded"),
+    "429": _error(
+        "This client holds more than its fair share of a pool others wait for (client_over_share:"
+        " request memory, image fetches); see Retry-After"
+    ),
     "502": _error("The image host or the model server failed"),
-    "503": _error("Model not ready or gateway overloaded; see Retry-After"),
+    "503": _error(
+        "Model not ready, gateway overloaded, or its memory budget for requests taken "
+        "(memory_budget); see Retry-After"
+    ),
     "504": _error("Deadline exceeded"),
 }
 
@@ -44,7 +51,7 @@ def _errors(*codes: str) -> dict[str, Any]:
     return {code: _ERRORS[code] for code in codes}
 
 
-_PREDICT_ERRORS = ("400", "401", "404", "413", "415", "422", "502", "503", "504")
+_PREDICT_ERRORS = ("400", "401", "404", "413", "415", "422", "429", "502", "503", "504")
 _MODEL_PARAM = {
     "name": "model",
     "in": "path",
