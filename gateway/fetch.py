@@ -30,6 +30,7 @@ from gateway.errors import (
     PayloadTooLarge,
     TooManyRedirects,
 )
+from gateway.membudget import charge_fetched
 from gateway.netguard import IPAddress, Resolver, host_allowed, pick_address, system_resolver
 from gateway.resolve import DnsResolver
 from gateway.settings import Settings
@@ -339,7 +340,9 @@ class ImageFetcher:
             chunk = response.read1(_CHUNK)
             if not chunk:
                 break
-            body += decoder.decompress(chunk, cap + 1 - len(body)) if decoder else chunk
+            data = decoder.decompress(chunk, cap + 1 - len(body)) if decoder else chunk
+            charge_fetched(len(data))  # the request's memory budget: 503/429 past it
+            body += data
             if len(body) > cap or (decoder is not None and decoder.unconsumed_tail):
                 raise PayloadTooLarge(f"image is larger than {cap} bytes")
         return bytes(body)

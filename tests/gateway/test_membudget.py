@@ -17,6 +17,7 @@ import pytest
 from gateway.bodies import decode_b64, parse_json, read_body
 from gateway.errors import BadRequest as GatewayBadRequest
 from gateway.errors import ConfigError, InvalidParameter, PayloadTooLarge, TooManyRequests
+from gateway.fetch import FetchPolicy, ImageFetcher
 from gateway.membudget import (
     FETCHED_FACTOR,
     JSON_FACTOR,
@@ -30,10 +31,11 @@ from gateway.membudget import (
     largest_body_cost,
     tune_malloc,
 )
+from gateway.netguard import system_resolver
 from gateway.results import PredictRequest, PredictResult
 from gateway.settings import Settings
 from tests.gateway.conftest import FakePredictor
-from tests.imagehost import image_bytes
+from tests.imagehost import ImageServer, image_bytes
 
 MiB = 1024 * 1024
 PREDICT = "/v1/models/shapes:predict"
@@ -117,6 +119,23 @@ def test_fetched_bytes_count_against_the_current_request_in_its_threads() -> Non
     assert budget.in_use == 0  # released however the request ended
     charge_fetched(MiB)
     assert budget.in_use == 0
+
+
+def test_a_fetched_image_is_charged_as_it_streams_in(image_server: ImageServer) -> None:
+    url = image_server.add_bytes("/big.bin", os.urandom(MiB))
+    fetcher = ImageFetcher(
+        FetchPolicy(MiB, 2.0, 2.0, 4.0, 0, (), allow_private=True), system_resolver
+    )
+    budget = MemoryBudget(8 * MiB)
+    with for_request(budget.reserve("a", 0)) as reservation:
+        assert len(fetcher.fetch(url).data) == MiB
+        assert reservation.held == MiB * FETCHED_FACTOR
+    assert budget.in_use == 0
+    # b holds its share already (3/4 of the pool, nobody else there): refused part way.
+    with pytest.raises(TooManyRequests), for_request(budget.reserve("b", 6 * MiB)):
+        fetcher.fetch(url)
+    assert budget.in_use == 0
+    fetcher.close()
 
 
 # --- the app: reserve before reading, release after ----------------------------------------------
