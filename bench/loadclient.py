@@ -99,8 +99,9 @@ class ClosedLoop:
         """Stop sending, wait for the answers in flight, return the group's record (rates over
         the time until the last answer)."""
         self._stop.set()
+        deadline = time.monotonic() + self.timeout_s + 5  # one bound for all: threads are daemons
         for thread in self._threads:
-            thread.join(self.timeout_s + 5)
+            thread.join(max(0.0, deadline - time.monotonic()))
         return self.tally.record(time.monotonic() - self._started)
 
     def _connect(self) -> http.client.HTTPConnection:
