@@ -145,3 +145,25 @@ bench-quick: setup apt-deps ## make bench in about three minutes (fewer client c
 # Exports are your models: clean leaves $(EXPORT_DIR) alone (delete a version by hand).
 clean: ## Remove virtualenvs, generated code, synced models and caches (not exports/)
 	rm -rf $(VENV) $(GW_VENV) gateway/_proto var .pytest_cache .mypy_cache .ruff_cache
+
+# The dyno's image (deploy/image.py). A container engine: docker when its daemon answers, else
+# podman with runc; mmdebstrap makes the Debian 12 base where no registry is reachable.
+.PHONY: image image-deps image-run
+IMAGE_APT_PACKAGES := podman runc mmdebstrap
+test: image-deps
+
+image-deps: ## Install podman, runc and mmdebstrap (Debian packages, as root) unless present
+	@missing=""; for p in $(IMAGE_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+image: image-deps ## Build the image as Heroku does (docker, else podman); no registry: local base and model server [MODEL_SERVER=stock|local]
+	$(PYTHON_BASE) -m deploy.image build $(if $(MODEL_SERVER),--model-server $(MODEL_SERVER)) $(ARGS)
+
+# Models from the bucket when BUCKETEER_BUCKET_NAME is set (DYNOSERVE_S3_ENDPOINT_URL for moto),
+# else the demo model's export folder, mounted read-only.
+image-run: image $(if $(BUCKETEER_BUCKET_NAME),,demo-model) ## Run the image as a dyno: random $PORT, another uid, MEMORY=512m|1g, app.json's env
+	$(PYTHON_BASE) -m deploy.image run --memory $(or $(MEMORY),512m) $(ARGS)

@@ -35,6 +35,18 @@ def dockerfile_env() -> dict[str, str]:
     return env
 
 
+def final_stage() -> str:
+    """The Dockerfile's last stage: the image itself (the stages before it make the model
+    server's files, stock or local)."""
+    return re.split(r"^FROM ", DOCKERFILE, flags=re.M)[-1]
+
+
+def dockerfile_args() -> dict[str, str]:
+    """The global ARG defaults: what Heroku builds with."""
+    head = re.split(r"^FROM ", DOCKERFILE, flags=re.M)[0]
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", head, re.M))
+
+
 def dockerfile_copies() -> list[str]:
     """Sources of the COPY instructions that take files from the repository."""
     return list(re.findall(r"^COPY (?!--)(\S+) \S+$", DOCKERFILE, re.M))
@@ -91,7 +103,7 @@ def test_every_path_the_image_copies_exists_and_is_used() -> None:
     copies = dockerfile_copies()
     for source in copies:
         assert (REPO_ROOT / source).exists(), f"COPY {source}: no such path"
-    pip_requirements = set(re.findall(r"pip install[^\n]*-r (\S+)", DOCKERFILE))
+    pip_requirements = set(re.findall(r"pip install[^\n]*-r (\S+)", final_stage()))
     cmd_module = dockerfile_cmd()[dockerfile_cmd().index("-m") + 1]
     started = set(supervised_modules()) | {cmd_module}
     libraries = set().union(*(project_imports(REPO_ROOT / name) for name in started))
@@ -145,8 +157,9 @@ def test_the_image_makes_the_writable_paths_and_runs_as_a_numeric_user() -> None
 
 
 def test_the_image_keeps_tensorflow_out_of_its_python() -> None:
-    installs = re.findall(r"pip install[^\n]*-r (\S+)", DOCKERFILE)
+    installs = re.findall(r"pip install[^\n]*-r (\S+)", final_stage())
     assert installs == ["requirements/gateway.txt"]
+    assert "/app/.venv" not in final_stage()  # only the local model server stage has one
     text = (REPO_ROOT / "requirements" / "gateway.txt").read_text().lower()
     assert "tensorflow" not in re.sub(r"#.*", "", text)
 
@@ -165,3 +178,35 @@ def test_one_place_provisions_the_add_on_per_way_of_deploying() -> None:
     deploy = README.split("## Deploy to Heroku", 1)[1].split("\n## ", 1)[0]
     assert "https://www.herokucdn.com/deploy/button.svg" in deploy
     assert deploy.count("heroku addons:create bucketeer") == 1
+
+
+def test_heroku_builds_the_stock_model_server_on_the_official_python_base() -> None:
+    import deploy.image
+
+    args = dockerfile_args()
+    assert args["BASE_IMAGE"] == "python:3.11-slim-bookworm"
+    assert args["MODEL_SERVER"] == "stock"
+    assert args["TF_SERVING_VERSION"] == deploy.image.TF_SERVING_VERSION
+    assert f"tensorflow/serving:{args['TF_SERVING_VERSION']}" in deploy.image.STOCK_IMAGES[0]
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", DOCKERFILE, re.M)
+    # The model server stage is picked by name: one stage per value of MODEL_SERVER.
+    assert re.search(r"^FROM model-server-\$\{MODEL_SERVER\} AS model-server$", DOCKERFILE, re.M)
+    assert {"stock", "local"} == set(
+        re.findall(r"^FROM \S+ AS model-server-(\w+)$", DOCKERFILE, re.M)
+    )
+
+
+def dockerignore_allowed() -> set[str]:
+    lines = (REPO_ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in lines, "an allow-list: ignore everything, then name what the build copies"
+    return {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+
+
+def test_the_build_context_is_exactly_what_the_dockerfile_copies() -> None:
+    sources = set(dockerfile_copies())
+    for line in re.findall(r"^COPY (?!--)(.+) \S+$", DOCKERFILE, re.M):
+        sources |= set(line.split())
+    assert dockerignore_allowed() == sources
+    ignored = (REPO_ROOT / ".dockerignore").read_text()
+    for secret in (".env*", "__pycache__", "gateway/_proto"):
+        assert secret in ignored
