@@ -12,10 +12,11 @@ Two things a dyno needs that TF Serving does not do by itself:
 - SIGTERM is ignored across the exec. Heroku sends SIGTERM to every process of the dyno at once
   and stock TF Serving dies on it at once (tensorflow/serving#1853) while the gateway still
   drains requests that need it; supervisord stops the server with SIGINT after the gateway.
-- TensorFlow sizes its thread pools from the host's CPU count, which on a dyno is not the
-  dyno's share. The launcher passes --tensorflow_intra_op_parallelism and
-  --tensorflow_inter_op_parallelism from the cgroup CPU quota (or DYNOSERVE_MODEL_SERVER_THREADS)
-  with the other project defaults, unless the command line sets them.
+- TensorFlow sizes its thread pools from the CPUs the process may run on (`nproc`), which on a
+  dyno is not the dyno's share. The launcher passes --tensorflow_intra_op_parallelism and
+  --tensorflow_inter_op_parallelism (DYNOSERVE_MODEL_SERVER_THREADS, else `auto_threads`: the
+  cgroup's CPU quota when it has one, else at most SHARED_CPU_THREADS) with the other project
+  defaults, unless the command line sets them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from envsettings import exit_on_error
@@ -42,6 +44,13 @@ DEV_PYTHON = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
 EXIT_CONFIG_MISSING = 3
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
+# TensorFlow's threads when the cgroup sets no CPU quota. Heroku's Standard dynos share the
+# host's CPUs by weight (cpu.shares: no quota to read) and `nproc` shows the host's count,
+# several times the dyno's share. Measured with bench/cpu_shares.py (docs/sizing.md, "Threads on
+# a shared CPU"): past 2, more threads bought no speed and cost CPU per image (spinning pool
+# threads), which under contention is throughput lost; 2 kept the latency gain of a second
+# thread when the neighbours leave CPU idle.
+SHARED_CPU_THREADS = 2
 
 
 def find_stock_binary(settings: Settings) -> str | None:
@@ -120,36 +129,68 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) 
     return min(found) if found else None
 
 
-def available_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> int:
-    """Whole CPUs this process may use: the CPUs it may run on, capped by the cgroup quota."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+def schedulable_cpus() -> int:
+    """The CPUs this process may run on (`nproc`): what TensorFlow sizes its pools from."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """A thread count for TensorFlow's pools and why, for the launcher's log line."""
+
+    count: int
+    reason: str
+
+
+def auto_threads(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> ThreadChoice:
+    """The cgroup's CPU quota rounded up when it has one (a hard cap: threads beyond it only
+    wait for the next period); else at most SHARED_CPU_THREADS, because without a quota the
+    CPUs `nproc` shows may be a shared host's. Never more than `nproc`."""
+    cpus = schedulable_cpus()
     limit = cgroup_cpu_limit(root, proc_cgroup)
     if limit is not None:
-        cpus = min(cpus or 1, math.ceil(limit))
-    return max(1, cpus or 1)
+        count = max(1, min(cpus, math.ceil(limit)))
+        return ThreadChoice(count, f"CPU quota {limit:g}, nproc {cpus}")
+    count = min(cpus, SHARED_CPU_THREADS)
+    return ThreadChoice(count, f"no CPU quota, nproc {cpus}: at most {SHARED_CPU_THREADS}")
 
 
-def thread_flags(settings: Settings) -> list[str]:
-    """TensorFlow's thread-pool flags: DYNOSERVE_MODEL_SERVER_THREADS, else the CPUs available.
+def available_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> int:
+    """The thread count `auto` gives TensorFlow (tests/dyno compares the server's flags with it)."""
+    return auto_threads(root, proc_cgroup).count
 
-    0 passes nothing (TensorFlow then sizes its pools from the host's CPU count).
-    """
+
+def thread_choice(
+    settings: Settings, root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP
+) -> ThreadChoice | None:
+    """DYNOSERVE_MODEL_SERVER_THREADS, else auto_threads; None for 0 (TensorFlow's own)."""
     threads = settings.model_server_threads
     if threads == 0:
+        return None
+    if threads is not None:
+        return ThreadChoice(threads, "DYNOSERVE_MODEL_SERVER_THREADS")
+    return auto_threads(root, proc_cgroup)
+
+
+def thread_flags(choice: ThreadChoice | None) -> list[str]:
+    """TensorFlow's thread-pool flags for `choice`; none for None (TensorFlow then sizes its
+    pools from `nproc`)."""
+    if choice is None:
         return []
-    count = threads if threads is not None else available_cpus()
     return [
-        f"--tensorflow_intra_op_parallelism={count}",
-        f"--tensorflow_inter_op_parallelism={count}",
+        f"--tensorflow_intra_op_parallelism={choice.count}",
+        f"--tensorflow_inter_op_parallelism={choice.count}",
     ]
 
 
-def project_defaults(settings: Settings) -> list[str]:
+def project_defaults(settings: Settings, threads: ThreadChoice | None) -> list[str]:
     """Flags added when the command line does not set them: the flags file's and the thread
     counts. DYNOSERVE_MODEL_SERVER_FLAGS='' turns both off, unless the thread count is set."""
     if not settings.flags_file:
-        return thread_flags(settings) if settings.model_server_threads is not None else []
-    return [*flags.read_flags_file(settings.flags_file), *thread_flags(settings)]
+        return thread_flags(threads) if settings.model_server_threads is not None else []
+    return [*flags.read_flags_file(settings.flags_file), *thread_flags(threads)]
 
 
 def command(argv: Sequence[str], settings: Settings) -> list[str]:
@@ -167,7 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with exit_on_error("python -m serving"):
         settings = Settings.from_env()
     args = list(sys.argv[1:] if argv is None else argv)
-    args = flags.with_defaults(args, project_defaults(settings))
+    threads = thread_choice(settings)
+    args = flags.with_defaults(args, project_defaults(settings, threads))
+    if threads is not None:
+        log.info("TensorFlow threads: %d (%s)", threads.count, threads.reason)
     options = flags.parse_or_exit(args, "python -m serving")
     if options.model_config_file and not os.path.exists(options.model_config_file):
         log.info(

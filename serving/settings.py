@@ -11,7 +11,7 @@ DEFAULT_FLAGS_FILE = Path(__file__).resolve().parent / "model_server.flags"
 
 
 def _threads(text: str) -> int | None:
-    """`auto` means None (from the CPU quota); else a count, 0 leaving it to TensorFlow."""
+    """`auto` means None (the launcher's auto_threads); else a count, 0 leaving it to TensorFlow."""
     return None if text.lower() == "auto" else integer(0).convert(text)
 
 
@@ -35,4 +35,5 @@ class Settings(EnvSettings):
     local_server_python: str = env("DYNOSERVE_MODEL_SERVER_PYTHON", "")
     """Interpreter for the local server; empty: this one if it has TensorFlow, else .venv's."""
     model_server_threads: int | None = env("DYNOSERVE_MODEL_SERVER_THREADS", None, _THREADS)
-    """TensorFlow intra- and inter-op threads; None: the CPUs the cgroup quota allows; 0: TF's."""
+    """TensorFlow intra- and inter-op threads; None: the CPU quota, else at most 2 (measured); 0:
+    TensorFlow's own count (nproc)."""
