@@ -18,6 +18,7 @@ import select
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from tests.support import REPO_ROOT
 
@@ -182,3 +183,31 @@ def classify(response: http.client.HTTPResponse, payload: bytes) -> str:
         return "shed"
     del payload
     return "failed"
+
+
+def drain_times(log: str) -> dict[str, float]:
+    """When the gateway's drain began ("stop signal") and ended ("stopped"), wall-clock seconds
+    (time.time()), from its JSON log lines (prefixed or not)."""
+    times: dict[str, float] = {}
+    for line in log.splitlines():
+        if '"logger": "gateway.server"' not in line or "{" not in line:
+            continue
+        record = json.loads(line[line.index("{") :])
+        event = record["message"].split(":")[0]
+        if event in ("stop signal", "stopped"):
+            times[event] = datetime.fromisoformat(record["time"]).timestamp()
+    return times
+
+
+def answered_in_drain(
+    outcomes: list[Outcome], times: dict[str, float], signalled: tuple[float, float]
+) -> list[Outcome]:
+    """The answers to requests sent after the gateway's drain began. `signalled` is
+    (time.time(), time.monotonic()) at the signal, to put the log's time on the clients' clock."""
+    wall, mono = signalled
+    began = mono + times["stop signal"] - wall + DRAIN_FLAG_SLACK_S
+    return [o for o in outcomes if o.kind == "ok" and o.started > began]
+
+
+# The gateway logs "stop signal" just before it sets the drain flag; the log's times are ms.
+DRAIN_FLAG_SLACK_S = 0.01
