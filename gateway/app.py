@@ -124,7 +124,8 @@ def _install_memory_budget(app: Flask, settings: Settings, metrics: Metrics) -> 
         if length is None and _unsized_body():
             length = settings.max_request_bytes  # read with that cap (bodies.read_body)
         client = g.get("client") or client_identity(None, request.remote_addr)
-        reservation = budget.reserve(client, body_cost(length or 0, request.mimetype))
+        cost = body_cost(length or 0, request.mimetype)
+        reservation = budget.reserve(client, cost, _memory_wait(settings), _client_gone)
         scope = ExitStack()
         scope.enter_context(for_request(reservation))
         g.memory_scope = scope
@@ -134,6 +135,13 @@ def _install_memory_budget(app: Flask, settings: Settings, metrics: Metrics) -> 
         scope = g.pop("memory_scope", None)
         if scope is not None:
             scope.close()
+
+
+def _memory_wait(settings: Settings) -> float:
+    """How long this request may wait for memory: the setting, within its deadline."""
+    deadline: Deadline | None = g.get("deadline")
+    left = settings.memory_wait_s if deadline is None else deadline.remaining()
+    return max(0.0, min(settings.memory_wait_s, left))
 
 
 def _unsized_body() -> bool:

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import NoReturn
 
 from gateway.errors import GatewayError, ServiceUnavailable, TooManyRequests
 from gateway.fairness import FairShares, Refusal
@@ -23,6 +26,8 @@ from gateway.fairness import FairShares, Refusal
 log = logging.getLogger("gateway.membudget")
 
 MiB = 1024 * 1024
+# A request waiting for a full budget looks again at least this often.
+_RECHECK_S = 0.1
 # Copies of an image's bytes on their way to the model server, besides the image the request
 # keeps: the input tensor (client.string_tensor), the PredictRequest it is copied into
 # (CopyFrom), the serialized request and gRPC's send buffer. All live during the Predict call.
@@ -103,27 +108,41 @@ class Reservation:
     """What one request holds of the budget; grows as fetched bytes arrive, released once."""
 
     def __init__(
-        self, pool: FairShares, client: str, on_refusal: Callable[[str], None] | None = None
+        self,
+        pool: FairShares,
+        client: str,
+        on_refusal: Callable[[str], None] | None = None,
+        on_release: Callable[[], None] | None = None,
     ) -> None:
         self.pool = pool
         self.client = client
         self.on_refusal = on_refusal
+        self.on_release = on_release
         self.held = 0
         self._released = False
 
     def grow(self, amount: int) -> None:
         """Hold `amount` more bytes, or raise the refusal (nothing more held then)."""
+        error = self.try_grow(amount)
+        if error is not None:
+            self.refuse(error)
+
+    def try_grow(self, amount: int) -> GatewayError | None:
+        """Hold `amount` more bytes, or say why not (nothing more held then)."""
         if amount <= 0:
-            return
+            return None
         if self._released:
             raise RuntimeError("a released reservation cannot grow")
         refusal = self.pool.try_take(self.client, amount)
         if refusal is not None:
-            error = refusal_error(refusal, amount)
-            if self.on_refusal is not None:
-                self.on_refusal(_reason(error))
-            raise error
+            return refusal_error(refusal, amount)
         self.held += amount
+        return None
+
+    def refuse(self, error: GatewayError) -> NoReturn:
+        if self.on_refusal is not None:
+            self.on_refusal(_reason(error))
+        raise error
 
     def release(self) -> None:
         """Give everything back; safe to call more than once."""
@@ -132,6 +151,8 @@ class Reservation:
             held, self.held = self.held, 0
             if held:
                 self.pool.give_back(self.client, held)
+                if self.on_release is not None:
+                    self.on_release()
 
 
 class MemoryBudget:
@@ -141,6 +162,7 @@ class MemoryBudget:
     def __init__(self, capacity: int, on_refusal: Callable[[str], None] | None = None) -> None:
         self.pool = FairShares("bytes", capacity)
         self.on_refusal = on_refusal
+        self._freed = threading.Condition()
 
     @property
     def capacity(self) -> int:
@@ -150,11 +172,31 @@ class MemoryBudget:
     def in_use(self) -> int:
         return self.pool.in_use
 
-    def reserve(self, client: str, amount: int) -> Reservation:
-        """A reservation of `amount` bytes for `client`, or the 503/429 refusal raised."""
-        reservation = Reservation(self.pool, client, self.on_refusal)
-        reservation.grow(amount)
+    def reserve(
+        self,
+        client: str,
+        amount: int,
+        wait_s: float = 0.0,
+        gone: Callable[[], bool] | None = None,
+    ) -> Reservation:
+        """A reservation of `amount` bytes for `client`, or the 503/429 refusal raised. A full
+        budget is waited for up to `wait_s` (the body is in waitress's temp file meanwhile, not
+        in memory) unless `gone` says the client left; a client over its share is refused at
+        once, so a flooder cannot park its requests on the server's threads."""
+        reservation = Reservation(self.pool, client, self.on_refusal, self._notify)
+        give_up = time.monotonic() + wait_s
+        while (error := reservation.try_grow(amount)) is not None:
+            left = give_up - time.monotonic()
+            if left <= 0 or isinstance(error, TooManyRequests) or (gone and gone()):
+                reservation.refuse(error)
+            with self._freed:
+                # Short waits: a release between try_grow and here notified nobody.
+                self._freed.wait(min(left, _RECHECK_S))
         return reservation
+
+    def _notify(self) -> None:
+        with self._freed:
+            self._freed.notify_all()
 
 
 # The reservation of the request this thread (or a copy of its context) is serving.

@@ -56,6 +56,10 @@ class Settings(EnvSettings):
     """Bytes requests may hold at once: bodies, decoded and fetched images and their copies
     for the model server, reserved before a body is read; past it 503 memory_budget, past a
     client's fair share 429 (128 MiB fits a 512 MB dyno beside TF Serving: docs/gateway.md)."""
+    memory_wait_s: float = env("DYNOSERVE_MEMORY_WAIT_S", 10.0)
+    """How long a request waits for a full memory budget before 503 memory_budget (its body
+    waits in waitress's temp file, not in memory; spent from the request's deadline); a client
+    over its fair share is refused at once."""
     fetch_connect_timeout_s: float = env("DYNOSERVE_FETCH_CONNECT_TIMEOUT_S", 3.0)
     """Timeout for connecting to an image host."""
     fetch_read_timeout_s: float = env("DYNOSERVE_FETCH_READ_TIMEOUT_S", 5.0)
@@ -117,6 +121,9 @@ class Settings(EnvSettings):
         """The budget must fit the largest body the gateway accepts, or such a request could
         never be served."""
         largest = largest_body_cost(self.max_request_bytes)
+        if self.memory_wait_s < 0:
+            wait = self.memory_wait_s
+            raise ConfigError(f"DYNOSERVE_MEMORY_WAIT_S must be 0 or more, got {wait}")
         if self.memory_budget_bytes < largest:
             raise ConfigError(
                 f"DYNOSERVE_MEMORY_BUDGET_BYTES ({self.memory_budget_bytes}) is below what the "

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import threading
+import time
 import tracemalloc
 from typing import Any
 
@@ -100,6 +101,27 @@ def test_release_gives_back_once_and_a_refused_growth_holds_nothing_more() -> No
     assert budget.pool.held("a") == 0
 
 
+def test_a_full_budget_is_waited_for_and_a_flooder_is_not() -> None:
+    budget = MemoryBudget(100 * MiB)
+    first, second = budget.reserve("a", 35 * MiB), budget.reserve("b", 35 * MiB)
+    threading.Timer(0.2, first.release).start()
+    started = time.monotonic()
+    third = budget.reserve("c", 31 * MiB, wait_s=10)  # fits once a's 35 are back
+    assert 0.15 < time.monotonic() - started < 5
+    started = time.monotonic()
+    with pytest.raises(TooManyRequests):  # b would be over its share: no wait
+        budget.reserve("b", 10 * MiB, wait_s=10)
+    with pytest.raises(MemoryBudgetFull):  # the client left: no more wait
+        budget.reserve("d", 40 * MiB, wait_s=10, gone=lambda: True)
+    assert time.monotonic() - started < 1
+    with pytest.raises(MemoryBudgetFull):  # nobody gives back in time
+        budget.reserve("d", 40 * MiB, wait_s=0.3)
+    assert time.monotonic() - started >= 0.3
+    second.release()
+    third.release()
+    assert budget.in_use == 0
+
+
 def _fetch_twice_then_fail(reservation: Reservation) -> None:
     charge_fetched(1000)
     # A batch's fetches run in copies of the request's context on other threads.
@@ -181,7 +203,9 @@ def budget_of(client: Any) -> MemoryBudget:
 def test_a_body_over_the_free_budget_is_refused_unread(
     make_client: Any, fake_predictor: FakePredictor
 ) -> None:
-    client = make_client(memory_budget_bytes=64 * MiB, max_request_bytes=12 * MiB)
+    client = make_client(
+        memory_budget_bytes=64 * MiB, max_request_bytes=12 * MiB, memory_wait_s=0.0
+    )
     budget = budget_of(client)
     held = [budget.reserve("x", 40 * MiB), budget.reserve("y", 20 * MiB)]
     response, stream = post_json(client, b64_json(PNG) + b" " * 2 * MiB)  # 7.5 MiB more
