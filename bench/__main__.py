@@ -318,6 +318,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for key in ("dynoserve", "baseline", "internet")
         for s in results.get(key, {}).get("steps", [])
         if s.get("warning")
+    ] + [
+        f"{key}: {results[key]['warning']}"
+        for key in ("flood", "uploads")
+        if key in results and results[key].get("warning")
     ]
     return results
 
@@ -337,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for t in results["targets"]:
         verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
         ratio = f" ({t['ratio']}x)" if t["ratio"] is not None else ""
+        ratio += " (other processes took the CPUs: not to be quoted)" if t.get("noisy") else ""
         print(f"target {verdict:12s} {t['target']}: {t['value']} vs {t['bound']}{ratio}")
     print(f"wrote {args.results}/{report.JSON_NAME}, {report.TABLE_NAME}, {report.PLOT_NAME}")
     return 0

@@ -124,7 +124,7 @@ def flood(
     flooder = loadclient.ClosedLoop(
         endpoint, slow.encode(), plan.requests, [loadclient.client_address(FLOODER)]
     )
-    sampler = sampling().start()
+    runner, sampler = steps.RunnerCpu(), sampling().start()
     flooder.start()
     time.sleep(plan.head_start_s)
     during = loadclient.run_for(
@@ -134,6 +134,7 @@ def flood(
     usage = sampler.stop()
     return {
         "plan": plan.__dict__,
+        **runner.finish(usage),
         "idle_wait_s": waited,
         "calm": calm,
         "uploaders": during,

@@ -62,7 +62,7 @@ def target_lines(targets: Sequence[dict[str, Any]]) -> list[str]:
     for t in targets:
         lines.append(
             f"| {t['target']} | {_fmt(t['value'])} | {_fmt(t['bound'])} "
-            f"| {_fmt(t.get('ratio'))} | {verdict[t['met']]} |"
+            f"| {_fmt(t.get('ratio'))} | {verdict[t['met']]}{' ⚠' if t.get('noisy') else ''} |"
         )
     return lines
 
@@ -93,7 +93,7 @@ def internet_lines(internet: dict[str, Any]) -> list[str]:
 
 
 def flood_lines(flood: dict[str, Any]) -> list[str]:
-    plan = flood["plan"]
+    plan, warn = flood["plan"], " ⚠" if flood.get("warning") else ""
     lines = [
         f"**slow-URL flood**: one client keeps {plan['requests']} requests in flight whose image "
         f"host sends the body one byte per 0.5 s for {plan['dribble_s']:g} s, while "
@@ -105,7 +105,7 @@ def flood_lines(flood: dict[str, Any]) -> list[str]:
     ]
     rows = (
         ("calm", f"{plan['uploaders']} uploaders, alone"),
-        ("uploaders", f"{plan['uploaders']} uploaders, during the flood"),
+        ("uploaders", f"{plan['uploaders']} uploaders, during the flood" + warn),
         ("flood", f"the flooding client ({plan['requests']} in flight)"),
     )
     for key, title in rows:
@@ -118,7 +118,7 @@ def flood_lines(flood: dict[str, Any]) -> list[str]:
 
 
 def upload_lines(uploads: dict[str, Any]) -> list[str]:
-    plan = uploads["plan"]
+    plan, warn = uploads["plan"], " ⚠" if uploads.get("warning") else ""
     before = uploads.get("rss_mb_before", {}).get("gateway")
     return [
         f"**uploads**: {plan['clients']} clients posting a {uploads['photo_mb']:g} MB JPEG as "
@@ -126,7 +126,8 @@ def upload_lines(uploads: dict[str, Any]) -> list[str]:
         "",
         "| ok/s | p50 ms | p99 ms | answers by status | gateway RSS MB before → peak |",
         "|---|---|---|---|---|",
-        f"| {_fmt(uploads['ok_per_s'])} | {_fmt(uploads['p50_ms'])} | {_fmt(uploads['p99_ms'])} "
+        f"| {_fmt(uploads['ok_per_s'])}{warn} | {_fmt(uploads['p50_ms'])} "
+        f"| {_fmt(uploads['p99_ms'])} "
         f"| {_statuses(uploads)} | {_fmt(before)} → {_fmt(uploads['gateway_peak_rss_mb'])} |",
     ]
 

@@ -61,8 +61,7 @@ def step_record(
     total = sum(result.statuses.values())
     cpu = {**usage.cpu_s, **usage.extra_cpu_s}
     per_1000 = {role: round(1000 * s / total, 2) if total else None for role, s in cpu.items()}
-    other_share = usage.other_cpu_s / (usage.cpus * wall_s) if wall_s else 0.0
-    record: dict[str, Any] = {
+    return {
         "clients": clients,
         "seconds": round(elapsed, 2),
         "requests": total,
@@ -75,14 +74,35 @@ def step_record(
         "cpu_s_per_1000_requests": per_1000,
         "rss_mb": usage.rss_mb,
         "processes": usage.processes,
-        "other_cpu_share": round(other_share, 3),
+        **busy_share(usage, wall_s),
     }
+
+
+def busy_share(usage: procstat.StepUsage, wall_s: float) -> dict[str, Any]:
+    """The share of the CPUs processes outside the measured ones took, and a warning when it
+    is over BUSY_WARNING_SHARE (the step's numbers are then not to be quoted)."""
+    other_share = usage.other_cpu_s / (usage.cpus * wall_s) if wall_s else 0.0
+    found: dict[str, Any] = {"other_cpu_share": round(other_share, 3)}
     if other_share > BUSY_WARNING_SHARE:
-        record["warning"] = (
+        found["warning"] = (
             f"other processes used {usage.other_cpu_s:.1f} CPU s "
             f"({100 * other_share:.0f}% of {usage.cpus} CPUs) during this step"
         )
-    return record
+    return found
+
+
+class RunnerCpu:
+    """CPU seconds this process (the bench runner and its client threads) uses from now on,
+    so a step measured by the runner's own clients does not count them as "other"."""
+
+    def __init__(self) -> None:
+        self.started = _rusage(resource.RUSAGE_SELF)
+        self.wall0 = time.monotonic()
+
+    def finish(self, usage: procstat.StepUsage) -> dict[str, Any]:
+        """Add the runner's CPU to `usage`; the busy share over the wall time since start."""
+        usage.extra_cpu_s["bench runner"] = _rusage(resource.RUSAGE_SELF) - self.started
+        return busy_share(usage, time.monotonic() - self.wall0)
 
 
 def _rusage(who: int) -> float:

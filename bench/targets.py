@@ -8,19 +8,28 @@ from typing import Any
 Step = dict[str, Any]
 
 
-def target(name: str, value: float | None, bound: float | None, *, at_most: bool) -> Step:
-    """One target: met when value <= bound (at_most) or value >= bound; unknown without data."""
+def target(
+    name: str,
+    value: float | None,
+    bound: float | None,
+    *,
+    at_most: bool,
+    noisy: bool = False,
+) -> Step:
+    """One target: met when value <= bound (at_most) or value >= bound; unknown without data.
+    `noisy`: measured while other processes took the CPUs (a ⚠ step), not to be quoted."""
     if value is None or bound is None:
         return {"target": name, "value": value, "bound": bound, "ratio": None, "met": None}
     met = value <= bound if at_most else value >= bound
     ratio = round(value / bound, 2) if bound else None
-    return {
+    found = {
         "target": name,
         "value": round(value, 2),
         "bound": round(bound, 2),
         "ratio": ratio,
         "met": met,
     }
+    return {**found, "noisy": True} if noisy else found
 
 
 def best_ok_per_s(steps: Sequence[Step]) -> float | None:
@@ -108,6 +117,7 @@ def internet_targets(internet: dict[str, Any]) -> list[Step]:
     }
     near = best[0]
     needed = internet.get("clients_needed", {}).get(str(INTERNET_FAR_MS))
+    noisy = any(s.get("warning") for s in steps)
     return [
         target(
             f"internet: best ok/s, host {INTERNET_FAR_MS} ms away >= {INTERNET_RATIO}x "
@@ -115,12 +125,14 @@ def internet_targets(internet: dict[str, Any]) -> list[Step]:
             best[INTERNET_FAR_MS],
             INTERNET_RATIO * near if near else None,
             at_most=False,
+            noisy=noisy,
         ),
         target(
             "internet: failed requests (every delay and client count)",
             sum(s["failed"] for s in steps),
             0,
             at_most=True,
+            noisy=noisy,
         ),
         target(
             f"internet: most clients >= Little's law need at {INTERNET_FAR_MS} ms",
@@ -135,10 +147,18 @@ def flood_targets(flood: dict[str, Any]) -> list[Step]:
     """The uploaders beside a slow-URL flood: their p99 and their failures."""
     if not flood:
         return []
-    others = flood["uploaders"]
+    others, noisy = flood["uploaders"], bool(flood.get("warning"))
     return [
-        target("flood: other clients' p99 (ms)", others["p99_ms"], FLOOD_P99_MS, at_most=True),
-        target("flood: other clients' failed requests", others["failed"], 0, at_most=True),
+        target(
+            "flood: other clients' p99 (ms)",
+            others["p99_ms"],
+            FLOOD_P99_MS,
+            at_most=True,
+            noisy=noisy,
+        ),
+        target(
+            "flood: other clients' failed requests", others["failed"], 0, at_most=True, noisy=noisy
+        ),
     ]
 
 
@@ -152,6 +172,7 @@ def upload_targets(uploads: dict[str, Any]) -> list[Step]:
             uploads["gateway_peak_rss_mb"],
             GATEWAY_RSS_MB,
             at_most=True,
+            noisy=bool(uploads.get("warning")),
         )
     ]
 

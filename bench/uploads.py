@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench import images, loadclient, procstat
+from bench import images, loadclient, procstat, steps
 
 CAMERA = (2592, 1944)  # a 5-megapixel camera's frame
 UPLOAD_BYTES = 4_500_000
@@ -73,6 +73,7 @@ def uploads(
     waited = settle()
     before = procstat.rss_mb_by_role(roles())
     addresses = [loadclient.client_address(i) for i in range(plan.clients)]
+    runner = steps.RunnerCpu()
     sampler = procstat.Sampler(roles, interval=RSS_INTERVAL_S).start()
     record = loadclient.run_for(
         loadclient.ClosedLoop(endpoint, body, plan.clients, addresses), plan.seconds
@@ -80,6 +81,7 @@ def uploads(
     usage = sampler.stop()
     return {
         "plan": plan.__dict__,
+        **runner.finish(usage),
         "idle_wait_s": waited,
         "photo_mb": round(photo.stat().st_size / 1e6, 2),
         "body_mb": round(len(body) / 1e6, 2),

@@ -237,11 +237,23 @@ def test_issue_16_targets_are_ratios_and_bounds_within_the_run() -> None:
     assert (far["value"], far["bound"], far["met"]) == (70, 72, False)  # 70 < 0.9 x 80
     assert found["internet: failed requests (every delay and client count)"]["value"] == 2
     assert found["internet: most clients >= Little's law need at 500 ms"]["met"] is True
+    assert "noisy" not in far
     assert found["flood: other clients' p99 (ms)"]["met"] is False
     assert found["flood: other clients' failed requests"]["value"] == 1
     rss = found["uploads: gateway peak RSS (MB), 64 clients x 6 MB"]
     assert (rss["value"], rss["bound"], rss["met"]) == (345, 300, False)
     assert not any(t["target"].startswith(("64 clients", "1 client")) for t in found.values())
+
+
+def test_targets_measured_while_others_took_the_cpus_are_flagged() -> None:
+    results = hostile_results()
+    results["internet"]["steps"][0]["warning"] = "other processes used 5 CPU s"
+    results["uploads"]["warning"] = "other processes used 5 CPU s"
+    found = targets.evaluate(results)
+    noisy = {t["target"].split(":")[0] for t in found if t.get("noisy")}
+    assert noisy == {"internet", "uploads"}
+    results["targets"] = found
+    assert "| **missed** ⚠ |" in report.markdown(results)
 
 
 def test_report_without_the_sweep_has_the_issue_16_tables_and_plot(tmp_path: Path) -> None:
