@@ -53,6 +53,9 @@ class DrainingTask(WSGITask):
         # decision sees every request the connection has brought until now.
         if self.channel.answers_last():
             self.set_close_on_finish()  # adds `Connection: close`; waitress closes after the send
+            # An HTTP/1.0 keep-alive request would also get `Connection: Keep-Alive` from
+            # waitress; the app has its environ already, so the request's own header can go.
+            self.request.headers.pop("CONNECTION", None)
         header: bytes = super().build_response_header()
         return header
 

@@ -39,10 +39,10 @@ SHUTDOWN_TIMEOUT_S = 30.0
 DRAIN_ENDS_WITHIN_S = 10.0
 
 
-def predict_request(body: bytes = BODY) -> bytes:
+def predict_request(body: bytes = BODY, version: str = "1.1", extra: str = "") -> bytes:
     head = (
-        f"POST {PATH} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"POST {PATH} HTTP/{version}\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
     )
     return head.encode() + body
 
@@ -52,6 +52,7 @@ class Answer:
     status: int
     headers: dict[str, str]
     body: bytes
+    connection_headers: int = 0
 
     @property
     def closing(self) -> bool:
@@ -75,11 +76,13 @@ class RawConnection:
         if not status_line:
             return None
         headers: dict[str, str] = {}
+        connection_headers = 0
         while (line := self.reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
             headers[name.strip().lower()] = value.strip()
+            connection_headers += name.strip().lower() == "connection"
         body = self.reader.read(int(headers.get("content-length", "0")))
-        return Answer(int(status_line.split()[1]), headers, body)
+        return Answer(int(status_line.split()[1]), headers, body, connection_headers)
 
     def ends_cleanly(self) -> bool:
         """The server closed with a FIN and sent nothing more (a reset raises instead)."""
@@ -169,6 +172,23 @@ def test_requests_in_flight_on_kept_alive_connections_end_with_close(running: Ru
         assert answer.closing, answer.headers
         assert conn.ends_cleanly()
     assert running.wait_stopped() < DRAIN_ENDS_WITHIN_S
+
+
+def test_an_http_1_0_keep_alive_client_is_told_close_once(running: Running) -> None:
+    open_gate(running)
+    conn = running.connect()
+    conn.send(predict_request(version="1.0", extra="Connection: keep-alive\r\n"))
+    kept = answered(conn)
+    assert (kept.status, kept.headers.get("connection")) == (200, "Keep-Alive")
+    assert running.predictor.gate is not None
+    running.predictor.gate.clear()
+    conn.send(predict_request(version="1.0", extra="Connection: keep-alive\r\n"))
+    wait_for(lambda: len(running.predictor.calls) == 2, timeout=10, what="the request in flight")
+    running.signal_stop()
+    open_gate(running)
+    answer = answered(conn)
+    assert (answer.status, answer.connection_headers, answer.closing) == (200, 1, True)
+    assert conn.ends_cleanly()
 
 
 def test_pipelined_requests_are_all_answered_and_only_the_last_says_close(
