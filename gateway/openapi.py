@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import __version__
+from gateway.errors import DEADLINE_STAGES
 from gateway.settings import Settings
 from modelrepo import MODEL_NAME_PATTERN
 
@@ -35,15 +36,20 @@ _ERRORS = {
     "415": _error("Not an image, unsupported image format, or unsupported request body type"),
     "422": _error("The image could not be decoded"),
     "429": _error(
-        "This client holds more than its fair share of a pool others wait for (client_over_share:"
-        " request memory, image fetches); see Retry-After"
+        "This client (its API key, else its address) holds more than its fair share of a pool "
+        "others wait for (client_over_share: request memory, image fetches, the admission "
+        "queue); see Retry-After"
     ),
     "502": _error("The image host or the model server failed"),
     "503": _error(
-        "Model not ready, gateway overloaded, or its memory budget for requests taken "
-        "(memory_budget); see Retry-After"
+        "Model not ready (model_not_ready), gateway overloaded (overloaded: the queue cannot "
+        "answer in time), every image-fetch slot taken (fetch_capacity), or its memory budget "
+        "for requests taken (memory_budget); see Retry-After"
     ),
-    "504": _error("Deadline exceeded"),
+    "504": _error(
+        "deadline_exceeded: the request's deadline (DYNOSERVE_REQUEST_TIMEOUT_S) or a gRPC "
+        "call's ran out; `stage` names where: " + ", ".join(DEADLINE_STAGES)
+    ),
 }
 
 
@@ -87,7 +93,15 @@ _ERROR_SCHEMA = {
         "error": {
             "type": "object",
             "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "stage": {
+                    "type": "string",
+                    "enum": list(DEADLINE_STAGES),
+                    "description": "deadline_exceeded only: the stage that ran out of time",
+                },
+            },
         }
     },
 }

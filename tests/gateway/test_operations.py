@@ -150,3 +150,15 @@ def test_demo_page_served(client: Any) -> None:
     script = client.get("/static/demo.js")
     assert script.status_code == 200
     script.close()
+
+
+def test_openapi_names_the_refusal_and_deadline_codes(client: Any) -> None:
+    from gateway.errors import DEADLINE_STAGES, DeadlineExceeded, FetchCapacity, TooManyRequests
+
+    spec = client.get("/openapi.json").get_json()
+    responses = spec["paths"]["/v1/models/{model}:predict"]["post"]["responses"]
+    assert TooManyRequests.code in responses["429"]["description"]
+    assert FetchCapacity.code in responses["503"]["description"]
+    assert DeadlineExceeded.code in responses["504"]["description"]
+    stage = spec["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["stage"]
+    assert stage["enum"] == list(DEADLINE_STAGES)
