@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 
 from gateway.errors import PayloadTooLarge, UndecodableImage, UnsupportedMediaType
+from gateway.membudget import charge_pixels
 
 # What the bytes start with decides the format; Content-Type and file names are not trusted.
 _MAGIC = (
@@ -73,6 +74,8 @@ def check_image(data: bytes, max_pixels: int) -> CheckedImage:
         if fmt == "jpeg":
             # Decoding at 1/8 scale still parses every byte, so truncation is caught cheaply.
             img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
+        else:
+            charge_pixels(width, height)  # decoded whole: the request's memory budget counts it
         _load_first_frame(img)
     return CheckedImage(data, fmt, width, height, mode, animated)
 

@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import NoReturn
 
-from gateway.errors import GatewayError, ServiceUnavailable, TooManyRequests
-from gateway.fairness import FairShares, Refusal
+from gateway.errors import GatewayError, PayloadTooLarge, ServiceUnavailable, TooManyRequests
+from gateway.fairness import RESERVE, FairShares, Refusal
 
 log = logging.getLogger("gateway.membudget")
 
@@ -45,6 +45,9 @@ FORM_FACTOR = 2.0
 OTHER_FACTOR = 1.0
 # A fetched image: read into a buffer, then the image and its copies at Predict.
 FETCHED_FACTOR = 1 + PREDICT_COPIES
+# A non-JPEG image is decoded whole to be vetted and prepared (images.py): the frame, up to 4
+# bytes per pixel, and one converted copy of it (to RGB, or over a white background).
+PIXEL_BYTES = 4 * 2
 
 _FACTORS = {
     "application/json": JSON_FACTOR,
@@ -221,6 +224,22 @@ def charge_fetched(nbytes: int) -> None:
     reservation = _current.get()
     if reservation is not None:
         reservation.grow(nbytes * FETCHED_FACTOR)
+
+
+def charge_pixels(width: int, height: int) -> None:
+    """Count the pixels of an image about to be decoded whole against the current request; an
+    image whose pixels alone exceed what one client may ever hold is 413, not a retry."""
+    reservation = _current.get()
+    if reservation is None:
+        return
+    amount = width * height * PIXEL_BYTES
+    most = int(reservation.pool.capacity * (1 - RESERVE))
+    if amount > most:
+        raise PayloadTooLarge(
+            f"decoding this {width}x{height} image takes {_mib(amount)}, more than one client "
+            f"may hold ({_mib(most)} of DYNOSERVE_MEMORY_BUDGET_BYTES)"
+        )
+    reservation.grow(amount)
 
 
 # glibc mallopt parameters (<malloc.h>).

@@ -19,10 +19,12 @@ from gateway.bodies import decode_b64, parse_json, read_body
 from gateway.errors import BadRequest as GatewayBadRequest
 from gateway.errors import ConfigError, InvalidParameter, PayloadTooLarge, TooManyRequests
 from gateway.fetch import FetchPolicy, ImageFetcher
+from gateway.images import check_image
 from gateway.membudget import (
     FETCHED_FACTOR,
     JSON_FACTOR,
     MULTIPART_FACTOR,
+    PIXEL_BYTES,
     MemoryBudget,
     MemoryBudgetFull,
     Reservation,
@@ -158,6 +160,19 @@ def test_a_fetched_image_is_charged_as_it_streams_in(image_server: ImageServer) 
         fetcher.fetch(url)
     assert budget.in_use == 0
     fetcher.close()
+
+
+def test_pixels_decoded_whole_are_charged_and_too_many_are_413() -> None:
+    budget = MemoryBudget(8 * MiB)
+    with for_request(budget.reserve("a", 0)) as reservation:
+        check_image(image_bytes("PNG", size=(500, 400)), 40_000_000)
+        assert reservation.held == 500 * 400 * PIXEL_BYTES
+        check_image(image_bytes("JPEG", size=(500, 400)), 40_000_000)  # decoded at 1/8 only
+        assert reservation.held == 500 * 400 * PIXEL_BYTES
+        with pytest.raises(PayloadTooLarge, match="1000x1000"):  # 8 MB: over 3/4 of the pool
+            check_image(image_bytes("PNG", size=(1000, 1000)), 40_000_000)
+    check_image(image_bytes("PNG", size=(1000, 1000)), 40_000_000)  # outside a request
+    assert budget.in_use == 0
 
 
 # --- the app: reserve before reading, release after ----------------------------------------------
