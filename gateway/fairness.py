@@ -7,7 +7,8 @@ original experiment (100 clients from one address, alone) is never refused by it
 that, a client may hold at most its fair share: the pool less a reserve kept for newcomers,
 split equally between the clients holding units (itself counted). A flooding client therefore
 never holds the reserve, and once others arrive its share shrinks as its own requests finish
-(max-min fairness without pre-empting work in progress).
+(max-min fairness without pre-empting work in progress). A client that holds nothing may take
+whatever is free.
 """
 
 from __future__ import annotations
@@ -137,7 +138,9 @@ class FairShares:
         if after > self.capacity:
             over = held + amount > share
             return Refusal(self.name, over, held, share, self._in_use, self.capacity)
-        if after <= self.capacity * UNCONTENDED or held + amount <= share:
+        # A client holding nothing is never over its share: one large take (a body's bytes)
+        # may exceed an equal split of a contended pool without being anyone's flood.
+        if held == 0 or after <= self.capacity * UNCONTENDED or held + amount <= share:
             return None
         return Refusal(self.name, True, held, share, self._in_use, self.capacity)
 

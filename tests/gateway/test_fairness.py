@@ -81,3 +81,12 @@ def test_identity_hides_the_key() -> None:
     assert "secret" not in who
     assert client_identity(None, "203.0.113.9") == "addr:203.0.113.9"
     assert client_identity("", None) == "addr:unknown"
+
+
+def test_a_client_holding_nothing_may_take_more_than_an_equal_split() -> None:
+    pool = FairShares("bytes", 100)
+    assert pool.try_take("a", 60) is None
+    assert pool.try_take("b", 30) is None  # share 37, but b held nothing: its first body fits
+    refusal = pool.try_take("b", 8)  # 38 > its share of 37
+    assert refusal is not None
+    assert refusal.over_share
