@@ -87,7 +87,7 @@ def test_every_setting_is_documented() -> None:
 
 
 def test_the_queue_budget_is_part_of_the_request_deadline() -> None:
-    with pytest.raises(SettingsError, match="DYNOSERVE_ADMISSION_BUDGET_S.*REQUEST_TIMEOUT_S"):
+    with pytest.raises(SettingsError, match=r"DYNOSERVE_ADMISSION_BUDGET_S.*REQUEST_TIMEOUT_S"):
         Settings.from_env(
             {"DYNOSERVE_REQUEST_TIMEOUT_S": "10", "DYNOSERVE_ADMISSION_BUDGET_S": "12"}
         )
