@@ -15,13 +15,14 @@ from gateway.errors import DeadlineExceeded, FetchCapacity, TooManyRequests
 from gateway.fetch import FetchPolicy, ImageFetcher
 from gateway.inputs import ImagePreparer
 from gateway.metrics import Metrics
-from gateway.results import ImageInput
+from gateway.results import ImageInput, ItemResult
 from gateway.signatures import InputPlan
 from tests.imagehost import ImageServer, image_bytes
 from tests.support import wait_for
 
 JPEG = image_bytes("JPEG", size=(16, 16), color="blue")
 ENCODED = InputPlan(key="images", kind="encoded")
+Prepared = tuple[list[ItemResult], list[tuple[int, bytes]]]
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def test_slots_are_taken_per_url_and_given_back(
     gate = threading.Event()
     slow = image_server.add_held("/inputs/held.jpg", JPEG, gate)
     batch = (ImageInput(url=slow), ImageInput(url=slow), ImageInput(data=JPEG))
-    out: list[object] = []
+    out: list[Prepared] = []
     worker = threading.Thread(
         target=lambda: out.append(preparer.prepare_all(batch, ENCODED, "a")), daemon=True
     )
@@ -51,7 +52,7 @@ def test_slots_are_taken_per_url_and_given_back(
     finally:
         gate.set()
     worker.join(10)
-    items, payloads = out[0]  # type: ignore[misc]
+    items, payloads = out[0]
     assert [item.error for item in items] == [None, None, None]
     assert [index for index, _ in payloads] == [0, 1, 2]
     assert preparer.fetches.in_use == 0
@@ -77,7 +78,7 @@ def test_a_batch_is_fetched_in_parallel(preparer: ImagePreparer, image_server: I
     """All three of a batch's fetches are at the host at once (the first on this thread)."""
     gate = threading.Event()
     held = image_server.add_held("/inputs/together.jpg", JPEG, gate)
-    out: list[object] = []
+    out: list[Prepared] = []
     batch = (ImageInput(url=held),) * 3
     worker = threading.Thread(
         target=lambda: out.append(preparer.prepare_all(batch, ENCODED, "a")), daemon=True
@@ -88,7 +89,7 @@ def test_a_batch_is_fetched_in_parallel(preparer: ImagePreparer, image_server: I
     finally:
         gate.set()
     worker.join(10)
-    assert len(out[0][1]) == 3  # type: ignore[index]
+    assert len(out[0][1]) == 3
 
 
 def hits(server: ImageServer, path: str) -> int:
