@@ -47,9 +47,9 @@ PROC_CGROUP = Path("/proc/self/cgroup")
 # TensorFlow's threads when the cgroup sets no CPU quota. Heroku's Standard dynos share the
 # host's CPUs by weight (cpu.shares: no quota to read) and `nproc` shows the host's count,
 # several times the dyno's share. Measured with bench/cpu_shares.py (docs/sizing.md, "Threads on
-# a shared CPU"): past 2, more threads bought no speed and cost CPU per image (spinning pool
-# threads), which under contention is throughput lost; 2 kept the latency gain of a second
-# thread when the neighbours leave CPU idle.
+# a shared CPU"): 8 threads on 2 shared CPUs cost ~30 % more CPU per image than 2 (pool threads
+# spin) and served 0.57-0.88x their images/s; 1 thread, at a quarter of the host beside a busy
+# neighbour, answered a lone caller half as fast as 2 (p50 147 vs 68 ms).
 SHARED_CPU_THREADS = 2
 
 
@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     threads = thread_choice(settings)
     args = flags.with_defaults(args, project_defaults(settings, threads))
-    if threads is not None:
+    if threads is not None and set(thread_flags(threads)) & set(args):
         log.info("TensorFlow threads: %d (%s)", threads.count, threads.reason)
     options = flags.parse_or_exit(args, "python -m serving")
     if options.model_config_file and not os.path.exists(options.model_config_file):

@@ -175,3 +175,14 @@ def test_the_stock_binary_gets_the_same_decision(
     assert f"--tensorflow_intra_op_parallelism={threads}" in argv
     assert f"--tensorflow_inter_op_parallelism={threads}" in argv
     assert f"TensorFlow threads: {threads} (" in caplog.text
+
+
+@pytest.mark.usefixtures("shared_host")
+def test_no_thread_flags_and_no_thread_log_line_when_the_flags_file_is_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("DYNOSERVE_MODEL_SERVER_FLAGS", "")
+    with caplog.at_level(logging.INFO, logger="serving.launcher"):
+        argv = run_launcher_for_stock(tmp_path, monkeypatch, None)
+    assert not [arg for arg in argv if "_op_parallelism" in arg]
+    assert "TensorFlow threads" not in caplog.text
