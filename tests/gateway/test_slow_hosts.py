@@ -274,14 +274,16 @@ def test_time_in_the_queue_counts_against_the_deadline(
 ) -> None:
     """A request that waited in the queue gets only what is left for Predict: answered (504)
     by its deadline from arrival, not a full gRPC deadline after it was let in."""
-    timeout = 3.0
+    timeout = 4.0
     base = gateway(max_in_flight=1, request_timeout_s=timeout, admission_budget_s=timeout)
-    model.predict_delay = 2.0
+    # The second request waits ~2.5 s for the slot, then has ~1.5 s for a 2.5 s Predict.
+    model.predict_delay = 2.5
     first, answers = in_threads(1, lambda: post(base + PREDICT, UPLOAD, address(9)))
     wait_for(lambda: model.predicting == 1, timeout=10)
     status, _, body, took = post(base + PREDICT, UPLOAD, address(10))
     first[0].join(30)
-    assert answers[0][0] == 200
+    assert answers, "the first request was never answered"
+    assert metric(base, "dynoserve_gateway_queue_wait_seconds_sum") > 1.0  # it did wait
     assert (status, body["error"]["code"], body["error"]["stage"]) == (
         504,
         "deadline_exceeded",
