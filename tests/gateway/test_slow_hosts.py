@@ -49,9 +49,11 @@ def fake_model(
 
 @pytest.fixture
 def model(fake_model: tuple[FakeGrpcModelServer, str, Path]) -> Iterator[FakeGrpcModelServer]:
-    """The fake model server, fast and open at the start of each test."""
+    """The fake model server, fast, open and idle at the start of each test (a Predict the
+    gateway gave up on may still be sleeping in it)."""
     fake = fake_model[0]
     fake.predict_gate, fake.predict_delay = None, 0.0
+    wait_for(lambda: fake.predicting == 0, timeout=15, what="the fake model idle")
     yield fake
     if fake.predict_gate is not None:
         fake.predict_gate.set()
