@@ -14,6 +14,7 @@ so a gateway that shares capacity by client address can tell clients apart only 
 from __future__ import annotations
 
 import http.client
+import json
 import threading
 import time
 import urllib.parse
@@ -38,12 +39,15 @@ class Tally:
 
     statuses: Counter[str] = field(default_factory=Counter)
     latencies_s: list[float] = field(default_factory=list)
+    codes: Counter[str] = field(default_factory=Counter)  # "503 <error code>" of refusals
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, status: str, latency_s: float) -> None:
+    def add(self, status: str, latency_s: float, code: str | None = None) -> None:
         with self._lock:
             self.statuses[status] += 1
             self.latencies_s.append(latency_s)
+            if code:
+                self.codes[f"{status} {code}"] += 1
 
     @property
     def ok(self) -> int:
@@ -61,6 +65,7 @@ class Tally:
             **latency_stats_ms(self.latencies_s),
             "failures": failures,
             "failed": sum(failures.values()),
+            "failure_codes": dict(sorted(self.codes.items())),
         }
 
 
@@ -114,25 +119,37 @@ class ClosedLoop:
         try:
             while not self._stop.is_set():
                 started = time.perf_counter()
-                status, keep = self._post(conn, headers)
-                self.tally.add(status, time.perf_counter() - started)
+                status, keep, code = self._post(conn, headers)
+                self.tally.add(status, time.perf_counter() - started, code)
                 if not keep:
                     conn.close()
                     conn = self._connect()
         finally:
             conn.close()
 
-    def _post(self, conn: http.client.HTTPConnection, headers: dict[str, str]) -> tuple[str, bool]:
-        """One request: (status, whether the connection may be reused)."""
+    def _post(
+        self, conn: http.client.HTTPConnection, headers: dict[str, str]
+    ) -> tuple[str, bool, str | None]:
+        """One request: (status, whether the connection may be reused, the error's code)."""
         try:
             conn.request("POST", self.parts.path, body=self.body, headers=headers)
             response = conn.getresponse()
-            response.read()
-            return str(response.status), not response.will_close
+            payload = response.read()
+            code = error_code(payload) if response.status != 200 else None
+            return str(response.status), not response.will_close, code
         except TimeoutError:
-            return "timeout", False
+            return "timeout", False, None
         except (OSError, http.client.HTTPException):
-            return "socket error", False
+            return "socket error", False, None
+
+
+def error_code(payload: bytes) -> str | None:
+    """The stable code of a gateway error answer ({"error": {"code": ...}}), if it is one."""
+    try:
+        found = json.loads(payload)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 def run_for(loop: ClosedLoop, seconds: float) -> dict[str, Any]:

@@ -133,11 +133,13 @@ def upload_lines(uploads: dict[str, Any]) -> list[str]:
 
 
 def _failures(record: dict[str, Any]) -> str:
-    return ", ".join(f"{n}× {k}" for k, n in record["failures"].items()) or "0"
+    """Failures by status, or by status and the gateway's error code where the client kept it."""
+    counts = record.get("failure_codes") or record["failures"]
+    return ", ".join(f"{n}× {k}" for k, n in counts.items()) or "0"
 
 
 def _statuses(record: dict[str, Any]) -> str:
-    counts = {"200": record["ok"], **record["failures"]}
+    counts = {"200": record["ok"], **(record.get("failure_codes") or record["failures"])}
     return ", ".join(f"{n}× {k}" for k, n in counts.items() if n)
 
 

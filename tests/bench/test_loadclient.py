@@ -36,10 +36,11 @@ class Recorder(BaseHTTPRequestHandler):
             status = 200 if Recorder.answered % 2 else 503
         if self.path == "/slow":
             time.sleep(0.5)
+        payload = b"{}" if status == 200 else b'{"error": {"code": "overloaded", "message": "x"}}'
         self.send_response(status)
-        self.send_header("Content-Length", "2")
+        self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(b"{}")
+        self.wfile.write(payload)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -66,6 +67,7 @@ def test_every_answer_is_tallied_by_status_and_client(server: str) -> None:
     assert record["requests"] == Recorder.answered
     assert record["ok"] + record["failures"]["503"] == record["requests"]
     assert record["failed"] == record["failures"]["503"] > 0
+    assert record["failure_codes"] == {"503 overloaded": record["failed"]}
     assert record["p50_ms"] is not None
     assert record["ok_per_s"] > 0
 
