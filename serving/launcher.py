@@ -48,8 +48,10 @@ PROC_CGROUP = Path("/proc/self/cgroup")
 # host's CPUs by weight (cpu.shares: no quota to read) and `nproc` shows the host's count,
 # several times the dyno's share. Measured with bench/cpu_shares.py (docs/sizing.md, "Threads on
 # a shared CPU"): 8 threads on 2 shared CPUs cost ~30 % more CPU per image than 2 (pool threads
-# spin) and served 0.57-0.88x their images/s; 1 thread, at a quarter of the host beside a busy
-# neighbour, answered a lone caller half as fast as 2 (p50 147 vs 68 ms).
+# spin) and served 0.57-0.88x their images/s; 4 cost 10-15 % more, for speed only when CPUs sat
+# idle; 1 thread, at a quarter of the host beside a busy neighbour, answered a lone caller half
+# as fast as 2. Heroku rates a Standard dyno at most ~1.3 CPUs (Standard-2X "8x" against
+# Performance-M's two CPUs at "12x"): 2 threads can use all of it.
 SHARED_CPU_THREADS = 2
 
 
