@@ -159,11 +159,6 @@ def auto_threads(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> T
     return ThreadChoice(count, f"no CPU quota, nproc {cpus}: at most {SHARED_CPU_THREADS}")
 
 
-def available_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> int:
-    """The thread count `auto` gives TensorFlow (tests/dyno compares the server's flags with it)."""
-    return auto_threads(root, proc_cgroup).count
-
-
 def thread_choice(
     settings: Settings, root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP
 ) -> ThreadChoice | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.launcher import available_cpus
+from serving.launcher import auto_threads
 from tests.dyno.conftest import RESULTS
 from tests.dyno.load import Load
 from tests.dyno.stack import DYNO_UID, Dyno, Layout, uid_of
@@ -100,7 +100,7 @@ def test_the_model_server_threads_follow_the_cpu_quota(booted: Booted) -> None:
     pid = booted.dyno.processes()["model_server"]
     with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
         argv = cmdline.read().decode().split("\0")
-    cpus = available_cpus()
+    cpus = auto_threads().count
     assert f"--tensorflow_intra_op_parallelism={cpus}" in argv
     assert f"--tensorflow_inter_op_parallelism={cpus}" in argv
 
