@@ -75,7 +75,19 @@ def step_record(
         "rss_mb": usage.rss_mb,
         "processes": usage.processes,
         **busy_share(usage, wall_s),
+        **_hung(result, usage, wall_s),
     }
+
+
+def _hung(result: siege.SiegeResult, usage: procstat.StepUsage, wall_s: float) -> dict[str, Any]:
+    if not result.hung:
+        return {}
+    note = (
+        "siege never stopped (JoeDog/siege#66) and was killed: counts from its per-request "
+        "lines over the step's seconds"
+    )
+    busy = busy_share(usage, wall_s).get("warning")
+    return {"siege_hung": True, "warning": f"{busy}; {note}" if busy else note}
 
 
 def busy_share(usage: procstat.StepUsage, wall_s: float) -> dict[str, Any]:

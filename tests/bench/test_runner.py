@@ -4,6 +4,7 @@ accounting, the targets and the report (JSON, Markdown, PNG). Seconds, not minut
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -65,6 +66,34 @@ def test_real_siege_output_parses_into_statuses_latencies_and_summary(
     total = sum(result.statuses.values())
     assert abs(result.summary["transactions"] - total) <= 0.01 * total + 4
     assert 0 < result.elapsed_s < 3  # siege stops its clock at its last answer: often < 1 s
+
+
+def test_a_siege_that_never_stops_is_killed_and_its_lines_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fake siege (the real one hangs only now and then, JoeDog/siege#66): two answers, then
+    # "Lifting the server siege..." forever.
+    fake = tmp_path / "bin" / "siege"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        "echo 'HTTP/1.1 200     0.10 secs:     353 bytes ==> POST http://h/p'\n"
+        "echo 'HTTP/1.1 503     0.20 secs:     118 bytes ==> POST http://h/p'\n"
+        "echo 'Lifting the server siege...' >&2\n"
+        "exec sleep 60\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(siege, "HANG_GRACE_S", 1)
+    result = siege.run(tmp_path / "urls.txt", clients=2, seconds=1, workdir=tmp_path)
+    assert result.hung
+    assert result.statuses == {"200": 1, "503": 1}
+    assert result.elapsed_s == 1.0
+    usage = procstat.StepUsage(cpu_s={"gateway": 0.1}, machine_busy_s=0.1, cpus=2)
+    record = steps.step_record(2, result, usage, wall_s=2.0)
+    assert record["siege_hung"] is True
+    assert "JoeDog/siege#66" in record["warning"]
+    assert record["ok_per_s"] == 1.0
 
 
 def test_stack_sets_every_variable_supervisord_conf_needs(tmp_path: Path) -> None:
