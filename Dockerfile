@@ -27,7 +27,7 @@ COPY --from=tfserving /usr/bin/tensorflow_model_server /usr/local/bin/tensorflow
 
 # Local: the model side of requirements/ in /app/.venv, where the launcher looks for an
 # interpreter with TensorFlow when the stock binary is missing. Not built by Heroku (an unused
-# stage); ~1 GB more, and Python TensorFlow's ~600 MiB of memory (README, Sizing).
+# stage); 1.65 GB more on disk, and Python TensorFlow's memory (README, Sizing).
 FROM ${BASE_IMAGE} AS local-server-venv
 COPY requirements/gateway.txt requirements/model.txt requirements/model-nodeps.txt /tmp/requirements/
 RUN python -m venv /app/.venv \
