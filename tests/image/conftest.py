@@ -21,6 +21,8 @@ from tests.support import REPO_ROOT
 # What the image tests measured (build, boot, memory, shutdown); printed at the end of the run.
 RESULTS: list[dict[str, Any]] = []
 BUILD_TIMEOUT_S = 1800  # a cold build downloads TensorFlow (274 MB) for the local model server
+# pytest-timeout counts fixture setup: the first test of a session waits for the build too.
+TEST_TIMEOUT_S = BUILD_TIMEOUT_S + 600
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

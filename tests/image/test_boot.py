@@ -15,12 +15,13 @@ import pytest
 
 from tests.dyno.conftest import s3_client
 from tests.dyno.stack import uid_of
-from tests.image.conftest import RESULTS
+from tests.image.conftest import RESULTS, TEST_TIMEOUT_S
 from tests.image.container import Container
 from tests.image.sizes import memory_for
 from tests.support import GATEWAY_PYTHON, REPO_ROOT, python_env
 
-pytestmark = pytest.mark.slow
+# A cold `make image` (the first test's setup) downloads and installs TensorFlow: ~10 min here.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(TEST_TIMEOUT_S)]
 
 BOOT_DEADLINE_S = 60.0  # Heroku's R10: the web process must bind $PORT within 60 s
 README = (REPO_ROOT / "README.md").read_text()

@@ -10,9 +10,10 @@ import subprocess
 import pytest
 
 from deploy.image import Engine
-from tests.image.conftest import RESULTS, dyno_uid
+from tests.image.conftest import RESULTS, TEST_TIMEOUT_S, dyno_uid
 
-pytestmark = pytest.mark.slow
+# A cold `make image` (the first test's setup) downloads and installs TensorFlow: ~10 min here.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(TEST_TIMEOUT_S)]
 
 # Walked inside the container as the dyno's uid (the image's Python, no project code).
 SCAN = r"""

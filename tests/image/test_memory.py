@@ -25,13 +25,14 @@ from typing import Any
 import pytest
 
 from bench import procstat, siege
-from tests.image.conftest import RESULTS
+from tests.image.conftest import RESULTS, TEST_TIMEOUT_S
 from tests.image.container import Container
 from tests.image.sizes import memory_for
 from tests.imagehost import ImageServer, image_bytes
 from tests.support import REPO_ROOT, VENV_PYTHON, python_env, wait_for
 
-pytestmark = pytest.mark.slow
+# A cold `make image` (the first test's setup) downloads and installs TensorFlow: ~10 min here.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(TEST_TIMEOUT_S)]
 
 STEPS = (1, 10, 50, 100)  # the original experiment's client counts, siege -c
 STEP_S = 5.0

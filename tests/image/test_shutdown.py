@@ -15,13 +15,14 @@ import pytest
 from tests.dyno.load import BODY, Load, url_body
 from tests.dyno.stack import signal_all
 from tests.dyno.test_shutdown import slow_image
-from tests.image.conftest import RESULTS
+from tests.image.conftest import RESULTS, TEST_TIMEOUT_S
 from tests.image.container import Container
 from tests.image.sizes import memory_for
 from tests.imagehost import ImageServer
 from tests.support import REPO_ROOT, wait_for
 
-pytestmark = pytest.mark.slow
+# A cold `make image` (the first test's setup) downloads and installs TensorFlow: ~10 min here.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(TEST_TIMEOUT_S)]
 
 HEROKU_KILL_AFTER_S = 30.0
 
