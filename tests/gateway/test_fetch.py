@@ -20,7 +20,13 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import ForbiddenImageUrl, ImageHostError, PayloadTooLarge, TooManyRedirects
+from gateway.errors import (
+    DeadlineExceeded,
+    ForbiddenImageUrl,
+    ImageHostError,
+    PayloadTooLarge,
+    TooManyRedirects,
+)
 from gateway.fetch import FetchPolicy, ImageFetcher
 from tests.imagehost import ImageServer, image_bytes, serving_images
 
@@ -205,6 +211,25 @@ def test_slow_drip_hits_the_total_budget(image_server: ImageServer, internet: Fa
         fetcher(total_timeout_s=0.6, read_timeout_s=0.5).fetch("http://images.test/drip")
     assert info.value.code == "image_host_timeout"
     assert time.monotonic() - start < 2.0
+
+
+def test_the_request_deadline_shortens_the_budget(
+    image_server: ImageServer, internet: FakeInternet
+) -> None:
+    """The request's deadline, when it comes before the fetch budget ends, is what cuts the
+    fetch; the answer says so (504, stage fetch), not that the host was slow (502)."""
+    image_server.routes["/late"] = lambda h: time.sleep(2.0)
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded) as info:
+        fetcher(total_timeout_s=8.0).fetch("http://images.test/late", deadline=start + 0.4)
+    assert info.value.stage == "fetch"
+    assert time.monotonic() - start < 1.5
+    # A later deadline leaves the fetch's own budget in charge.
+    with pytest.raises(ImageHostError) as own:
+        fetcher(total_timeout_s=0.4).fetch(
+            "http://images.test/late", deadline=time.monotonic() + 20
+        )
+    assert own.value.code == "image_host_timeout"
 
 
 def test_silent_host_hits_the_read_timeout(
