@@ -154,6 +154,11 @@ class Settings(EnvSettings):
         self._validate_memory_budget()
         if self.max_queue < 0:
             raise ConfigError(f"DYNOSERVE_MAX_QUEUE must be 0 or more, got {self.max_queue}")
+        if self.max_fetches < self.max_batch:
+            raise ConfigError(
+                f"DYNOSERVE_MAX_FETCHES ({self.max_fetches}) must be at least DYNOSERVE_MAX_BATCH "
+                f"({self.max_batch}): a batch takes a fetch slot per URL"
+            )
         if self.request_timeout_s >= 30:
             raise ConfigError("DYNOSERVE_REQUEST_TIMEOUT_S must stay below Heroku's 30 s limit")
         if self.admission_budget_s > self.request_timeout_s:

@@ -91,3 +91,8 @@ def test_the_queue_budget_is_part_of_the_request_deadline() -> None:
         Settings.from_env(
             {"DYNOSERVE_REQUEST_TIMEOUT_S": "10", "DYNOSERVE_ADMISSION_BUDGET_S": "12"}
         )
+
+
+def test_a_whole_batch_can_be_fetched() -> None:
+    with pytest.raises(SettingsError, match="DYNOSERVE_MAX_FETCHES"):
+        Settings.from_env({"DYNOSERVE_MAX_FETCHES": "8", "DYNOSERVE_MAX_BATCH": "16"})

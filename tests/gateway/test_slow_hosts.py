@@ -194,7 +194,7 @@ def test_a_flooding_client_is_refused_and_the_others_served(
     its share while client B's requests (a fast host) are all answered. Same address for both
     in the API-key case: the key decides."""
     keys = ("key-a", "key-b")
-    settings: dict[str, Any] = {"max_in_flight": 4, "max_fetches": 8}
+    settings: dict[str, Any] = {"max_in_flight": 4, "max_fetches": 8, "max_batch": 8}
     if identity == "api_key":
         settings["api_keys"] = keys
         a = {"X-API-Key": keys[0]} | address(5)
