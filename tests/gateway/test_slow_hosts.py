@@ -114,11 +114,13 @@ def hits(server: ImageServer, path: str) -> int:
     return sum(1 for hit, _ in server.hits if hit == path)
 
 
-def metric(base: str, name: str) -> float:
-    """One unlabelled sample (or the sum of a labelled family) from /metrics."""
-    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+def metric(base: str, name: str, headers: dict[str, str] | None = None) -> float:
+    """One sample (with its labels, if `name` gives them; else the family's sum) from /metrics."""
+    request = urllib.request.Request(base + "/metrics", headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as response:
         text = response.read().decode()
-    pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
+    labels = "" if "{" in name else r"(?:\{[^}]*\})?"  # labels given: that series only
+    pattern = re.compile(rf"^{re.escape(name)}{labels} (\S+)$", re.MULTILINE)
     return sum(float(v) for v in pattern.findall(text))
 
 
@@ -221,6 +223,9 @@ def test_a_flooding_client_is_refused_and_the_others_served(
     assert all(x[1]["Retry-After"] == "1" for x in refused)
     assert len(answers) == 16
     assert len(refused) < 16
+    over_share = 'dynoserve_gateway_refusals_total{pool="fetches",reason="over_share"}'
+    assert metric(base, over_share, b) == len(refused)
+    assert metric(base, "dynoserve_gateway_fetches_in_progress", b) == 0  # all given back
 
 
 def test_a_hundred_clients_behind_one_address_are_all_served(
