@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import os
 import platform
@@ -25,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -235,39 +237,14 @@ def run_hostile(
     """Internet mode and the flood (images from bench/slowhost.py), then the uploads: last,
     because the memory they make the gateway take is rarely given back to the system."""
     dyno, base = stack
-
-    def settle() -> float:
-        return wait_idle(base)
-
+    settle = functools.partial(wait_idle, base)
     if args.parts & {"internet", "flood"}:
         host, host_base = start_slowhost(photos[0].parent, work / "slowhost.log", internet.JITTER)
         try:
             rules = [*ROLES, ("-m bench.slowhost", "image host")]
             roles = procstat.roles_under({dyno.pid: "dynoserve", host.pid: "image host"}, rules)
-            if "internet" in args.parts:
-                with timed(results, "internet"):
-                    results["internet"] = internet.internet_mode(
-                        endpoint,
-                        host_base,
-                        photos,
-                        args.internet_clients,
-                        args.seconds,
-                        lambda: procstat.Sampler(roles),
-                        settle,
-                        work,
-                    )
-            if "flood" in args.parts:
-                flood = internet.QUICK_FLOOD if args.quick else internet.FloodPlan()
-                with timed(results, "flood"):
-                    results["flood"] = internet.flood(
-                        endpoint,
-                        host_base,
-                        photos[0],
-                        flood,
-                        lambda: procstat.Sampler(roles),
-                        settle,
-                    )
-                print_flood(results["flood"])
+            far = FarHosts(endpoint, host_base, functools.partial(procstat.Sampler, roles), settle)
+            run_far_hosts(args, work, photos, far, results)
         finally:
             host.stop()
     if "uploads" in args.parts:
@@ -277,6 +254,45 @@ def run_hostile(
         with timed(results, "uploads"):
             results["uploads"] = uploads.uploads(endpoint, photo, plan, roles, settle)
         print_uploads(results["uploads"])
+
+
+@dataclass(frozen=True)
+class FarHosts:
+    """What the internet and flood steps share: the stack's endpoint, the slow image host,
+    per-step accounting and the wait for an idle gateway."""
+
+    endpoint: str
+    host_base: str
+    sampling: internet.Sampling
+    settle: internet.Settle
+
+
+def run_far_hosts(
+    args: argparse.Namespace,
+    work: Path,
+    photos: Sequence[Path],
+    far: FarHosts,
+    results: dict[str, Any],
+) -> None:
+    if "internet" in args.parts:
+        with timed(results, "internet"):
+            results["internet"] = internet.internet_mode(
+                far.endpoint,
+                far.host_base,
+                photos,
+                args.internet_clients,
+                args.seconds,
+                far.sampling,
+                far.settle,
+                work,
+            )
+    if "flood" in args.parts:
+        plan = internet.QUICK_FLOOD if args.quick else internet.FloodPlan()
+        with timed(results, "flood"):
+            results["flood"] = internet.flood(
+                far.endpoint, far.host_base, photos[0], plan, far.sampling, far.settle
+            )
+        print_flood(results["flood"])
 
 
 def print_flood(flood: dict[str, Any]) -> None:
