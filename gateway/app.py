@@ -79,10 +79,10 @@ def create_app(
 def _install_hooks(app: Flask, settings: Settings, predictor: Predictor, metrics: Metrics) -> None:
     @app.before_request
     def start_request() -> None:
-        # The request's one deadline counts from here: waitress calls the app once it holds the
-        # whole body and publishes no earlier arrival time (DYNOSERVE_REQUEST_TIMEOUT_S < 30 s
-        # leaves Heroku's router the rest).
-        g.deadline = Deadline.after(settings.request_timeout_s)
+        # The request's one deadline counts from its first byte (gateway/drain.py stamps it:
+        # a slow upload and a wait for a worker thread spend from it too); servers that do not
+        # stamp (the test client) count from here.
+        g.deadline = Deadline.from_environ(request.environ, settings.request_timeout_s)
         g.start = time.perf_counter()
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex

@@ -4,10 +4,16 @@ spends from the same clock, so the answer comes before Heroku's router gives up 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.errors import DeadlineExceeded
+
+ARRIVED_KEY = "dynoserve.arrived"
+"""WSGI environ key the server sets (gateway/drain.py): time.monotonic() when the request's
+first byte was read. A deadline counts from there, so a slow upload and a wait for a worker
+thread spend from it too."""
 
 
 @dataclass(frozen=True)
@@ -21,6 +27,15 @@ class Deadline:
     @classmethod
     def after(cls, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> Deadline:
         return cls(clock() + timeout_s, timeout_s, clock)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, Any], timeout_s: float) -> Deadline:
+        """The request's deadline: from its first byte where the server says when that was
+        (waitress, via ARRIVED_KEY), else from now (servers that do not say: the test client)."""
+        arrived = environ.get(ARRIVED_KEY)
+        if isinstance(arrived, float):
+            return cls(arrived + timeout_s, timeout_s)
+        return cls.after(timeout_s)
 
     def remaining(self) -> float:
         """Seconds left; 0 or less once it has passed."""

@@ -25,7 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
 from waitress.task import WSGITask
+
+from gateway.deadline import ARRIVED_KEY
 
 IDLE_GRACE_S = 0.5
 """A client that has just been answered is likely sending its next request: give it this long.
@@ -45,8 +48,24 @@ class Drain:
     active: bool = False
 
 
+class StampedParser(HTTPRequestParser):
+    """Waitress's request parser, made when a request's first bytes arrive: it notes when."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.arrived = time.monotonic()
+
+
 class DrainingTask(WSGITask):
-    """Waitress's WSGI task; during the drain the last answer of a connection says close."""
+    """Waitress's WSGI task; during the drain the last answer of a connection says close.
+    It also tells the app when its request began to arrive (ARRIVED_KEY)."""
+
+    def get_environment(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environment()
+        arrived = getattr(self.request, "arrived", None)
+        if arrived is not None:
+            environ.setdefault(ARRIVED_KEY, arrived)
+        return environ
 
     def build_response_header(self) -> bytes:
         # Called by the worker thread once, just before the status line is written, so the
@@ -64,6 +83,7 @@ class DrainingChannel(HTTPChannel):
     """Waitress's connection, able to close gracefully during the drain (see the module)."""
 
     task_class = DrainingTask
+    parser_class = StampedParser
     drain = Drain()  # replaced per server by channel_class()
     will_close: bool  # waitress's (class default False); declared for the type checker
 

@@ -10,7 +10,9 @@ Heroku's router does it, by the last X-Forwarded-For entry, or by API key.
 from __future__ import annotations
 
 import base64
+import json
 import re
+import socket
 import threading
 import time
 import urllib.request
@@ -296,4 +298,39 @@ def test_time_in_the_queue_counts_against_the_deadline(
         "deadline_exceeded",
         "inference",
     ), body
+    assert took < timeout + 0.75
+
+
+def test_a_slow_upload_spends_from_the_deadline(
+    gateway: Callable[..., str], model: FakeGrpcModelServer
+) -> None:
+    """The deadline counts from the request's first byte, not from when waitress hands the
+    app the whole body: a client that takes 2 s to upload leaves 1 s of a 3 s deadline for a
+    2 s Predict, so the answer is a 504 at about 3 s from the first byte, not a 200 at 4 s."""
+    timeout = 3.0
+    base = gateway(request_timeout_s=timeout, admission_budget_s=timeout)
+    model.predict_delay = 2.0
+    port = int(base.rsplit(":", 1)[1])
+    body = json.dumps(UPLOAD).encode()
+    head = (
+        f"POST {PREDICT} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"X-Forwarded-For: 198.51.100.11\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        start = time.monotonic()
+        sock.sendall(head + body[:10])
+        time.sleep(2.0)  # the upload itself is slow: nothing to poll for
+        sock.sendall(body[10:])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        took = time.monotonic() - start
+    status_line, _, rest = answer.partition(b"\r\n")
+    payload = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+    assert status_line.split()[1] == b"504", answer[:300]
+    assert (payload["error"]["code"], payload["error"]["stage"]) == (
+        "deadline_exceeded",
+        "inference",
+    )
     assert took < timeout + 0.75
