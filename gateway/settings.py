@@ -33,7 +33,7 @@ class Settings(EnvSettings):
     )
     """The model server's models.config, read for model names and version labels."""
     request_timeout_s: float = env("DYNOSERVE_REQUEST_TIMEOUT_S", 25.0)
-    """One deadline per request, counted from when the app sees it: queue wait, image fetches
+    """One deadline per request, counted from its first byte: upload, queue wait, image fetches
     and gRPC calls all spend from it, so an answer (504 naming the stage that ran out at worst)
     comes before Heroku's router gives up at 30 s."""
     grpc_deadline_s: float = env("DYNOSERVE_GRPC_DEADLINE_S", 10.0)
