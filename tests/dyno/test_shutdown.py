@@ -83,7 +83,11 @@ def test_sigterm_under_load_loses_nothing(
         }
     )
     log = dyno.log()
-    assert (counts["failed"], counts["lost"]) == (0, 0), (load.problems()[:5], log[-3000:])
+    assert (counts["failed"], counts["lost"]) == (0, 0), (
+        f"signalled at {signalled_at:.6f}",
+        load.problems()[:5],
+        log[-3000:],
+    )
     assert all(o.kind == "ok" for o in in_flight), [o for o in in_flight if o.kind != "ok"]
     assert code == 0, log[-3000:]
     assert exit_s < EXIT_DEADLINE_S
