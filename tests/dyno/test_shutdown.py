@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -110,15 +109,5 @@ def gateway_drain_s(times: dict[str, float]) -> float | None:
 
 
 def slow_image(image_server: ImageServer) -> str:
-    png = SAMPLE.read_bytes()
-
-    def route(h: Any) -> None:
-        image_server.closing.wait(SLOW_IMAGE_S)
-        h.send_response(200)
-        h.send_header("Content-Type", "image/png")
-        h.send_header("Content-Length", str(len(png)))
-        h.end_headers()
-        h.wfile.write(png)
-
-    image_server.routes["/slow-sample.png"] = route
-    return image_server.base + "/slow-sample.png"
+    """A sample whose host answers SLOW_IMAGE_S late."""
+    return image_server.add_delayed("/slow-sample.png", SAMPLE.read_bytes(), SLOW_IMAGE_S)

@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 
 from gateway.errors import GatewayError
-from gateway.fetch import FetchPolicy, ImageFetcher
+from gateway.fetch import ImageFetcher
+from tests.gateway.test_resolve import policy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GOOD = "good.test"
@@ -35,18 +36,6 @@ DEAD = "dead"  # every name under this suffix goes unanswered: `x.site7.dead` ..
 
 
 # --- the probe, run inside the namespace ------------------------------------------------------
-
-
-def _policy(connect_s: float = 1.0, total_s: float = 4.0) -> FetchPolicy:
-    return FetchPolicy(
-        max_bytes=1_000_000,
-        connect_timeout_s=connect_s,
-        read_timeout_s=2.0,
-        total_timeout_s=total_s,
-        max_redirects=0,
-        allow_hosts=(),
-        allow_private=True,
-    )
 
 
 def _timed(action: Callable[[], Any]) -> dict[str, Any]:
@@ -101,7 +90,7 @@ def probe_flood(dead: int) -> dict[str, Any]:
     with serving_images() as images:
         port = images.server_address[1]
         images.add_bytes("/cat.png", image_bytes("PNG"))
-        fetcher = ImageFetcher(_policy(connect_s=1.0))
+        fetcher = ImageFetcher(policy(connect_s=1.0))
         good = f"http://{GOOD}:{port}/cat.png"
         alone = _timed(lambda: fetcher.fetch(good))
         urls = [f"http://x.site{i}.{DEAD}:{port}/cat.png" for i in range(dead)]
@@ -113,7 +102,7 @@ def probe_flood(dead: int) -> dict[str, Any]:
         for thread in threads:
             thread.join()
         # A budget shorter than the connect timeout ends the look-up sooner.
-        short = ImageFetcher(_policy(connect_s=1.0, total_s=0.6))
+        short = ImageFetcher(policy(connect_s=1.0, total_s=0.6))
         budget = _timed(lambda: short.fetch(f"http://x.short.{DEAD}:{port}/cat.png"))
     return {
         "alone": alone,

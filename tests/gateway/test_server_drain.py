@@ -297,18 +297,7 @@ class Pipeliner:
 
 
 def slow_image(image_server: ImageServer) -> str:
-    png = image_bytes("PNG", (8, 8))
-
-    def route(h: Any) -> None:
-        image_server.closing.wait(SLOW_IMAGE_S)
-        h.send_response(200)
-        h.send_header("Content-Type", "image/png")
-        h.send_header("Content-Length", str(len(png)))
-        h.end_headers()
-        h.wfile.write(png)
-
-    image_server.routes["/drain-slow.png"] = route
-    return image_server.base + "/drain-slow.png"
+    return image_server.add_delayed("/drain-slow.png", image_bytes("PNG", (8, 8)), SLOW_IMAGE_S)
 
 
 def test_sigterm_with_kept_alive_clients_loses_nothing(
