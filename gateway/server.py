@@ -80,6 +80,10 @@ def build_server(
         channel_request_lookahead=1,
         connection_limit=max(1000, settings.worker_threads * 4),
         channel_timeout=settings.client_timeout_s,  # silent clients, incomplete bodies too
+        # Waitress spools a body to a temp file before the app sees it, up to 1 GB by default.
+        # Bodies up to twice the limit still reach the app (its JSON 413 request_too_large);
+        # past that waitress refuses at once (its own plain-text 413), reading nothing more.
+        max_request_body_size=2 * settings.max_request_bytes,
         cleanup_interval=1,  # check for them every second, not every 30 s
         asyncore_use_poll=True,  # select() fails beyond 1024 descriptors
         # Heroku's router appends the peer it saw to X-Forwarded-For: with one trusted proxy

@@ -334,3 +334,20 @@ def test_a_slow_upload_spends_from_the_deadline(
         "inference",
     )
     assert took < timeout + 0.75
+
+
+def test_a_huge_declared_body_is_refused_without_being_read(
+    gateway: Callable[..., str], model: FakeGrpcModelServer
+) -> None:
+    """A client declaring 100 MB (over twice the limit) gets 413 at once: waitress would
+    otherwise spool it all to disk (up to its own 1 GB) before the app could refuse it."""
+    base = gateway(max_request_bytes=1_000_000)
+    port = int(base.rsplit(":", 1)[1])
+    head = (
+        f"POST {PREDICT} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {100_000_000}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(head + b"{" * 65536)  # a start of the body; nothing more comes
+        answer = sock.recv(65536)
+    assert answer.split(b"\r\n", 1)[0].split()[1] == b"413", answer[:300]
