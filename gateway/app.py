@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from flask import Flask, Response, g, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from gateway.admission import AdmissionControl, AdmittedPredictor
@@ -106,12 +106,7 @@ def _install_memory_budget(app: Flask, settings: Settings, metrics: Metrics) -> 
     (teardown runs after errors and after a client hung up too)."""
     budget = MemoryBudget(settings.memory_budget_bytes, on_refusal=_count_refusal(metrics))
     app.extensions["dynoserve.memory"] = budget
-    Gauge(
-        "dynoserve_gateway_memory_reserved_bytes",
-        "Bytes reserved now for request bodies, decoded and fetched images and their copies "
-        "(DYNOSERVE_MEMORY_BUDGET_BYTES bounds them).",
-        registry=metrics.registry,
-    ).set_function(lambda: budget.in_use)
+    metrics.memory_reserved.set_function(lambda: budget.in_use)
 
     @app.before_request
     def reserve_memory() -> None:

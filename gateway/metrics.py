@@ -122,6 +122,12 @@ class Metrics:
             "Image fetch slots taken now (DYNOSERVE_MAX_FETCHES bounds them).",
             registry=r,
         )
+        self.memory_reserved = Gauge(
+            "dynoserve_gateway_memory_reserved_bytes",
+            "Bytes reserved now for request bodies, decoded and fetched images and their copies "
+            "(DYNOSERVE_MEMORY_BUDGET_BYTES bounds them).",
+            registry=r,
+        )
         self.deadline_misses = Counter(
             "dynoserve_gateway_deadline_misses",
             "Requests (or batch images) whose deadline ran out, by the stage it ran out in.",

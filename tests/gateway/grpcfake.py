@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -103,12 +103,21 @@ class FakeGrpcModelServer(
         return response
 
 
+Servicer = TypeVar("Servicer")
+
+
 @contextmanager
 def serve_fake(
-    servicer: FakeGrpcModelServer, workers: int = 16
-) -> Iterator[tuple[FakeGrpcModelServer, str]]:
-    """The fake on a gRPC server on 127.0.0.1: (servicer, target) until the block ends."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    servicer: Servicer, workers: int = 16, max_message_bytes: int | None = None
+) -> Iterator[tuple[Servicer, str]]:
+    """A fake of TF Serving's Prediction and Model services on a gRPC server on 127.0.0.1:
+    (servicer, target) until the block ends."""
+    options = (
+        []
+        if max_message_bytes is None
+        else [("grpc.max_receive_message_length", max_message_bytes)]
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
     services_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
     services_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
     port = free_port()

@@ -20,7 +20,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from gateway._proto.dynoserve.tf_serving import (
     predict_pb2,
     services_pb2_grpc,
 )
+from tests.gateway.grpcfake import serve_fake
 
 MODEL = "photos"
 MODELS_CONFIG = f"""model_config_list {{
@@ -101,22 +101,10 @@ class FakeModelServer(
 
 @contextmanager
 def fake_model_server(delay_s: float) -> Iterator[str]:
-    """The fake on a loopback port; yields its gRPC target."""
-    servicer = FakeModelServer(delay_s)
-    big = 64 * 1024 * 1024  # TF Serving accepts large messages too (its default is INT_MAX)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=16),
-        options=[("grpc.max_receive_message_length", big)],
-    )
-    services_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
-    services_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(grace=None)
+    """The fake on a loopback port; yields its gRPC target. TF Serving accepts large messages
+    too (its default is INT_MAX)."""
+    with serve_fake(FakeModelServer(delay_s), max_message_bytes=64 * 1024 * 1024) as (_, target):
+        yield target
 
 
 @contextmanager
