@@ -1,8 +1,8 @@
 """Memory inside the container's limit under the original experiment's load: siege with 1, 10,
 50 and 100 clients posting image URLs, then two clients sending 16-image requests at once (the
-batcher's largest batch, 32). No process OOM-killed, no failed request; the cgroup's peak
-(memory.max_usage_in_bytes: RSS + the page cache charged to it) and each process's peak RSS are
-reported.
+batcher's largest batch, 32). No process OOM-killed, no failed request, anonymous memory at most
+85 % of the limit; the cgroup's peak (memory.max_usage_in_bytes: RSS + the page cache charged to
+it) and each process's peak RSS are reported.
 
 The demo model runs in the dyno size the README names for it; the benchmark model (MobileNet)
 and a ResNet-50-size classifier beside the demo model in theirs (tests/image/sizes.py)."""
@@ -38,6 +38,9 @@ STEPS = (1, 10, 50, 100)  # the original experiment's client counts, siege -c
 STEP_S = 5.0
 # The gateway's DYNOSERVE_MAX_BATCH: two such requests at once fill the batcher's 32.
 MAX_BATCH_REQUEST = 16
+# Anonymous memory (unreclaimable without swap) at the end of the load, as a share of the limit:
+# measured 0.52-0.77 (docs/sizing.md); above this a dyno has no room left for page cache.
+ANON_SHARE_MAX = 0.85
 READY_S = 180.0  # bigger models load for longer; R10 is about $PORT, checked in test_boot
 ROLE_RULES = (
     ("supervisor.supervisord", "supervisord"),
@@ -205,7 +208,10 @@ def check_and_report(dyno: Container, models: str, outcome: dict[str, Any]) -> N
     assert outcome["failed"] == 0, outcome
     assert outcome["ok"] > 0, outcome
     assert outcome["batch_ok"] == [200, 200], outcome
-    assert memory.peak <= memory.limit
+    # Not `peak <= limit`: the peak counts page cache, which the kernel lets grow to the limit and
+    # then reclaims, and it may charge a page past the limit unconditionally (seen in CI: the
+    # limit + 4096 bytes, no OOM kill). What must fit is the memory it cannot reclaim.
+    assert memory.rss <= ANON_SHARE_MAX * memory.limit, memory
     assert dyno.running(), dyno.logs()[-3000:]
     # supervisord restarted nothing: every program still has its first process
     assert "exited:" not in dyno.logs(), dyno.logs()[-3000:]
