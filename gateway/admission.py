@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from gateway.client import VersionMetadata
 from gateway.deadline import Deadline
 from gateway.errors import GatewayError, Overloaded, TooManyRequests
 from gateway.metrics import Metrics
@@ -404,6 +405,9 @@ class AdmittedPredictor:
 
     def describe(self, model: str, request_id: str = "") -> ModelInfo:
         return self.inner.describe(model, request_id)
+
+    def version_metadata(self, request: PredictRequest) -> VersionMetadata:
+        return self.inner.version_metadata(request)
 
     def readiness(self) -> Readiness:
         return self.inner.readiness()

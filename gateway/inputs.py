@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from gateway._proto.dynoserve.tensorflow import tensor_pb2
 from gateway.client import Signature, float_tensor, string_tensor
 from gateway.deadline import Deadline
-from gateway.errors import DeadlineExceeded, FetchCapacity, GatewayError
+from gateway.errors import BadRequest, DeadlineExceeded, FetchCapacity, GatewayError
 from gateway.fairness import FairShares, Refusal
 from gateway.fetch import ImageFetcher
 from gateway.images import check_image, encoded_for_graph, pixels_for_graph
@@ -106,6 +106,8 @@ class ImagePreparer:
     def _prepare(self, image: ImageInput, plan: InputPlan, deadline: Deadline | None) -> Outcome:
         item = ItemResult()
         try:
+            if image.pixels:
+                return item, checked_pixels(image.data or b"", plan)
             data = image.data
             if data is None:
                 data = self._fetch(image.url or "", item, deadline)
@@ -145,6 +147,18 @@ class ImagePreparer:
 
 def _refusal_error(refusal: Refusal) -> GatewayError:
     return refusal.as_error(FetchCapacity)
+
+
+def checked_pixels(pixels: bytes, plan: InputPlan) -> bytes:
+    """Float32 pixels given as such (the /v2 API): one image of the plan's size, else a 400."""
+    expected = plan.height * plan.width * 3 * 4
+    if plan.kind != "pixels" or len(pixels) != expected:
+        raise BadRequest(
+            f"pixels must be {plan.height}x{plan.width}x3 float32 values ({expected} bytes) "
+            f"for this signature; got {len(pixels)} bytes",
+            code="invalid_pixels",
+        )
+    return pixels
 
 
 def input_tensor(

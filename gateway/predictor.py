@@ -106,7 +106,7 @@ class ModelServerPredictor:
         no admission slot (admission.py asks for one only between this and infer)."""
         start = time.perf_counter()
         meta = self._resolve(request)
-        plan = input_plan(self._signature(meta))
+        plan = input_plan(self._signature(meta, request.signature))
         items, payloads = self.images.prepare_all(
             request.images, plan, request.client, request.deadline
         )
@@ -143,7 +143,7 @@ class ModelServerPredictor:
             if request.version is not None:
                 raise
             fresh = self._resolve(request)
-            if input_plan(self._signature(fresh)) != plan:
+            if input_plan(self._signature(fresh, request.signature)) != plan:
                 raise
             return self._infer(request, fresh, plan, payloads)
 
@@ -160,8 +160,12 @@ class ModelServerPredictor:
                 raise self.explain.label_error(request.model, request.label) from exc
             raise
 
-    def _signature(self, meta: VersionMetadata) -> Signature:
-        name = self.settings.signature_name
+    def version_metadata(self, request: PredictRequest) -> VersionMetadata:
+        """The version `request` means, with all its signatures (the /v2 API reads them)."""
+        return self._resolve(request)
+
+    def _signature(self, meta: VersionMetadata, name: str = "") -> Signature:
+        name = name or self.settings.signature_name
         if name not in meta.signatures:
             raise ModelServerError(
                 f"model {meta.model!r} version {meta.version} has no signature {name!r}",
@@ -172,8 +176,8 @@ class ModelServerPredictor:
     def _infer(
         self, request: PredictRequest, meta: VersionMetadata, plan: InputPlan, payloads: list[bytes]
     ) -> tuple[PredictOutput, float]:
-        tensor = input_tensor(plan, self._signature(meta), payloads)
-        signature = self.settings.signature_name
+        signature = request.signature or self.settings.signature_name
+        tensor = input_tensor(plan, self._signature(meta, signature), payloads)
         try:
             with self._stage(request.deadline, "inference") as left:
                 output, elapsed = self.client.predict(

@@ -7,10 +7,13 @@ server, and tests may pass a fake that implements the same methods.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.deadline import Deadline
 from gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from gateway.client import VersionMetadata
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,7 @@ class ImageInput:
 
     url: str | None = None
     data: bytes | None = None
+    pixels: bool = False  # `data` is float32 RGB pixels for a pixel signature (the /v2 API)
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class PredictRequest:
     request_id: str = ""
     client: str = ""  # fairness.client_identity: whose share its fetches and queued images use
     deadline: Deadline | None = None  # the request's; None: only the per-stage limits apply
+    signature: str = ""  # the signature to call; "" is the configured one (the /v2 API picks)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,8 @@ class Predictor(Protocol):
     def list_models(self, request_id: str = "") -> list[ModelInfo]: ...
 
     def describe(self, model: str, request_id: str = "") -> ModelInfo: ...
+
+    def version_metadata(self, request: PredictRequest) -> VersionMetadata: ...
 
     def readiness(self) -> Readiness: ...
 
