@@ -135,12 +135,13 @@ class FairShares:
         after = self._in_use + amount
         held = self._held.get(client, 0)
         share = self._share(client)
-        if after > self.capacity:
-            over = held + amount > share
-            return Refusal(self.name, over, held, share, self._in_use, self.capacity)
         # A client holding nothing is never over its share: one large take (a body's bytes)
-        # may exceed an equal split of a contended pool without being anyone's flood.
-        if held == 0 or after <= self.capacity * UNCONTENDED or held + amount <= share:
+        # may exceed an equal split of a contended pool without being anyone's flood, and when
+        # the pool is full only others can free it (a 503 for everyone, not this client's 429).
+        over = held > 0 and held + amount > share
+        if after > self.capacity:
+            return Refusal(self.name, over, held, share, self._in_use, self.capacity)
+        if not over or after <= self.capacity * UNCONTENDED:
             return None
         return Refusal(self.name, True, held, share, self._in_use, self.capacity)
 

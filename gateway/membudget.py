@@ -82,20 +82,15 @@ def _mib(amount: int) -> str:
 
 def refusal_error(refusal: Refusal, amount: int) -> GatewayError:
     """429 client_over_share when this client holds more than its share of a contended pool,
-    else 503 memory_budget; both say Retry-After. A client that holds nothing is over no share:
-    its one request is larger than a share of the contended pool, which only others can free."""
+    else 503 memory_budget; both say Retry-After. (A client that holds nothing is over no share:
+    FairShares refuses it only when the pool is full.)"""
     needs = f"this request needs {_mib(amount)}"
-    if refusal.over_share and refusal.held > 0:
+    if refusal.over_share:
         return TooManyRequests(
             f"this client holds {_mib(refusal.held)} of request memory and {needs} more, over "
             f"its fair share of {_mib(refusal.share)}; retry later"
         )
     held = f"{_mib(refusal.in_use)} of {_mib(refusal.capacity)} held"
-    if refusal.over_share:
-        return MemoryBudgetFull(
-            f"the gateway's memory budget is shared by requests in progress ({held}): {needs}, "
-            f"more than a fair share ({_mib(refusal.share)}); retry later"
-        )
     return MemoryBudgetFull(
         f"the gateway's memory budget is taken by requests in progress ({held}): {needs}; "
         "retry later"

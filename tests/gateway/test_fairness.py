@@ -90,3 +90,16 @@ def test_a_client_holding_nothing_may_take_more_than_an_equal_split() -> None:
     refusal = pool.try_take("b", 8)  # 38 > its share of 37
     assert refusal is not None
     assert refusal.over_share
+
+
+def test_a_full_pool_refuses_a_client_holding_nothing_as_full_not_over_its_share() -> None:
+    pool = FairShares("bytes", 100)
+    assert pool.try_take("a", 60) is None
+    assert pool.try_take("b", 30) is None
+    refusal = pool.try_take("c", 40)  # more than its share of 25, but c holds nothing
+    assert refusal is not None
+    assert not refusal.over_share  # the pool is full: only a and b can free it (503, not 429)
+    assert refusal.reason == "full"
+    held_some = pool.try_take("b", 20)  # b holds 30 of its share of 37: over it, and full
+    assert held_some is not None
+    assert held_some.over_share
