@@ -69,9 +69,10 @@ bench-model: $(VENV)/.stamp ## Export the benchmark model (MobileNet v1 224, 40 
 # ARGS (e.g. --force) makes the demo model rebuild even when its files exist.
 FORCE:
 
-run: setup demo-model ## Serve the demo model on http://127.0.0.1:8080 (PORT): sync, model server, gateway
+run: setup demo-model ## Serve the demo model on http://127.0.0.1:8080 (PORT; loopback only unless DYNOSERVE_BIND_HOST): sync, model server, gateway
 	mkdir -p var/run $(MODEL_BASE_PATH)
 	PORT=$${PORT:-8080} \
+	DYNOSERVE_BIND_HOST=$${DYNOSERVE_BIND_HOST:-127.0.0.1} \
 	DYNOSERVE_RUNTIME_PYTHON=$(CURDIR)/$(GW_PY) \
 	DYNOSERVE_MODEL_PYTHON=$(CURDIR)/$(PY) \
 	DYNOSERVE_MODEL_BASE_PATH=$${DYNOSERVE_MODEL_BASE_PATH:-$(MODEL_BASE_PATH)} \
@@ -119,10 +120,11 @@ publish: setup ## Upload exports and the model's manifest to S3: make publish NA
 	@test -n "$(NAME)" || { echo "usage: make publish NAME=<model> [VERSION=<n> | ALL=1] [ARGS=--replace-manifest]"; exit 2; }
 	$(GW_PY) -m sync.publish --name "$(NAME)" --export-dir "$(EXPORT_DIR)" $(if $(VERSION),--version "$(VERSION)") $(if $(ALL),--all) $(ARGS)
 
-labels: setup ## Set version labels in the bucket (or exports/): make labels NAME=model LABELS="stable=1 canary=2" [POLICY=all]
-	@test -n "$(NAME)" || { echo 'usage: make labels NAME=<model> [LABELS="stable=1 canary=2"] [POLICY=all|latest:N|specific:1,2]'; exit 2; }
+labels: setup ## Set version labels and weights in the bucket (or exports/): make labels NAME=model LABELS="stable=1 canary=2" [POLICY=all] [WEIGHTS="1=90 2=10" [WEIGHTS_LABEL=stable]]
+	@test -n "$(NAME)" || { echo 'usage: make labels NAME=<model> [LABELS="stable=1 canary=2"] [POLICY=all|latest:N|specific:1,2] [WEIGHTS="1=90 2=10"|none [WEIGHTS_LABEL=<label>]]'; exit 2; }
 	DYNOSERVE_EXPORT_DIR=$${DYNOSERVE_EXPORT_DIR:-$(EXPORT_DIR)} \
-	$(GW_PY) -m sync.labels --name "$(NAME)" $(LABELS) $(if $(POLICY),--policy "$(POLICY)")
+	$(GW_PY) -m sync.labels --name "$(NAME)" $(LABELS) $(if $(POLICY),--policy "$(POLICY)") \
+	  $(if $(WEIGHTS),--weights "$(WEIGHTS)") $(if $(WEIGHTS_LABEL),--weights-label "$(WEIGHTS_LABEL)")
 
 # `make run` keeps serving a model deleted from the source (a wrong prefix must not wipe the
 # dyno); stop `make run`, then prune. DYNOSERVE_SYNC_PRUNE=true make run prunes as it goes.
