@@ -1,9 +1,10 @@
-"""`python -m sync.labels` (`make labels`): set a model's version labels and policy.
+"""`python -m sync.labels` (`make labels`): set a model's version labels, policy and weights.
 
 Writes the model's manifest where sync reads it, with sync's own settings: the bucket when
 BUCKETEER_BUCKET_NAME is set (the same credentials and endpoint), else the export folder that
 `make run` serves. Labels are checked before anything is written: each must name a complete
-version that the policy serves, or sync would ignore it.
+version that the policy serves, or sync would ignore it; so must each weighted version
+(docs/rollouts.md).
 """
 
 from __future__ import annotations
@@ -13,12 +14,21 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from envsettings import SettingsError
-from modelrepo import MODEL_NAME_RULE, is_model_name
+from modelrepo import LABEL_RULE, MODEL_NAME_RULE, is_label, is_model_name
+from modelrepo.rollouts import ModelRollout
 from sync.cli import start_tool
 from sync.errors import EX_USAGE, LabelsError, ManifestError, SyncError
-from sync.manifest import DEFAULT_MANIFEST, ModelManifest, VersionPolicy, parse_label_assignments
+from sync.manifest import (
+    DEFAULT_MANIFEST,
+    ModelManifest,
+    VersionPolicy,
+    parse_label_assignments,
+    parse_weight_assignments,
+    weight_problems,
+)
 from sync.manifest import parse_policy as parse_policy_text
 from sync.manifests import BucketManifests, FolderManifests, ManifestStore
 from sync.settings import Settings
@@ -33,12 +43,23 @@ def open_store(settings: Settings) -> BucketManifests | FolderManifests:
     return FolderManifests(settings.export_dir)
 
 
+@dataclass(frozen=True)
+class WeightsChange:
+    """`--weights` (None: remove the split) for the default route or, with `--weights-label`,
+    for a label."""
+
+    split: dict[int, int] | None
+    label: str | None = None
+
+
 def updated_manifest(
     current: ModelManifest | None,
     changes: Mapping[str, int | None],
     policy: VersionPolicy | None,
+    weights: WeightsChange | None = None,
 ) -> ModelManifest:
-    """`current` with the label changes (None removes a label) and, if given, a new policy."""
+    """`current` with the label changes (None removes a label), if given a new policy, and
+    if given new weights. Removing a label removes its weights too."""
     base = current or DEFAULT_MANIFEST
     labels = dict(base.labels)
     for name, version in changes.items():
@@ -46,7 +67,16 @@ def updated_manifest(
             labels.pop(name, None)
         else:
             labels[name] = version
-    return ModelManifest(policy or base.policy, labels)
+    default, per_label = base.rollout.default, dict(base.rollout.labels)
+    if weights is not None and weights.label is None:
+        default = weights.split
+    elif weights is not None and weights.label is not None:
+        per_label.pop(weights.label, None)
+        if weights.split is not None:
+            per_label[weights.label] = weights.split
+    removed = {name for name, version in changes.items() if version is None}
+    per_label = {k: v for k, v in per_label.items() if k not in removed}
+    return ModelManifest(policy or base.policy, labels, ModelRollout(default, per_label))
 
 
 def check_serves_labels(manifest: ModelManifest, versions: set[int], model: str) -> None:
@@ -67,6 +97,12 @@ def check_serves_labels(manifest: ModelManifest, versions: set[int], model: str)
                 f"{_list(served)} only; add POLICY=all or POLICY=specific:{wanted} "
                 f"(--policy with python -m sync.labels)"
             )
+    problems = weight_problems(manifest, versions)
+    if problems:
+        raise LabelsError(f"{model}: {problems[0]}; publish it or widen the policy first")
+    for label in sorted(manifest.rollout.labels):
+        if label not in manifest.labels:
+            raise LabelsError(f"{model}: weights for label {label!r}, which is not set")
 
 
 def apply(
@@ -74,10 +110,11 @@ def apply(
     model: str,
     changes: Mapping[str, int | None],
     policy: VersionPolicy | None,
+    weights: WeightsChange | None = None,
 ) -> ModelManifest:
     """Read, change, check and write the model's manifest; returns what is now in place."""
     current = store.read(model)
-    manifest = updated_manifest(current, changes, policy)
+    manifest = updated_manifest(current, changes, policy, weights)
     check_serves_labels(manifest, store.versions(model), model)
     where = store.describe(model)
     if manifest == current:
@@ -96,16 +133,23 @@ def _list(versions: set[int]) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m sync.labels",
-        description="Set version labels (and the version policy) in a model's manifest, in the "
-        "bucket when BUCKETEER_BUCKET_NAME is set, else in the export folder. Without "
-        "labels or --policy, show the manifest.",
+        description="Set version labels (and the version policy and weights) in a model's "
+        "manifest, in the bucket when BUCKETEER_BUCKET_NAME is set, else in the export folder. "
+        "Without labels, --policy or --weights, show the manifest.",
         epilog="example: python -m sync.labels --name shapes stable=1 canary=2 --policy all "
         '(make labels NAME=shapes LABELS="stable=1 canary=2" POLICY=all); LABEL= removes one. '
-        "Exit codes: 0 ok, 64 usage, 65 a label sync would ignore, 69/77/78 as sync.",
+        '--weights "1=90 2=10" splits unpinned requests 90/10 (make labels NAME=shapes '
+        'WEIGHTS="1=90 2=10"), with --weights-label stable the requests for ?label=stable; '
+        "--weights none removes the split. Exit codes: 0 ok, 64 usage, 65 a label or weight "
+        "sync would ignore, 69/77/78 as sync.",
     )
     parser.add_argument("--name", required=True, help="model name")
     parser.add_argument("labels", nargs="*", metavar="LABEL=VERSION", help="labels to set")
     parser.add_argument("--policy", help="all, latest:N or specific:V1,V2 (default: keep)")
+    parser.add_argument(
+        "--weights", help="VERSION=WEIGHT ... (integers 0-100 adding up to 100), or none"
+    )
+    parser.add_argument("--weights-label", help="the label the weights split (default: none)")
     return parser.parse_args(argv)
 
 
@@ -118,14 +162,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ManifestError(f"model name {args.name!r}: use {MODEL_NAME_RULE}")
         changes = parse_label_assignments(args.labels)
         policy = parse_policy_text(args.policy) if args.policy else None
+        weights = _weights_change(args)
     except ManifestError as exc:
         log.error("%s", exc)
         return EX_USAGE
     try:
         store = open_store(Settings.from_env(os.environ))
         try:
-            if changes or policy:
-                apply(store, args.name, changes, policy)
+            if changes or policy or weights:
+                apply(store, args.name, changes, policy, weights)
             else:
                 _show(store, args.name)
         finally:
@@ -134,6 +179,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("labels not changed: %s", exc)
         return exc.exit_code
     return 0
+
+
+def _weights_change(args: argparse.Namespace) -> WeightsChange | None:
+    if args.weights is None:
+        if args.weights_label:
+            raise ManifestError("--weights-label needs --weights (WEIGHTS= with make labels)")
+        return None
+    label = args.weights_label or None
+    if label is not None and not is_label(label):
+        raise ManifestError(f"--weights-label {label!r}: {LABEL_RULE}")
+    return WeightsChange(parse_weight_assignments(args.weights), label)
 
 
 def _show(store: ManifestStore, model: str) -> None:

@@ -7,6 +7,13 @@
      "version_labels": {"stable": 3, "canary": 4}}
 
 No manifest means TF Serving's default: serve the latest version, no labels.
+
+Two fields of our own give weighted rollouts (docs/rollouts.md; the rules are in
+modelrepo.rollouts): `version_weights` splits requests that name no version or label,
+`label_weights` splits the requests naming a label (the label must also be in `version_labels`:
+that is where TF Serving's clients and a fallback go):
+
+    {"version_weights": {"1": 90, "2": 10}, "label_weights": {"stable": {"1": 50, "2": 50}}}
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelrepo import LABEL_RULE, MANIFEST_NAME, is_label
+from modelrepo.rollouts import ModelRollout, WeightsError, check_split, split_json
 from sync.errors import ManifestError
 
 
@@ -59,18 +67,29 @@ class ModelManifest:
 
     policy: VersionPolicy = field(default_factory=VersionPolicy)
     labels: Mapping[str, int] = field(default_factory=dict)
+    rollout: ModelRollout = field(default_factory=ModelRollout)
+    """Weighted rollouts: version_weights and label_weights (empty: none)."""
 
     def render(self) -> str:
         """The manifest file's text (what parse_manifest reads back)."""
-        body = {
+        body: dict[str, Any] = {
             "model_version_policy": self.policy.to_json(),
             "version_labels": dict(sorted(self.labels.items())),
         }
+        if self.rollout.default is not None:
+            body["version_weights"] = split_json(self.rollout.default)
+        if self.rollout.labels:
+            body["label_weights"] = {
+                k: split_json(v) for k, v in sorted(self.rollout.labels.items())
+            }
         return json.dumps(body, indent=2) + "\n"
 
     def describe(self) -> str:
         labels = " ".join(f"{k}={v}" for k, v in sorted(self.labels.items())) or "none"
-        return f"policy {self.policy.describe()}, labels {labels}"
+        text = f"policy {self.policy.describe()}, labels {labels}"
+        if not self.rollout.is_empty():
+            text += f", weights {self.rollout.describe()}"
+        return text
 
 
 DEFAULT_MANIFEST = ModelManifest()
@@ -84,12 +103,60 @@ def parse_manifest(text: str | bytes, model: str) -> ModelManifest:
         raise ManifestError(f"{model}: {MANIFEST_NAME} is not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ManifestError(f"{model}: {MANIFEST_NAME} must be a JSON object")
-    unknown = set(body) - {"model_version_policy", "version_labels", "comment"}
+    unknown = set(body) - {*MANIFEST_KEYS, "comment"}
     if unknown:
         raise ManifestError(f"{model}: {MANIFEST_NAME} has unknown keys {sorted(unknown)}")
     policy = _policy(body.get("model_version_policy"), model)
     labels = _labels(body.get("version_labels"), model)
-    return ModelManifest(policy, labels)
+    rollout = _rollout(body.get("version_weights"), body.get("label_weights"), model)
+    unlabelled = sorted(set(rollout.labels) - set(labels))
+    if unlabelled:
+        raise ManifestError(
+            f"{model}: label_weights has {unlabelled[0]!r}, which version_labels lacks: a "
+            "weighted label also needs its version (where TF Serving's clients and a fallback go)"
+        )
+    return ModelManifest(policy, labels, rollout)
+
+
+MANIFEST_KEYS = ("model_version_policy", "version_labels", "version_weights", "label_weights")
+
+
+def _rollout(default: Any, per_label: Any, model: str) -> ModelRollout:
+    try:
+        split = None if default is None else check_split(default, f"{model}: version_weights")
+        if per_label is None:
+            per_label = {}
+        if not isinstance(per_label, dict):
+            raise WeightsError(f"{model}: label_weights must map labels to weights")
+        labels = {}
+        for label, weights in per_label.items():
+            if not is_label(label):
+                raise WeightsError(f"{model}: label_weights: bad label {label!r}: {LABEL_RULE}")
+            labels[label] = check_split(weights, f"{model}: label_weights.{label}")
+    except WeightsError as exc:
+        raise ManifestError(str(exc)) from exc
+    return ModelRollout(split, labels)
+
+
+def weight_problems(manifest: ModelManifest, complete: Iterable[int]) -> list[str]:
+    """Why the manifest's weights cannot be applied: a weighted version that is not complete
+    or that the policy does not serve (a weight of 0 included: it names a version all the same).
+    Empty when they can."""
+    present = set(complete)
+    served = manifest.policy.select(present)
+    splits = {"version_weights": manifest.rollout.default}
+    splits |= {f"label_weights.{k}": v for k, v in sorted(manifest.rollout.labels.items())}
+    problems = []
+    for where, split in splits.items():
+        for version in sorted(split or {}):
+            if version not in present:
+                problems.append(f"{where}: version {version} is not published (complete)")
+            elif version not in served:
+                problems.append(
+                    f"{where}: version {version} is not served by the policy "
+                    f"({manifest.policy.describe()}, serves {sorted(served)})"
+                )
+    return problems
 
 
 def _policy(raw: Any, model: str) -> VersionPolicy:
@@ -170,3 +237,25 @@ def parse_label_assignments(items: Iterable[str]) -> dict[str, int | None]:
                 raise ManifestError(f"{word!r}: the version must be a positive integer")
             changes[name] = int(version) if version else None
     return changes
+
+
+WEIGHTS_OFF = "none"
+"""`--weights none` removes a split."""
+
+
+def parse_weight_assignments(text: str) -> dict[int, int] | None:
+    """`1=90 2=10` (or `1=90,2=10`) as a checked split; `none` for no split."""
+    if text.strip() == WEIGHTS_OFF:
+        return None
+    raw: dict[str, int] = {}
+    for word in text.replace(",", " ").split():
+        version, sign, weight = word.partition("=")
+        if not sign or not weight.isascii() or not weight.isdigit():
+            raise ManifestError(f"{word!r}: write VERSION=WEIGHT, e.g. 1=90 2=10 (or none)")
+        if version in raw:
+            raise ManifestError(f"{word!r}: version {version} is given twice")
+        raw[version] = int(weight)
+    try:
+        return check_split(raw, "weights")
+    except WeightsError as exc:
+        raise ManifestError(str(exc)) from exc

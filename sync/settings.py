@@ -10,6 +10,7 @@ from typing import Self
 import modelrepo
 from envsettings import TEXT, EnvSettings, Parser, env, integer, number
 from modelrepo import DEFAULT_BASE_PATH, DEFAULT_EXPORT_DIR
+from modelrepo.rollouts import rollouts_file
 
 DEFAULT_REGION = "us-east-1"
 _PREFIX = Parser("a key prefix", lambda text: text.strip("/"))
@@ -92,6 +93,12 @@ class Settings(EnvSettings):
     prune_missing: bool = env("DYNOSERVE_SYNC_PRUNE", False)
     """Stop serving and delete models gone from the source; never while the source lists no
     model at all."""
+
+    @property
+    def rollouts_file(self) -> Path:
+        """The manifests' weights sync hands the gateway (modelrepo/rollouts.py), beside
+        models.config."""
+        return rollouts_file(self.config_file.parent)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:

@@ -16,6 +16,7 @@ from sync.marker import Marker
 from sync.modelconfig import ServedModel, read_previous, render
 from sync.planner import ModelInputs, ModelPlan, plan_model, wanted_versions
 from sync.repository import Repository
+from sync.rollouts import write_rollouts
 from sync.server_status import ServerStatus, VersionState
 from sync.settings import Settings
 from sync.source import Listing, Source
@@ -132,6 +133,7 @@ class Syncer:
         dropped = self._to_drop(listing, missing)
         plans = self._plan(listing, installed, failed, dropped, errors)
         self._write_config(plans)
+        write_rollouts(self.settings.rollouts_file, listing, plans, errors)
         self._delete_released(plans)
         self._report_missing(missing, dropped, plans)
         self._record(listing, plans, errors, time.monotonic() - started, missing)
