@@ -44,6 +44,9 @@ def stack_env(export_dir: Path, work: Path, port: int) -> dict[str, str]:
             # The images come from nginx on 127.0.0.1, which the gateway refuses by default.
             "DYNOSERVE_FETCH_ALLOW_PRIVATE": "true",
             "DYNOSERVE_BIND_HOST": "127.0.0.1",
+            # The sweep repeats its 8 images: it measures the model, not the answer cache
+            # (the cache step turns it on for a stack of its own).
+            "DYNOSERVE_ANSWER_CACHE_BYTES": "0",
         }
     )
 

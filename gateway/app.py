@@ -28,12 +28,20 @@ from gateway.predictor import ModelServerPredictor
 from gateway.results import Predictor
 from gateway.routes import bp
 from gateway.settings import Settings
+from gateway.v2.routes import PROBES as V2_PROBES
+from gateway.v2.routes import bp as v2_bp
 
 log = logging.getLogger("gateway.access")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Probes, the docs and the demo page stay reachable without a key; the page asks for one.
-PUBLIC_ENDPOINTS = {"gateway.healthz", "gateway.readyz", "gateway.openapi", "gateway.demo_page"}
+PUBLIC_ENDPOINTS = {
+    "gateway.healthz",
+    "gateway.readyz",
+    "gateway.openapi",
+    "gateway.demo_page",
+    *V2_PROBES,
+}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -65,6 +73,7 @@ def create_app(
     app.extensions["dynoserve.predictor"] = predictor
     app.extensions["dynoserve.metrics"] = metrics
     app.register_blueprint(bp)
+    app.register_blueprint(v2_bp)  # the Open Inference Protocol (gateway/v2)
     _install_hooks(app, settings, predictor, metrics)
     _install_memory_budget(app, settings, metrics)
     _install_error_handlers(app, settings)

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import contextvars
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 from gateway._proto.dynoserve.tensorflow import tensor_pb2
+from gateway.answercache import digest
 from gateway.client import Signature, float_tensor, string_tensor
 from gateway.deadline import Deadline
 from gateway.errors import BadRequest, DeadlineExceeded, FetchCapacity, GatewayError
@@ -22,6 +23,9 @@ from gateway.results import ImageInput, ItemResult
 from gateway.signatures import InputPlan, check_tensor
 
 Outcome = tuple[ItemResult, bytes | None]
+# Told an image's digest, whether its answer is known already (gateway/answercache.py): then it
+# is neither vetted nor decoded again, and no payload is made for it.
+Recall = Callable[[bytes], bool]
 
 
 class ImagePreparer:
@@ -61,11 +65,13 @@ class ImagePreparer:
         plan: InputPlan,
         client: str = "",
         deadline: Deadline | None = None,
+        recall: Recall | None = None,
     ) -> tuple[list[ItemResult], list[tuple[int, bytes]]]:
-        """An item per image, and (index, payload) for each image ready to send."""
+        """An item per image, and (index, payload) for each image ready to send; with `recall`,
+        each item has its digest and the images it recalls get no payload."""
         urls = sum(1 for image in images if image.data is None)
         with self._fetch_slots(client, urls):
-            outcomes = self._prepare_each(images, plan, deadline)
+            outcomes = self._prepare_each(images, plan, deadline, recall)
         items: list[ItemResult] = []
         payloads: list[tuple[int, bytes]] = []
         for index, (item, payload) in enumerate(outcomes):
@@ -83,7 +89,11 @@ class ImagePreparer:
             yield
 
     def _prepare_each(
-        self, images: tuple[ImageInput, ...], plan: InputPlan, deadline: Deadline | None
+        self,
+        images: tuple[ImageInput, ...],
+        plan: InputPlan,
+        deadline: Deadline | None,
+        recall: Recall | None,
     ) -> list[Outcome]:
         """URLs after the first go to pool threads (each holds a slot, so one is free for it);
         the first URL and the uploads are done on this thread meanwhile."""
@@ -93,9 +103,9 @@ class ImagePreparer:
             if image.data is None and n != first_url:
                 # Each task runs in a copy of this request's context: logs keep its request id.
                 run = contextvars.copy_context().run
-                futures[n] = self._pool.submit(run, self._prepare, image, plan, deadline)
+                futures[n] = self._pool.submit(run, self._prepare, image, plan, deadline, recall)
         outcomes: dict[int, Outcome] = {
-            n: self._prepare(image, plan, deadline)
+            n: self._prepare(image, plan, deadline, recall)
             for n, image in enumerate(images)
             if n not in futures
         }
@@ -103,7 +113,13 @@ class ImagePreparer:
         outcomes.update({n: future.result() for n, future in futures.items()})
         return [outcomes[n] for n in range(len(images))]
 
-    def _prepare(self, image: ImageInput, plan: InputPlan, deadline: Deadline | None) -> Outcome:
+    def _prepare(
+        self,
+        image: ImageInput,
+        plan: InputPlan,
+        deadline: Deadline | None,
+        recall: Recall | None = None,
+    ) -> Outcome:
         item = ItemResult()
         try:
             if image.pixels:
@@ -111,6 +127,10 @@ class ImagePreparer:
             data = image.data
             if data is None:
                 data = self._fetch(image.url or "", item, deadline)
+            if recall is not None:
+                item.digest = digest(data)
+                if recall(item.digest):
+                    return item, None
             checked = check_image(data, self.max_pixels)
             if plan.kind == "encoded":
                 return item, encoded_for_graph(checked)

@@ -221,6 +221,15 @@ def charge_fetched(nbytes: int) -> None:
         reservation.grow(nbytes * FETCHED_FACTOR)
 
 
+def charge_more(nbytes: int) -> None:
+    """Count `nbytes` the current request holds beyond what its body's kind was charged (a
+    /v2 body's tensors: gateway/v2), or raise 503 memory_budget / 429 client_over_share.
+    Outside a request nothing is counted."""
+    reservation = _current.get()
+    if reservation is not None and nbytes > 0:
+        reservation.grow(nbytes)
+
+
 def charge_pixels(width: int, height: int) -> None:
     """Count the pixels of an image about to be decoded whole against the current request; an
     image whose pixels alone exceed what one client may ever hold is 413, not a retry."""

@@ -69,6 +69,7 @@ class Metrics:
         )
         self._add_admission(r)
         self._add_limits(r)
+        self._add_answer_cache(r)
         if sync_status_file is not None:
             r.register(SyncStatusCollector(sync_status_file))
 
@@ -132,6 +133,37 @@ class Metrics:
             "dynoserve_gateway_deadline_misses",
             "Requests (or batch images) whose deadline ran out, by the stage it ran out in.",
             ["stage"],
+            registry=r,
+        )
+
+    def _add_answer_cache(self, r: CollectorRegistry) -> None:
+        """The answer cache (gateway/answercache.py); counts are of images, not requests."""
+        self.answer_cache_hits = Counter(
+            "dynoserve_gateway_answer_cache_hits",
+            "Images answered from the answer cache (no Predict call, no admission slot).",
+            registry=r,
+        )
+        self.answer_cache_misses = Counter(
+            "dynoserve_gateway_answer_cache_misses",
+            "Images looked up in the answer cache and not found (sent to the model).",
+            registry=r,
+        )
+        self.answer_cache_evictions = Counter(
+            "dynoserve_gateway_answer_cache_evictions",
+            "Answer cache entries dropped, by reason (size: least recently used out to stay "
+            "within DYNOSERVE_ANSWER_CACHE_BYTES; unloaded: their version is no longer served).",
+            ["reason"],
+            registry=r,
+        )
+        self.answer_cache_bytes = Gauge(
+            "dynoserve_gateway_answer_cache_bytes",
+            "Bytes the answer cache holds now (estimated per entry; at most "
+            "DYNOSERVE_ANSWER_CACHE_BYTES).",
+            registry=r,
+        )
+        self.answer_cache_entries = Gauge(
+            "dynoserve_gateway_answer_cache_entries",
+            "Answers in the answer cache now.",
             registry=r,
         )
 

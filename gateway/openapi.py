@@ -11,6 +11,7 @@ from typing import Any
 from gateway import __version__
 from gateway.errors import DEADLINE_STAGES
 from gateway.settings import Settings
+from gateway.v2.openapi import v2_paths, v2_schemas
 from modelrepo import MODEL_NAME_PATTERN
 
 _JSON = "application/json"
@@ -113,6 +114,7 @@ def _schemas(settings: Settings) -> dict[str, Any]:
         **_request_schemas(settings),
         **_result_schemas(),
         **_model_schemas(),
+        **v2_schemas(),
     }
 
 
@@ -336,12 +338,20 @@ def openapi_spec(settings: Settings) -> dict[str, Any]:
             **_model_paths(),
             "/v1/models/{model}:predict": {"post": _predict_post(), "get": _predict_get()},
             "/predict": {"post": _predict_legacy()},
+            **v2_paths(),
         },
         "components": {"schemas": _schemas(settings), "securitySchemes": _security_schemes()},
     }
     if settings.api_keys:
         spec["security"] = [{"bearer": []}, {"apiKey": []}]
-        for path in ("/healthz", "/readyz", "/openapi.json", "/"):
+        for path in (
+            "/healthz",
+            "/readyz",
+            "/openapi.json",
+            "/",
+            "/v2/health/live",
+            "/v2/health/ready",
+        ):
             spec["paths"][path]["get"]["security"] = []
     return spec
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from gateway.answercache import AnswerCache, Recall, cache_state
 from gateway.catalog import ModelCatalog
 from gateway.client import ModelServerClient, PredictOutput, Signature, VersionMetadata
 from gateway.deadline import Deadline
@@ -61,6 +62,7 @@ class Prepared:
     items: list[ItemResult]
     payloads: list[tuple[int, bytes]]  # (index in the request, input) of each image ready
     started: float  # perf_counter when preparation began
+    recall: Recall | None = None  # the answer cache's part in this request; None when off
 
     @property
     def cost(self) -> int:
@@ -89,6 +91,7 @@ class ModelServerPredictor:
         self.images = ImagePreparer(
             self.fetcher, settings.max_image_pixels, metrics, settings.max_fetches
         )
+        self.answers = AnswerCache(settings.answer_cache_bytes, metrics)
 
     def close(self) -> None:
         self.images.close()
@@ -107,10 +110,29 @@ class ModelServerPredictor:
         start = time.perf_counter()
         meta = self._resolve(request)
         plan = input_plan(self._signature(meta, request.signature))
+        recall = self._recall(request, meta)
         items, payloads = self.images.prepare_all(
-            request.images, plan, request.client, request.deadline
+            request.images, plan, request.client, request.deadline, recall
         )
-        return Prepared(request, meta, plan, items, payloads, start)
+        if recall is not None:  # answered from the cache: no Predict, no admission slot
+            recall.fill(items, [i for i, _ in payloads], request.top_k)
+        return Prepared(request, meta, plan, items, payloads, start, recall)
+
+    def _recall(self, request: PredictRequest, meta: VersionMetadata) -> Recall | None:
+        """The answer cache's view for this request's version; when the version has entries
+        but was not seen served lately, GetModelStatus first (a failure: every image misses)."""
+        if not self.answers.enabled:
+            return None
+        if self.answers.needs_check(meta.model, meta.version):
+            try:
+                with self._stage(request.deadline, "metadata") as left:
+                    statuses = self.client.status(meta.model, request.request_id, left)
+                available = [s.version for s in statuses if s.state == "AVAILABLE"]
+                self.answers.served(meta.model, available)
+            except GatewayError as exc:
+                log.info("answer cache unused: version not confirmed served: %s", exc.message)
+        signature = request.signature or self.settings.signature_name
+        return Recall(self.answers, meta.model, meta.version, signature)
 
     def infer(self, prepared: Prepared) -> PredictResult:
         """The Predict call for the images that are ready, and the ranked answer."""
@@ -123,24 +145,37 @@ class ModelServerPredictor:
         # Fetches of a batch run in parallel: the slowest one is the time spent fetching.
         fetch_ms = max(item.fetch_ms for item in items)
         result = PredictResult(request.model, meta.version, items, fetch_ms=fetch_ms)
+        recall = prepared.recall
         if payloads:
             tensors = [p for _, p in payloads]
-            output, infer_s = self._infer_once_more(request, meta, prepared.plan, tensors)
+            # Answers recalled for this version forbid answering the rest from another one.
+            fixed = recall is not None and recall.any_found
+            output, infer_s = self._infer_once_more(request, meta, prepared.plan, tensors, fixed)
             result.version = output.version or meta.version
             result.inference_ms = infer_s * 1000
-            rank(output, [i for i, _ in payloads], items, request.top_k)
+            indices = [i for i, _ in payloads]
+            rank(output, indices, items, request.top_k)
+            if recall is not None:
+                recall.keep(items, indices, output)
+        result.cache = cache_state(items) if recall is not None else ""
         result.total_ms = (time.perf_counter() - prepared.started) * 1000
         return result
 
     def _infer_once_more(
-        self, request: PredictRequest, meta: VersionMetadata, plan: InputPlan, payloads: list[bytes]
+        self,
+        request: PredictRequest,
+        meta: VersionMetadata,
+        plan: InputPlan,
+        payloads: list[bytes],
+        fixed: bool = False,
     ) -> tuple[PredictOutput, float]:
         """Infer; if "latest" or a label moved on and the old version was unloaded meanwhile
-        (a rollout), resolve again and retry once, provided the input plan is unchanged."""
+        (a rollout), resolve again and retry once, provided the input plan is unchanged and
+        the version is not `fixed` (part of the answer came from it already)."""
         try:
             return self._infer(request, meta, plan, payloads)
         except VersionUnloaded:
-            if request.version is not None:
+            if request.version is not None or fixed:
                 raise
             fresh = self._resolve(request)
             if input_plan(self._signature(fresh, request.signature)) != plan:
@@ -191,6 +226,7 @@ class ModelServerPredictor:
         except NotFound as exc:
             # The version we resolved was unloaded meanwhile: forget it; a retry resolves anew.
             self.versions.forget(meta.model)
+            self.answers.drop_version(meta.model, meta.version)
             raise VersionUnloaded(
                 f"model {meta.model!r} version {meta.version} was unloaded"
             ) from exc

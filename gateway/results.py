@@ -54,6 +54,8 @@ class ItemResult:
     predictions: list[Score] | None = None
     error: GatewayError | None = None
     fetch_ms: float = 0.0
+    digest: bytes | None = None  # SHA-256 of the image bytes, when the answer cache is on
+    cached: bool = False  # answered from the answer cache
 
 
 @dataclass
@@ -64,6 +66,7 @@ class PredictResult:
     fetch_ms: float = 0.0
     inference_ms: float = 0.0
     total_ms: float = 0.0
+    cache: str = ""  # the answer cache: hit, miss or partial (a batch of both); "" when off
 
 
 @dataclass(frozen=True)

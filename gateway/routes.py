@@ -29,6 +29,8 @@ bp = Blueprint("gateway", __name__)
 
 MAX_TOP_K = 100
 SELECTOR_FIELDS = ("version", "label", "top_k")
+# Whether the answer came from the answer cache: hit, miss or partial (gateway/answercache.py).
+CACHE_HEADER = "Dynoserve-Cache"
 
 
 def _settings() -> Settings:
@@ -121,7 +123,10 @@ def run_prediction(
         g.served_version = result.version
     if not batch and result.items[0].error is not None:
         raise result.items[0].error
-    return jsonify(render_result(result, batch))
+    response = jsonify(render_result(result, batch))
+    if result.cache:
+        response.headers[CACHE_HEADER] = result.cache
+    return response
 
 
 def check_model_name(model: str) -> str:

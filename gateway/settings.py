@@ -60,6 +60,11 @@ class Settings(EnvSettings):
     """How long a request waits for a full memory budget before 503 memory_budget (its body
     waits in waitress's temp file, not in memory; spent from the request's deadline); a client
     over its fair share is refused at once."""
+    answer_cache_bytes: int = env("DYNOSERVE_ANSWER_CACHE_BYTES", 16 * 1024 * 1024)
+    """Bytes of answers kept for images classified before (keyed by their SHA-256, model,
+    version and signature; docs/answer-cache.md); 0 turns the cache off. 16 MiB holds ~3,700
+    answers of a 1,000-class model (~50,000 of the 3-class demo) and keeps the demo dyno's
+    measured peak (464 MiB, docs/sizing.md) under 512 MB."""
     fetch_connect_timeout_s: float = env("DYNOSERVE_FETCH_CONNECT_TIMEOUT_S", 3.0)
     """Timeout for connecting to an image host."""
     fetch_read_timeout_s: float = env("DYNOSERVE_FETCH_READ_TIMEOUT_S", 5.0)
@@ -154,6 +159,9 @@ class Settings(EnvSettings):
         self._validate_memory_budget()
         if self.max_queue < 0:
             raise ConfigError(f"DYNOSERVE_MAX_QUEUE must be 0 or more, got {self.max_queue}")
+        if self.answer_cache_bytes < 0:
+            size = self.answer_cache_bytes
+            raise ConfigError(f"DYNOSERVE_ANSWER_CACHE_BYTES must be 0 (off) or more, got {size}")
         if self.max_fetches < self.max_batch:
             raise ConfigError(
                 f"DYNOSERVE_MAX_FETCHES ({self.max_fetches}) must be at least DYNOSERVE_MAX_BATCH "

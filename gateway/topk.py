@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.client import PredictOutput
 from gateway.errors import ModelServerError
 from gateway.results import ItemResult, Score
 
 
-def top_k(scores: list[float], classes: list[str] | None, k: int) -> list[Score]:
+def top_k(scores: Sequence[float], classes: Sequence[str] | None, k: int) -> list[Score]:
     """The k best classes, best first (ties keep class order)."""
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
     return [

@@ -82,6 +82,8 @@ def image_env(layout: Layout, extra: dict[str, str]) -> dict[str, str]:
         PORT=str(free_port()),
         DYNOSERVE_BIND_HOST="127.0.0.1",  # tests bind loopback only
         TF_CPP_MIN_LOG_LEVEL="2",
+        # The loads repeat a few images: they must reach the model, not the answer cache.
+        DYNOSERVE_ANSWER_CACHE_BYTES="0",
     )
     if "TF_ENABLE_ONEDNN_OPTS" in os.environ:  # the local stand-in is TensorFlow: test both kernels
         env["TF_ENABLE_ONEDNN_OPTS"] = os.environ["TF_ENABLE_ONEDNN_OPTS"]

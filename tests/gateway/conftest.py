@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from gateway.app import create_app
+from gateway.client import Signature, TensorSpec, VersionMetadata
 from gateway.errors import GatewayError, ModelNotFound, NotFound
 from gateway.images import check_image
 from gateway.results import (
@@ -64,7 +65,10 @@ class FakePredictor:
         if request.model not in self.models:
             raise ModelNotFound(f"no model named {request.model!r}")
         version = self._version(request)
-        items = [self._item(image.data, request.top_k) for image in request.images]
+        items = [
+            self._item(None if image.pixels else image.data, request.top_k)
+            for image in request.images
+        ]
         return PredictResult(request.model, version, items, 1.0, 2.0, 3.0)
 
     def _version(self, request: PredictRequest) -> int:
@@ -85,6 +89,24 @@ class FakePredictor:
             return ItemResult(error=exc)
         scores = [Score("cat", 0, 0.7), Score("dog", 1, 0.2), Score("bird", 2, 0.1)]
         return ItemResult(predictions=scores[:k])
+
+    def version_metadata(self, request: PredictRequest) -> VersionMetadata:
+        """The demo model's two signatures, as the model server describes them."""
+        if request.model not in self.models:
+            raise ModelNotFound(f"no model named {request.model!r}")
+        outputs = {
+            "probabilities": TensorSpec("DT_FLOAT", (-1, 3)),
+            "classes": TensorSpec("DT_STRING", (-1, 3)),
+        }
+        signatures = {
+            "serving_default": Signature(
+                "serving_default", {"images": TensorSpec("DT_STRING", (-1,))}, outputs
+            ),
+            "predict_pixels": Signature(
+                "predict_pixels", {"pixels": TensorSpec("DT_FLOAT", (-1, 4, 4, 3))}, outputs
+            ),
+        }
+        return VersionMetadata(request.model, self._version(request), signatures)
 
     def list_models(self, request_id: str = "") -> list[ModelInfo]:
         return [self.describe(name) for name in sorted(self.models)]

@@ -122,6 +122,8 @@ def gateway_process(target: str, work: Path, **extra: str) -> Iterator[tuple[Man
             "DYNOSERVE_MODEL_CONFIG_FILE": str(config),
             "DYNOSERVE_SYNC_STATUS_FILE": str(work / "no-sync-status.json"),
             "DYNOSERVE_LOG_LEVEL": "WARNING",
+            # Identical bodies: each must be vetted and sent, not answered from the answer cache.
+            "DYNOSERVE_ANSWER_CACHE_BYTES": "0",
             **extra,
         }
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import threading
 from typing import Any
 
@@ -136,7 +137,7 @@ def test_openapi_is_valid_and_lists_every_route(client: Any) -> None:
     spec = client.get("/openapi.json").get_json()
     validate(spec)
     app_rules = {
-        r.rule.replace("<model>", "{model}")
+        re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", r.rule)
         for r in client.application.url_map.iter_rules()
         if r.endpoint != "static"
     }

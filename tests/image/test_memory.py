@@ -229,7 +229,8 @@ def measure(
 ) -> None:
     """One container in `memory` with models from `source` (an export folder, or a bucket's
     variables) under the load; removed when done."""
-    env = {"DYNOSERVE_FETCH_ALLOW_PRIVATE": "true"}
+    # One image URL over and over: the answer cache off, so every request reaches the model.
+    env = {"DYNOSERVE_FETCH_ALLOW_PRIVATE": "true", "DYNOSERVE_ANSWER_CACHE_BYTES": "0"}
     if isinstance(source, Path):
         dyno = run_dyno(memory, env, exports=source)
     else:

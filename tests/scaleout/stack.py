@@ -50,6 +50,8 @@ def run_env(work: Path, extra: dict[str, str]) -> dict[str, str]:
             "DYNOSERVE_MODEL_SERVER_GRPC_PORT": str(free_port()),
             "DYNOSERVE_MODEL_SERVER_REST_PORT": str(free_port()),
             "DYNOSERVE_BIND_HOST": "127.0.0.1",
+            # The loads repeat a few images: they must reach the model, not the answer cache.
+            "DYNOSERVE_ANSWER_CACHE_BYTES": "0",
             **extra,
         }
     )
