@@ -26,6 +26,7 @@ from gateway.membudget import MemoryBudget, body_cost, for_request
 from gateway.metrics import Metrics
 from gateway.predictor import ModelServerPredictor
 from gateway.results import Predictor
+from gateway.rollouts import VERSION_HEADER, offered_api_key
 from gateway.routes import bp
 from gateway.settings import Settings
 from gateway.v2.routes import PROBES as V2_PROBES
@@ -103,6 +104,8 @@ def _install_hooks(app: Flask, settings: Settings, predictor: Predictor, metrics
     @app.after_request
     def finish_request(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id", "")
+        if g.get("served_version") is not None:
+            response.headers[VERSION_HEADER] = str(g.served_version)
         for name, value in _SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         _record(metrics, predictor, response.status_code)
@@ -167,9 +170,7 @@ def _client_gone() -> bool:
 
 
 def _offered_key() -> str:
-    header = request.headers.get("Authorization", "")
-    offered = header[7:].strip() if header[:7].lower() == "bearer " else ""
-    return offered or request.headers.get("X-API-Key", "")
+    return offered_api_key(request.headers)
 
 
 def _client(settings: Settings) -> str:

@@ -69,6 +69,7 @@ class Metrics:
         )
         self._add_admission(r)
         self._add_limits(r)
+        self._add_rollouts(r)
         self._add_answer_cache(r)
         if sync_status_file is not None:
             r.register(SyncStatusCollector(sync_status_file))
@@ -164,6 +165,37 @@ class Metrics:
         self.answer_cache_entries = Gauge(
             "dynoserve_gateway_answer_cache_entries",
             "Answers in the answer cache now.",
+            registry=r,
+        )
+
+    def _add_rollouts(self, r: CollectorRegistry) -> None:
+        """Per-version numbers, to compare a canary with stable (docs/rollouts.md)."""
+        self.version_predictions = Counter(
+            "dynoserve_gateway_version_predictions",
+            "Predict calls by model, version and outcome (ok, or the error's code).",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.version_inference = Histogram(
+            "dynoserve_gateway_version_inference_duration_seconds",
+            "gRPC Predict call latency by model and version.",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rollout_assignments = Counter(
+            "dynoserve_gateway_rollout_assignments",
+            "Requests that followed rollout weights, by model, route (the label; empty for "
+            "unpinned requests), the version they got and how (key: the client key's bucket; "
+            "random: no key).",
+            ["model", "route", "version", "draw"],
+            registry=r,
+        )
+        self.rollout_fallbacks = Counter(
+            "dynoserve_gateway_rollout_fallbacks",
+            "Weighted requests whose picked version was not available here, by the version "
+            "picked and the one that answered (unweighted: none of the weighted versions was).",
+            ["model", "route", "wanted", "served"],
             registry=r,
         )
 

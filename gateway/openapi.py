@@ -10,9 +10,11 @@ from typing import Any
 
 from gateway import __version__
 from gateway.errors import DEADLINE_STAGES
+from gateway.rollouts import CLIENT_KEY_HEADER, CLIENT_KEY_PARAM, VERSION_HEADER
 from gateway.settings import Settings
 from gateway.v2.openapi import v2_paths, v2_schemas
 from modelrepo import MODEL_NAME_PATTERN
+from modelrepo.rollouts import MAX_CLIENT_KEY_CHARS
 
 _JSON = "application/json"
 
@@ -84,7 +86,28 @@ _SELECTOR_PARAMS = [
         "description": "How many classes to return, best first.",
         "schema": {"type": "integer", "minimum": 1, "maximum": 100},
     },
+    {
+        "name": CLIENT_KEY_PARAM,
+        "in": "query",
+        "description": "Weighted rollouts (docs/rollouts.md): the client's key; it picks the "
+        f"same version on every dyno. Wins over the {CLIENT_KEY_HEADER} header, which wins "
+        "over the API key; without any, each request draws at random. A pinned version "
+        "ignores it.",
+        "schema": {"type": "string", "maxLength": MAX_CLIENT_KEY_CHARS},
+    },
+    {
+        "name": CLIENT_KEY_HEADER,
+        "in": "header",
+        "description": f"The client key, when the {CLIENT_KEY_PARAM} query parameter is absent.",
+        "schema": {"type": "string", "maxLength": MAX_CLIENT_KEY_CHARS},
+    },
 ]
+_SERVED_BY = {
+    VERSION_HEADER: {
+        "description": "The version that served the answer (as the body's `version`).",
+        "schema": {"type": "integer"},
+    }
+}
 
 
 _ERROR_SCHEMA = {
@@ -262,7 +285,8 @@ def _predict_post() -> dict[str, Any]:
             "200": _json(
                 "Top-k classes (a batch answers one entry per image)",
                 {"oneOf": [_ref("Prediction"), _ref("BatchPrediction")]},
-            ),
+            )
+            | {"headers": _SERVED_BY},
             **_errors(*_PREDICT_ERRORS),
         },
     }
@@ -280,7 +304,7 @@ def _predict_get() -> dict[str, Any]:
         "operationId": "predictGet",
         "parameters": [_MODEL_PARAM, url_param, *_SELECTOR_PARAMS],
         "responses": {
-            "200": _json("Top-k classes", _ref("Prediction")),
+            "200": _json("Top-k classes", _ref("Prediction")) | {"headers": _SERVED_BY},
             **_errors(*_PREDICT_ERRORS),
         },
     }

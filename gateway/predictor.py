@@ -37,6 +37,7 @@ from gateway.results import (
     Readiness,
     VersionInfo,
 )
+from gateway.rollouts import RolloutTable
 from gateway.settings import Settings
 from gateway.signatures import InputPlan, describe_signature, input_plan
 from gateway.syncstatus import failed_versions
@@ -86,7 +87,9 @@ class ModelServerPredictor:
         self.fetcher = fetcher or ImageFetcher(FetchPolicy.from_settings(settings))
         self.catalog = catalog or ModelCatalog(settings.models, settings.model_config_file)
         self.metrics = metrics
-        self.versions = VersionResolver(self.client)
+        self.versions = VersionResolver(
+            self.client, rollouts=RolloutTable(settings.rollouts_file), metrics=metrics
+        )
         self.explain = NotFoundExplainer(self.client, self.catalog, settings.sync_status_file)
         self.images = ImagePreparer(
             self.fetcher, settings.max_image_pixels, metrics, settings.max_fetches
@@ -186,7 +189,13 @@ class ModelServerPredictor:
         try:
             with self._stage(request.deadline, "metadata") as left:
                 return self.versions.resolve(
-                    request.model, request.version, request.label, request.request_id, left
+                    request.model,
+                    request.version,
+                    request.label,
+                    request.request_id,
+                    left,
+                    client_key=request.client_key,
+                    weighted=True,
                 )
         except NotFound as exc:
             raise self.explain.not_found(request.model, request.version, request.label) from exc
@@ -223,7 +232,10 @@ class ModelServerPredictor:
                     request.request_id,
                     left,
                 )
-        except NotFound as exc:
+        except GatewayError as exc:
+            self._count_version(meta, exc.code)
+            if not isinstance(exc, NotFound):
+                raise
             # The version we resolved was unloaded meanwhile: forget it; a retry resolves anew.
             self.versions.forget(meta.model)
             self.answers.drop_version(meta.model, meta.version)
@@ -232,7 +244,16 @@ class ModelServerPredictor:
             ) from exc
         if self.metrics is not None:
             self.metrics.inference.labels(meta.model).observe(elapsed)
+            version = str(output.version or meta.version)
+            self.metrics.version_inference.labels(meta.model, version).observe(elapsed)
+        self._count_version(meta, "ok", output.version)
         return output, elapsed
+
+    def _count_version(self, meta: VersionMetadata, outcome: str, served: int = 0) -> None:
+        """Per-version Predict outcomes, so a canary's errors compare with stable's."""
+        if self.metrics is not None:
+            version = str(served or meta.version)
+            self.metrics.version_predictions.labels(meta.model, version, outcome).inc()
 
     @contextmanager
     def _stage(self, deadline: Deadline | None, stage: str) -> Iterator[float | None]:

@@ -37,6 +37,7 @@ class PredictRequest:
     request_id: str = ""
     client: str = ""  # fairness.client_identity: whose share its fetches and queued images use
     deadline: Deadline | None = None  # the request's; None: only the per-stage limits apply
+    client_key: str | None = None  # rollouts: picks the client's bucket; None: a random draw
     signature: str = ""  # the signature to call; "" is the configured one (the /v2 API picks)
 
 

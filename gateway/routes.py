@@ -21,6 +21,7 @@ from gateway.results import (
     PredictRequest,
     PredictResult,
 )
+from gateway.rollouts import client_key
 from gateway.settings import Settings
 from gateway.syncstatus import not_ready_reason, sync_summary
 from modelrepo import LABEL_RULE, MODEL_NAME_RULE, is_label, is_model_name
@@ -115,8 +116,9 @@ def run_prediction(
     version, label, k = parse_selector(params, _settings().default_top_k)
     g.model = model
     req = PredictRequest(
-        model, images, version, label, k, g.request_id, g.get("client", ""), g.get("deadline")
-    )
+        model, images, version, label, k, g.request_id, g.get("client", ""), g.get("deadline"),
+        client_key=client_key(request.args, request.headers),
+    )  # fmt: skip
     result = _predictor().predict(req)
     # Metrics name a version only if it served something: a refused image was served by none.
     if any(item.predictions is not None for item in result.items):

@@ -10,6 +10,7 @@ from gateway.errors import ConfigError
 from gateway.membudget import largest_body_cost
 from gateway.netguard import parse_allow_entry
 from modelrepo import DEFAULT_BASE_PATH, config_file, status_file
+from modelrepo.rollouts import rollouts_file
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Settings(EnvSettings):
     answer_cache_bytes: int = env("DYNOSERVE_ANSWER_CACHE_BYTES", 16 * 1024 * 1024)
     """Bytes of answers kept for images classified before (keyed by their SHA-256, model,
     version and signature; docs/answer-cache.md); 0 turns the cache off. 16 MiB holds ~3,700
-    answers of a 1,000-class model (~50,000 of the 3-class demo) and keeps the demo dyno's
+    answers of a 1,000-class model (~30,000 of the 3-class demo) and keeps the demo dyno's
     measured peak (464 MiB, docs/sizing.md) under 512 MB."""
     fetch_connect_timeout_s: float = env("DYNOSERVE_FETCH_CONNECT_TIMEOUT_S", 3.0)
     """Timeout for connecting to an image host."""
@@ -114,6 +115,11 @@ class Settings(EnvSettings):
         derive=lambda read: status_file(read["model_base_path"]),
     )
     """Status file written by sync; exported in /metrics when present."""
+
+    @property
+    def rollouts_file(self) -> Path:
+        """Weights of weighted rollouts, written by sync beside models.config (docs/rollouts.md)."""
+        return rollouts_file(self.model_config_file.parent)
 
     @property
     def worker_threads(self) -> int:

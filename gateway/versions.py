@@ -4,9 +4,11 @@ its way here) and lists what exists."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.catalog import ModelCatalog
@@ -19,23 +21,48 @@ from gateway.errors import (
     NotFound,
     VersionNotFound,
 )
+from gateway.metrics import Metrics
+from gateway.rollouts import RolloutTable
 from gateway.syncstatus import served_versions
+from modelrepo.rollouts import client_bucket, pick, random_bucket
+
+log = logging.getLogger(__name__)
 
 # How long "latest" or a label maps to the same version before we ask the server again.
 ALIAS_TTL_S = 5.0
 # TF Serving's ManagerState names for a version on its way to AVAILABLE.
 LOADING_STATES = ("START", "LOADING")
+# The route (metric label) of requests that name no label: empty, as no label can be.
+DEFAULT_ROUTE = ""
 
 
 class VersionResolver:
-    """Caches GetModelMetadata: pinned versions for good, latest/labels for ALIAS_TTL_S."""
+    """Caches GetModelMetadata: pinned versions for good, latest/labels for ALIAS_TTL_S.
 
-    def __init__(self, client: ModelServerClient, max_entries: int = 256) -> None:
+    With a rollout table, a request without a version follows its route's weights (the
+    label's, or the model's for an unpinned request): its client key's bucket, or a random
+    one, picks a version (modelrepo/rollouts.py). A picked version the model server does not
+    have (not loaded yet, failed, unloaded) is skipped for ALIAS_TTL_S and the bucket goes to
+    the other weighted versions in proportion; with none of them left the request is answered
+    as without weights (the label's version, or the latest), never refused for it.
+    """
+
+    def __init__(
+        self,
+        client: ModelServerClient,
+        max_entries: int = 256,
+        rollouts: RolloutTable | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.client = client
         self.max_entries = max_entries
+        self.rollouts = rollouts
+        self.metrics = metrics
         self._lock = threading.Lock()
         self._versions: OrderedDict[tuple[str, int], VersionMetadata] = OrderedDict()
         self._aliases: dict[tuple[str, str], tuple[float, int]] = {}
+        self._missing: dict[tuple[str, int], float] = {}
+        """Weighted versions the model server did not have, and when that was seen."""
 
     def resolve(
         self,
@@ -44,7 +71,17 @@ class VersionResolver:
         label: str | None,
         request_id: str = "",
         timeout: float | None = None,
+        client_key: str | None = None,
+        weighted: bool = False,
     ) -> VersionMetadata:
+        """The version a request means. `weighted`: follow the rollout weights (requests to
+        predict; a description of the model does not draw)."""
+        if version is None and weighted and self.rollouts is not None:
+            split = self.rollouts.split(model, label)
+            if split:
+                picked = self._weighted(model, label, split, client_key, request_id, timeout)
+                if picked is not None:
+                    return picked
         if version is None:
             alias = (model, label or "")
             with self._lock:
@@ -63,6 +100,58 @@ class VersionResolver:
         self._store(meta, None if version else (model, label or ""))
         return meta
 
+    def _weighted(
+        self,
+        model: str,
+        label: str | None,
+        split: Mapping[int, int],
+        client_key: str | None,
+        request_id: str,
+        timeout: float | None,
+    ) -> VersionMetadata | None:
+        """The version the request's bucket picks among those the model server has; None when
+        it has none of the weighted versions."""
+        bucket = random_bucket() if client_key is None else client_bucket(model, client_key)
+        route, draw = label or DEFAULT_ROUTE, "random" if client_key is None else "key"
+        wanted = pick(split, bucket)
+        skipped = self._missing_now(model)
+        chosen = pick(split, bucket, skipped)
+        while chosen is not None:
+            try:
+                meta = self.resolve(model, chosen, None, request_id, timeout)
+            except NotFound:
+                with self._lock:
+                    self._missing[(model, chosen)] = time.monotonic()
+                skipped |= {chosen}
+                chosen = pick(split, bucket, skipped)
+                continue
+            self._count(model, route, meta.version, draw, wanted)
+            return meta
+        self._count(model, route, None, draw, wanted)
+        return None
+
+    def _missing_now(self, model: str) -> frozenset[int]:
+        now = time.monotonic()
+        with self._lock:
+            for key in [k for k, at in self._missing.items() if now - at >= ALIAS_TTL_S]:
+                del self._missing[key]
+            return frozenset(v for m, v in self._missing if m == model)
+
+    def _count(
+        self, model: str, route: str, version: int | None, draw: str, wanted: int | None
+    ) -> None:
+        """Metrics and a log line for a fallback: the picked version was not available here."""
+        if version != wanted:
+            served = "unweighted" if version is None else str(version)
+            log.warning(
+                "rollout of %s (%s): version %s not available here; answered by %s",
+                model, f"label {route}" if route else "unpinned", wanted, served,
+            )  # fmt: skip
+            if self.metrics is not None:
+                self.metrics.rollout_fallbacks.labels(model, route, str(wanted), served).inc()
+        if self.metrics is not None and version is not None:
+            self.metrics.rollout_assignments.labels(model, route, str(version), draw).inc()
+
     def _store(self, meta: VersionMetadata, alias: tuple[str, str] | None) -> None:
         with self._lock:
             self._versions[(meta.model, meta.version)] = meta
@@ -78,6 +167,8 @@ class VersionResolver:
                 del self._versions[key]
             for alias in [a for a in self._aliases if a[0] == model]:
                 del self._aliases[alias]
+            for key in [k for k in self._missing if k[0] == model]:
+                del self._missing[key]
 
 
 class NotFoundExplainer:

@@ -4,6 +4,7 @@ gateway in rollouts.json (keeping the previous weights when new ones cannot be a
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -133,7 +134,7 @@ def sync_pass(tmp_path: Path, exports: Path) -> Syncer:
     return syncer
 
 
-def write_manifest(exports: Path, body: dict[str, object]) -> None:
+def write_manifest(exports: Path, body: Mapping[str, object]) -> None:
     (exports / "cats" / MANIFEST_NAME).write_text(json.dumps(body))
 
 
@@ -141,7 +142,7 @@ def test_sync_hands_the_weights_to_the_gateway_and_keeps_them_through_a_bad_mani
     tmp_path: Path, exports: Path
 ) -> None:
     rollouts = tmp_path / "models" / "rollouts.json"
-    policy = {"model_version_policy": {"all": {}}}
+    policy: dict[str, object] = {"model_version_policy": {"all": {}}}
     write_manifest(exports, {**policy, "version_weights": {"1": 90, "2": 10}})
     syncer = sync_pass(tmp_path, exports)
     assert read_rollouts(rollouts) == {"cats": ModelRollout({1: 90, 2: 10})}
