@@ -34,6 +34,8 @@ LIVENESS_TTL_S = 5.0
 # is 0-6 % over what is allocated, never under (test_the_estimate_is_honest checks it).
 SLOT_BYTES = 176
 
+# The response header saying whether the answer came from the cache: hit, miss or partial.
+CACHE_HEADER = "Dynoserve-Cache"
 SHARED_BYTES = 64  # a _Shared record (slots: three references)
 
 Key = tuple[bytes, str, int, str]  # (sha256 of the image bytes, model, version, signature)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import __version__
+from gateway.answercache import CACHE_HEADER
 from gateway.errors import DEADLINE_STAGES
 from gateway.rollouts import CLIENT_KEY_HEADER, CLIENT_KEY_PARAM, VERSION_HEADER
 from gateway.settings import Settings
@@ -106,7 +107,13 @@ _SERVED_BY = {
     VERSION_HEADER: {
         "description": "The version that served the answer (as the body's `version`).",
         "schema": {"type": "integer"},
-    }
+    },
+    CACHE_HEADER: {
+        "description": "Whether the answer came from the answer cache (docs/answer-cache.md): "
+        "`hit` (every image answered did), `miss` (none did), `partial` (a batch of both); "
+        "absent when the cache is off (DYNOSERVE_ANSWER_CACHE_BYTES=0) or nothing was answered.",
+        "schema": {"type": "string", "enum": ["hit", "miss", "partial"]},
+    },
 }
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.datastructures import FileStorage
 
+from gateway.answercache import CACHE_HEADER
 from gateway.bodies import decode_b64, parse_json, read_body
 from gateway.errors import BadRequest, GatewayError, InvalidParameter, PayloadTooLarge
 from gateway.errors import UnsupportedMediaType as UnsupportedContent
@@ -30,8 +31,6 @@ bp = Blueprint("gateway", __name__)
 
 MAX_TOP_K = 100
 SELECTOR_FIELDS = ("version", "label", "top_k")
-# Whether the answer came from the answer cache: hit, miss or partial (gateway/answercache.py).
-CACHE_HEADER = "Dynoserve-Cache"
 
 
 def _settings() -> Settings:

@@ -374,3 +374,15 @@ def _wait(condition: Callable[[], bool], timeout: float = 10) -> None:
     while not condition():
         assert time.monotonic() < end, "timed out"
         time.sleep(0.01)
+
+
+def test_openapi_documents_the_header_on_every_predict_answer() -> None:
+    from gateway.openapi import openapi_spec
+
+    spec = openapi_spec(Settings())
+    predicts = [p for p in spec["paths"] if p.endswith(":predict")]
+    assert predicts
+    for path in predicts:
+        for operation in spec["paths"][path].values():
+            header = operation["responses"]["200"]["headers"][answercache.CACHE_HEADER]
+            assert set(header["schema"]["enum"]) == {"hit", "miss", "partial"}
