@@ -80,11 +80,15 @@ class Shot:
     retry_after: bool
     served: int | None  # the version the answer names
     detail: str
+    served_header: int | None = None  # the version the Dynoserve-Model-Version header names
+    client_key: str | None = None  # the client key sent (weighted rollouts)
 
 
-def shoot(port: int, kind: str, pin: str) -> Shot:
-    """One prediction through the router on a new connection."""
+def shoot(port: int, kind: str, pin: str, client_key: str | None = None) -> Shot:
+    """One prediction through the router (or a dyno's port) on a new connection."""
     query = {"unpinned": "", "version": f"?version={pin}", "label": f"?label={pin}"}[kind]
+    if client_key is not None:
+        query += ("&" if query else "?") + f"client_key={client_key}"
     started = time.monotonic()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -110,7 +114,13 @@ def shoot(port: int, kind: str, pin: str) -> Shot:
         bool(response.getheader("Retry-After")),
         served,
         payload[:300].decode(errors="replace"),
+        _int(response.getheader("Dynoserve-Model-Version")),
+        client_key,
     )
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isdigit() else None
 
 
 @dataclass
