@@ -35,6 +35,8 @@ class ModelStatus:
     problems: list[str] = field(default_factory=list)
     failed_versions: dict[str, str] = field(default_factory=dict)
     """Version -> why it is not served (download, checksum or load failure), until fixed."""
+    weights: dict[str, Any] = field(default_factory=dict)
+    """The rollout weights in effect (rollouts.json's entry: default, labels); {} for none."""
 
 
 @dataclass

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelrepo.rollouts import ModelRollout
 from sync.errors import SyncError
 from sync.files import atomic_write_text
 from sync.installer import Installer
@@ -65,6 +66,8 @@ class Syncer:
         self._listing: Listing | None = None
         self._scanned_at = 0.0
         self._plans: dict[str, ModelPlan] = {}
+        self._rollouts: dict[str, ModelRollout] = {}
+        """The weights handed to the gateway in the last pass (rollouts.json)."""
         self.prune_confirmed = False
         """`python -m sync --prune`: prune even when the source lists no model, and treat a
         model server that does not answer as holding nothing (the dyno is stopped)."""
@@ -133,7 +136,7 @@ class Syncer:
         dropped = self._to_drop(listing, missing)
         plans = self._plan(listing, installed, failed, dropped, errors)
         self._write_config(plans)
-        write_rollouts(self.settings.rollouts_file, listing, plans, errors)
+        self._rollouts = write_rollouts(self.settings.rollouts_file, listing, plans, errors)
         self._delete_released(plans)
         self._report_missing(missing, dropped, plans)
         self._record(listing, plans, errors, time.monotonic() - started, missing)
@@ -366,6 +369,7 @@ class Syncer:
                 missing_from_source=name in (missing or ()),
                 problems=plan.notes + self._problems(name, errors),
                 failed_versions=self._failed_versions(name, listing),
+                weights=self._rollouts[name].to_json() if name in self._rollouts else {},
             )
             for name, plan in plans.items()
         }

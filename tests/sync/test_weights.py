@@ -147,6 +147,8 @@ def test_sync_hands_the_weights_to_the_gateway_and_keeps_them_through_a_bad_mani
     syncer = sync_pass(tmp_path, exports)
     assert read_rollouts(rollouts) == {"cats": ModelRollout({1: 90, 2: 10})}
     assert syncer.settings.rollouts_file == rollouts
+    status = json.loads(syncer.settings.status_file.read_text())
+    assert status["models"]["cats"]["weights"] == {"default": {"1": 90, "2": 10}}
 
     # A manifest that does not parse at all: reported, nothing served changes, weights stay.
     write_manifest(exports, {**policy, "version_weights": {"1": 50, "2": 51}})
