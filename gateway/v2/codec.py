@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.bodies import decode_b64, parse_json
 from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.membudget import charge_more
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # Element sizes in bytes (BYTES elements vary: each is a 4-byte length and the bytes).
@@ -36,6 +37,10 @@ DATATYPE_SIZES = {
     "BYTES": 0,
 }
 _LENGTH = struct.Struct("<I")
+FLT_MAX = 3.4028234663852886e38
+# Memory a number parsed from a JSON body holds: a Python float and its list slot (the body's
+# kind, application/json, was charged for the text only).
+JSON_NUMBER_BYTES = 32
 
 
 class InvalidInferenceRequest(BadRequest):
@@ -222,7 +227,9 @@ def bytes_elements(tensor: InputTensor, max_bytes: int) -> list[bytes]:
     if tensor.raw is not None:
         values = _split_bytes(tensor.raw, tensor.name)
     else:
-        values = [_json_bytes(v, tensor.name, max_bytes) for v in flatten(tensor.data)]
+        flat = flatten(tensor.data)
+        charge_more(sum(len(v) for v in flat if isinstance(v, str)))  # their bytes, decoded
+        values = [_json_bytes(v, tensor.name, max_bytes) for v in flat]
     _check_count(tensor, len(values))
     return values
 
@@ -258,16 +265,15 @@ def float32_data(tensor: InputTensor) -> bytes:
         if len(tensor.raw) % 4:
             raise InvalidInferenceRequest(f"input {tensor.name!r}: FP32 data is not whole floats")
         return tensor.raw
+    flat = flatten(tensor.data)
+    charge_more(len(flat) * JSON_NUMBER_BYTES)
     values = array("f")
-    for value in flatten(tensor.data):
+    for value in flat:
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise InvalidInferenceRequest(f"input {tensor.name!r}: FP32 elements must be numbers")
-        try:
-            values.append(value)
-        except OverflowError as exc:
-            raise InvalidInferenceRequest(
-                f"input {tensor.name!r}: {value} does not fit in FP32"
-            ) from exc
+        if not abs(value) <= FLT_MAX:  # also NaN and the infinities Python's JSON reads
+            raise InvalidInferenceRequest(f"input {tensor.name!r}: {value} does not fit in FP32")
+        values.append(value)
     _check_count(tensor, len(values))
     if sys.byteorder != "little":
         values.byteswap()

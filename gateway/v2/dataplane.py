@@ -13,7 +13,6 @@ from gateway import __version__
 from gateway.client import Signature, TensorSpec, VersionMetadata
 from gateway.deadline import Deadline
 from gateway.errors import GatewayError, InvalidParameter, LabelNotFound
-from gateway.membudget import charge_more
 from gateway.results import ImageInput, Predictor, PredictRequest, PredictResult, Score
 from gateway.settings import Settings
 from gateway.signatures import InputPlan, input_plan
@@ -50,8 +49,6 @@ DATATYPES = {
 }
 # What the gateway feeds each kind of input plan.
 PLAN_DATATYPES = {"encoded": "BYTES", "pixels": "FP32"}
-# Memory a number parsed from a JSON body holds: a Python float and its list slot.
-JSON_NUMBER_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -182,13 +179,9 @@ class DataPlane:
             )
         _check_shape(tensor, choice.spec, self.settings.max_batch)
         if choice.plan.kind == "encoded":
-            if tensor.raw is None:
-                charge_more(len(str(tensor.data)))  # the strings decoded from the JSON
             values = bytes_elements(tensor, self.settings.max_image_bytes)
             check_size(values, self.settings.max_image_bytes, tensor.name)
             return tuple(ImageInput(data=value) for value in values)
-        if tensor.raw is None:
-            charge_more(tensor.count * JSON_NUMBER_BYTES)
         pixels = float32_data(tensor)
         size = len(pixels) // max(1, tensor.shape[0])
         return tuple(

@@ -134,10 +134,11 @@ def v2_paths() -> dict[str, Any]:
 def v2_schemas() -> dict[str, Any]:
     params = {"type": "object", "additionalProperties": True}
     shape = {"type": "array", "items": {"type": "integer", "minimum": -1}}
+    meta_properties = {"name": {"type": "string"}, "datatype": {"type": "string"}, "shape": shape}
     tensor_meta = {
         "type": "object",
         "required": ["name", "datatype", "shape"],
-        "properties": {"name": {"type": "string"}, "datatype": {"type": "string"}, "shape": shape},
+        "properties": meta_properties,
     }
     request_input = {
         "type": "object",
@@ -155,8 +156,10 @@ def v2_schemas() -> dict[str, Any]:
         "required": ["name"],
         "properties": {"name": {"type": "string"}, "parameters": params},
     }
-    response_output = {**tensor_meta, "properties": {**tensor_meta["properties"], "data": {}}}
-    response_output["properties"]["parameters"] = params
+    response_output = {
+        **tensor_meta,
+        "properties": {**meta_properties, "data": {}, "parameters": params},
+    }
     return {
         "V2Error": {
             "type": "object",
