@@ -344,7 +344,9 @@ def small_gateway(
     fake.predicted.clear()
 
     def start(**env: str) -> tuple[GatewayProcess, FakeGrpcModelServer, threading.Event]:
-        extra = {f"DYNOSERVE_{k.upper()}": v for k, v in env.items()}
+        # The same image again and again must reach the model: the answer cache off.
+        extra = {"DYNOSERVE_ANSWER_CACHE_BYTES": "0"}
+        extra.update({f"DYNOSERVE_{k.upper()}": v for k, v in env.items()})
         gw = start_gateway(stack, request.node.name, **extra)
         started.append(gw)
         return gw, fake, gate

@@ -77,7 +77,7 @@ def gateway(
             model_config_file=config,
             fetch_allow_private=True,
             sync_status_file=tmp_path / "no-sync-status.json",
-            **overrides,
+            **{"answer_cache_bytes": 0, **overrides},  # the same upload must reach the model
         )
         app = create_app(settings)
         server = build_server(app, settings)
