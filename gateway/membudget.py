@@ -29,9 +29,10 @@ MiB = 1024 * 1024
 # A request waiting for a full budget looks again at least this often.
 _RECHECK_S = 0.1
 # Copies of an image's bytes on their way to the model server, besides the image the request
-# keeps: the input tensor (client.string_tensor), the PredictRequest it is copied into
-# (CopyFrom), the serialized request and gRPC's send buffer. All live during the Predict call.
-PREDICT_COPIES = 4
+# keeps: the input tensor (client.string_tensor), the serialized request (written straight from
+# the tensor's bytes: client.encode_predict_request) and gRPC's send buffer. All live during
+# the Predict call.
+PREDICT_COPIES = 3
 # Per byte of a base64 JSON body, at its peak: while parsing, the body and its text (2); at
 # Predict, the decoded image (3/4 of the body) and its copies. routes.read_json frees the body
 # before parsing its text and each base64 string once it is decoded.
