@@ -108,6 +108,7 @@ class BatchScheduler:
         self._observe = observe
         self._tasks: deque[_Task] = deque()
         self._queued = 0
+        self._running = 0  # batches being run, by batch threads or inline by callers
         self._cond = threading.Condition()
         self._closed = False
         self._threads = [
@@ -135,8 +136,35 @@ class BatchScheduler:
                 )
             self._tasks.append(task)
             self._queued += task.size
-            self._cond.notify()
+            inline = self._take_inline(limit)
+            if inline is None:
+                self._cond.notify()
+        if inline is not None:
+            self._run_inline(inline)
         return self._await(task, timeout)
+
+    def _take_inline(self, limit: int) -> list[_Task] | None:
+        """With no batch timeout and a batch thread's turn free, the caller runs the batch
+        itself (caller holds the lock): what the batch thread would take now, minus the two
+        thread hand-offs (~0.3 ms of CPU and a scheduler wake-up each way on a busy machine).
+        num_batch_threads still bounds the batches that run at once."""
+        if self.options.batch_timeout_micros or self._running >= self.options.num_batch_threads:
+            return None
+        self._running += 1
+        return self._take(limit)
+
+    def _run_inline(self, batch: list[_Task]) -> None:
+        try:
+            self._process(batch)
+        finally:
+            self._finished()
+
+    def _finished(self) -> None:
+        """A batch ended: its turn goes to a batch thread if anything is queued."""
+        with self._cond:
+            self._running -= 1
+            if self._tasks:
+                self._cond.notify()
 
     @property
     def queued(self) -> int:
@@ -166,13 +194,17 @@ class BatchScheduler:
             batch = self._next_batch()
             if batch is None:
                 return
-            self._process(batch)
+            try:
+                self._process(batch)
+            finally:
+                self._finished()
 
     def _next_batch(self) -> list[_Task] | None:
         timeout = self.options.batch_timeout_micros / 1e6
         limit = self.options.max_batch_size
+        threads = self.options.num_batch_threads
         with self._cond:
-            while not self._tasks and not self._closed:
+            while not self._closed and (not self._tasks or self._running >= threads):
                 self._cond.wait()
             if not self._tasks:
                 return None
@@ -181,6 +213,7 @@ class BatchScheduler:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
+            self._running += 1
             return self._take(limit)
 
     def _take(self, limit: int) -> list[_Task]:

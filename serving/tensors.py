@@ -34,6 +34,9 @@ _NUMPY_FOR_ENUM: dict[int, np.dtype[Any]] = {
     enum: dtype for dtype, (enum, _) in _FIELD_FOR_DTYPE.items()
 }
 _FIELD_FOR_ENUM: dict[int, str] = dict(_FIELD_FOR_DTYPE.values())
+# DataType.values() builds a new list on every call: once per input of every Predict was
+# measurable on the request path.
+_KNOWN_DTYPES = frozenset(types_pb2.DataType.values())
 
 # TensorShape::MaxDimensions() and the element count a TensorShape can hold (int64).
 MAX_DIMENSIONS = 254
@@ -51,7 +54,7 @@ _STRING_ELEMENT_BYTES = 8
 
 def dtype_name(enum: int) -> str:
     """'string', 'float'... as TF's DataTypeString prints a DataType."""
-    if enum not in types_pb2.DataType.values():
+    if enum not in _KNOWN_DTYPES:
         return f"unknown dtype enum ({enum})"
     return str(types_pb2.DataType.Name(enum)).removeprefix("DT_").lower()
 
@@ -81,7 +84,7 @@ def check_proto(proto: Any, alias: str) -> None:
     dims = shape_of(proto)
     if any(d < 0 for d in dims) or math.prod(dims) > MAX_ELEMENTS:
         raise parse_error(alias)
-    if proto.dtype == types_pb2.DT_INVALID or proto.dtype not in types_pb2.DataType.values():
+    if proto.dtype == types_pb2.DT_INVALID or proto.dtype not in _KNOWN_DTYPES:
         raise parse_error(alias)
     if proto.dtype >= 100:  # reference types (DT_FLOAT_REF...) are never values
         raise parse_error(alias)

@@ -111,6 +111,45 @@ def test_deadline_while_queued() -> None:
         scheduler.close()
 
 
+def test_a_lone_task_runs_on_its_callers_thread_and_batches_stay_within_the_thread_count() -> None:
+    """Batch timeout 0 and a free turn: the caller runs its batch itself (no hand-off). Callers
+    and batch threads together never run more batches at once than num_batch_threads."""
+    gate = threading.Event()
+    runners: list[str] = []
+    at_once = [0, 0]  # running now, most ever
+    lock = threading.Lock()
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with lock:
+            runners.append(threading.current_thread().name)
+            at_once[0] += 1
+            at_once[1] = max(at_once)
+        gate.wait(10)
+        with lock:
+            at_once[0] -= 1
+        return {"y": inputs["x"] * 2}
+
+    scheduler = BatchScheduler(
+        BatchingOptions(max_batch_size=4, num_batch_threads=2), run, lambda *_: None, "test"
+    )
+    try:
+        gate.set()
+        out = scheduler.submit({"x": np.ones((1, 1))}, 10)
+        assert out["y"].tolist() == [[2.0]]
+        assert runners == [threading.current_thread().name]
+        gate.clear()
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(scheduler.submit, {"x": np.ones((1, 1))}, 10) for _ in range(8)]
+            wait_for(lambda: at_once[0] == 2, timeout=10, what="two batches running")
+            time.sleep(0.2)  # a third would start now if the bound did not hold
+            gate.set()
+            assert all(f.result()["y"].tolist() == [[2.0]] for f in futures)
+        assert at_once[1] == 2
+    finally:
+        gate.set()
+        scheduler.close()
+
+
 def test_options_are_validated_like_tf_serving() -> None:
     with pytest.raises(ValueError, match="monotonically increasing"):
         BatchingOptions(max_batch_size=8, allowed_batch_sizes=(4, 2, 8)).validate()
