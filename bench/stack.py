@@ -29,8 +29,10 @@ def entrypoint() -> list[str]:
     return [str(GATEWAY_PYTHON), "-m", "dyno"]
 
 
-def stack_env(export_dir: Path, work: Path, port: int) -> dict[str, str]:
-    """The variables `make run` sets, plus the two a loopback benchmark needs."""
+def stack_env(
+    export_dir: Path, work: Path, port: int, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The variables `make run` sets, plus the two a loopback benchmark needs, plus `extra`."""
     return python_env(
         {
             "PORT": str(port),
@@ -47,17 +49,20 @@ def stack_env(export_dir: Path, work: Path, port: int) -> dict[str, str]:
             # The sweep repeats its 8 images: it measures the model, not the answer cache
             # (the cache step turns it on for a stack of its own).
             "DYNOSERVE_ANSWER_CACHE_BYTES": "0",
+            **(extra or {}),
         }
     )
 
 
-def start_stack(export_dir: Path, work: Path) -> tuple[ManagedProcess, str]:
-    """The dyno's process tree as `make run` starts it, ready (/readyz); process and base URL."""
+def start_stack(
+    export_dir: Path, work: Path, extra: dict[str, str] | None = None
+) -> tuple[ManagedProcess, str]:
+    """The dyno's process tree as `make run` starts it, ready (/readyz); process and base URL.
+    `extra`: more environment variables (settings to change for a measurement)."""
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    proc = ManagedProcess(
-        entrypoint(), work / "dynoserve.log", env=stack_env(export_dir, work, port)
-    )
+    env = stack_env(export_dir, work, port, extra)
+    proc = ManagedProcess(entrypoint(), work / "dynoserve.log", env=env)
     base = f"http://127.0.0.1:{port}"
     proc.start_ready(lambda: http_ok(base + "/readyz"), timeout=300, stop_timeout=30)
     return proc, base
