@@ -53,11 +53,13 @@ PLAN_DATATYPES = {"encoded": "BYTES", "pixels": "FP32"}
 
 @dataclass(frozen=True)
 class Caller:
-    """Who asks, for the predictor: request id, fair-share identity, deadline."""
+    """Who asks, for the predictor: request id, fair-share identity, deadline, and the key
+    that keeps the client on one version under weighted rollouts (docs/rollouts.md)."""
 
     request_id: str = ""
     client: str = ""
     deadline: Deadline | None = None
+    client_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,7 @@ class DataPlane:
             caller.client,
             caller.deadline,
             signature=choice.signature,
+            client_key=caller.client_key,
         )
         result = self.predictor.predict(predict)
         return InferAnswer(model, result.version, render_outputs(result, signature, wanted))
@@ -166,7 +169,15 @@ class DataPlane:
     def _metadata(self, model: str, version: str | None, caller: Caller) -> VersionMetadata:
         number, label = selector(version)
         probe = PredictRequest(
-            model, (), number, label, 1, caller.request_id, caller.client, caller.deadline
+            model,
+            (),
+            number,
+            label,
+            1,
+            caller.request_id,
+            caller.client,
+            caller.deadline,
+            client_key=caller.client_key,
         )
         return self.predictor.version_metadata(probe)
 

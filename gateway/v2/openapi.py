@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.rollouts import CLIENT_KEY_HEADER, CLIENT_KEY_PARAM, VERSION_HEADER
 from gateway.v2.codec import DATATYPE_SIZES, HEADER_LENGTH
 from modelrepo import MODEL_NAME_PATTERN
+from modelrepo.rollouts import MAX_CLIENT_KEY_CHARS
 
 _JSON = "application/json"
 _BINARY = "application/octet-stream"
@@ -37,6 +39,23 @@ _VERSION = {
     "description": "A version number, or a version label (stable, canary) in its place.",
     "schema": {"type": "string", "pattern": _LABEL_OR_NUMBER},
 }
+
+# Weighted rollouts (docs/rollouts.md): the key that keeps a client on one version.
+_CLIENT_KEY = [
+    {
+        "name": CLIENT_KEY_PARAM,
+        "in": "query",
+        "description": f"The client's rollout key; wins over the {CLIENT_KEY_HEADER} header, "
+        "which wins over the API key.",
+        "schema": {"type": "string", "maxLength": MAX_CLIENT_KEY_CHARS},
+    },
+    {
+        "name": CLIENT_KEY_HEADER,
+        "in": "header",
+        "description": f"The client's rollout key, when {CLIENT_KEY_PARAM} is absent.",
+        "schema": {"type": "string", "maxLength": MAX_CLIENT_KEY_CHARS},
+    },
+]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -80,18 +99,25 @@ def _infer(op: str, params: list[dict[str, Any]]) -> dict[str, Any]:
     }
     binary = {"schema": {"type": "string", "format": "binary"}}
     ok = {_JSON: {"schema": _ref("V2InferResponse")}, _BINARY: binary}
+    served_by = {
+        VERSION_HEADER: {
+            "description": "The version that served the answer (as model_version).",
+            "schema": {"type": "integer"},
+        }
+    }
+    ok_response = {"description": "The outputs asked for", "content": ok, "headers": served_by}
     return {
         "post": {
             "summary": "Classify images given as a tensor (encoded BYTES or FP32 pixels)",
             "operationId": op,
             "tags": ["Open Inference Protocol"],
-            "parameters": [*params, header],
+            "parameters": [*params, header, *_CLIENT_KEY],
             "requestBody": {
                 "required": True,
                 "content": {_JSON: {"schema": _ref("V2InferRequest")}, _BINARY: binary},
             },
             "responses": {
-                "200": {"description": "The outputs asked for", "content": ok},
+                "200": ok_response,
                 **_errors("400", "401", "404", "413", "415", "422", "429", "502", "503", "504"),
             },
         }

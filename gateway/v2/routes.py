@@ -10,6 +10,7 @@ from gateway.bodies import read_body
 from gateway.errors import GatewayError
 from gateway.membudget import PREDICT_COPIES, body_cost, charge_more
 from gateway.results import Predictor
+from gateway.rollouts import client_key
 from gateway.routes import check_model_name
 from gateway.settings import Settings
 from gateway.v2.codec import HEADER_LENGTH, parse_request, render_response
@@ -35,7 +36,8 @@ def _plane() -> DataPlane:
 
 
 def _caller() -> Caller:
-    return Caller(g.request_id, g.get("client", ""), g.get("deadline"))
+    key = client_key(request.args, request.headers)
+    return Caller(g.request_id, g.get("client", ""), g.get("deadline"), key)
 
 
 @bp.get("/health/live")

@@ -216,3 +216,13 @@ def test_v2_requests_are_counted_by_route_model_and_version(client: Any) -> None
         for line in lines
         if line.startswith("dynoserve_gateway_requests_total")
     )
+
+
+def test_the_rollout_key_and_the_served_version_header(
+    client: Any, fake_predictor: FakePredictor
+) -> None:
+    answer = client.post("/v2/models/shapes/infer?client_key=alice", json=images())
+    assert answer.headers["Dynoserve-Model-Version"] == answer.get_json()["model_version"]
+    assert fake_predictor.calls[-1].client_key == "alice"
+    client.post("/v2/models/shapes/infer", json=images(), headers={"Dynoserve-Client-Key": "bob"})
+    assert fake_predictor.calls[-1].client_key == "bob"
