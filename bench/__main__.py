@@ -4,8 +4,9 @@ siege at 1..100 clients posting {"image_url": ...} against Dynoserve (supervisor
 `make run` runs it, benchmark model) and the 2019-style baseline (bench/baseline.py), images from
 nginx; the SavedModel in-process as the limit. Then, against the same Dynoserve stack: image
 hosts 0, 100 and 500 ms away (internet mode), one client flooding slow URLs while others upload
-(flood), 64 clients uploading 6 MB bodies (uploads; the gateway's peak RSS). Results, table and
-plot in bench/results/.
+(flood), 64 clients uploading 6 MB bodies (uploads; the gateway's peak RSS). The sweep's stack
+has the answer cache off (its photos repeat); the cache part asks them again on a stack with it
+on (bench/cache.py). Results, table and plot in bench/results/.
   python -m bench                 short steps (default 10 s)
   python -m bench --original      60 s per step, like the original experiment
   python -m bench --quick         about three minutes: shorter steps and fewer of them
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import internet, procstat, report, siege, steps, targets, uploads
+from bench import cache, internet, procstat, report, siege, steps, targets, uploads
 from bench.baseline import start_baseline
 from bench.images import SIZE, write_photos
 from bench.nginx import start_nginx
@@ -43,7 +44,7 @@ QUICK_CLIENTS = (1, 8, 32, 100)
 IMAGES = 8
 WORK = REPO_ROOT / "var" / "bench"
 MODEL_DIR = REPO_ROOT / "var" / "bench-models"
-PARTS = ("limit", "sweep", "baseline", "internet", "flood", "uploads")
+PARTS = ("limit", "sweep", "baseline", "internet", "flood", "uploads", "cache")
 HOSTILE = ("internet", "flood", "uploads")  # the parts run against Dynoserve after its sweep
 
 
@@ -201,6 +202,11 @@ def measure_systems(
                 run_hostile(args, work, photos, (dyno, base), endpoint, results)
             finally:
                 dyno.stop(timeout=40)  # supervisord stops its programs one by one
+        if "cache" in args.parts:  # the answer cache on a stack of its own (the sweep's is off)
+            with timed(results, "cache"):
+                step = cache.cache_step(MODEL_DIR, work, image_urls, args.seconds, roots)
+                results["cache"] = step
+            print("\n".join(cache.cache_lines(results["cache"], results.get("dynoserve"))))
         if "baseline" not in args.parts:
             return
         baseline, base = start_baseline(work)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import targets
+from bench.cache import cache_lines
 
 RESULTS = Path(__file__).resolve().parent / "results"
 README = RESULTS.parent.parent / "README.md"
@@ -167,6 +168,8 @@ def markdown(results: dict[str, Any]) -> str:
         out += [*flood_lines(results["flood"]), ""]
     if results.get("uploads"):
         out += [*upload_lines(results["uploads"]), ""]
+    if results.get("cache"):
+        out += [*cache_lines(results["cache"], results.get("dynoserve")), ""]
     timings = results.get("part_seconds", {})
     if timings:
         out += ["Wall time per part: " + ", ".join(f"{k} {v:g} s" for k, v in timings.items()), ""]
