@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from gateway.bodies import read_body
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, UnsupportedMediaType
 from gateway.membudget import PREDICT_COPIES, body_cost, charge_more
 from gateway.results import Predictor
 from gateway.rollouts import client_key
@@ -77,6 +77,12 @@ def model_ready(model: str, version: str | None = None) -> tuple[Response, int]:
 def infer(model: str, version: str | None = None) -> Response:
     g.model = check_model_name(model)
     settings = _settings()
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding} is not supported: send the body uncompressed",
+            code="unsupported_content_encoding",
+        )
     body = read_body(request.stream, request.content_length, settings.max_request_bytes)
     charge_more(int(len(body) * BODY_FACTOR) - body_cost(len(body), request.mimetype))
     parsed = parse_request(body, request.headers.get(HEADER_LENGTH))

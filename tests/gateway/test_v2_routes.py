@@ -226,3 +226,11 @@ def test_the_rollout_key_and_the_served_version_header(
     assert fake_predictor.calls[-1].client_key == "alice"
     client.post("/v2/models/shapes/infer", json=images(), headers={"Dynoserve-Client-Key": "bob"})
     assert fake_predictor.calls[-1].client_key == "bob"
+
+
+def test_a_compressed_body_is_refused_by_name(client: Any) -> None:
+    answer = client.post(
+        "/v2/models/shapes/infer", data=b"\x1f\x8b", headers={"Content-Encoding": "gzip"}
+    )
+    assert answer.status_code == 415
+    assert "Content-Encoding gzip is not supported" in answer.get_json()["error"]
