@@ -137,17 +137,7 @@ class DataPlane:
     ) -> InferAnswer:
         number, label = selector(version)
         meta = self._metadata(model, version, caller)
-        if len(request.inputs) != 1:
-            raise InvalidInferenceRequest(
-                f"give exactly one input (the model's image inputs: {_input_list(meta, self)})"
-            )
-        tensor = request.inputs[0]
-        choice = image_inputs(meta, self.settings.signature_name).get(tensor.name)
-        if choice is None:
-            raise InvalidInferenceRequest(
-                f"model {model!r} has no input {tensor.name!r}; its inputs: "
-                f"{_input_list(meta, self)} (one of them per request)"
-            )
+        tensor, choice = self._input(meta, request)
         signature = meta.signatures[choice.signature]
         wanted = requested_outputs(request, signature)
         images = self._images(tensor, choice)
@@ -180,6 +170,23 @@ class DataPlane:
             client_key=caller.client_key,
         )
         return self.predictor.version_metadata(probe)
+
+    def _input(
+        self, meta: VersionMetadata, request: InferRequest
+    ) -> tuple[InputTensor, ImageInputChoice]:
+        """The request's one input, and the signature its name feeds."""
+        if len(request.inputs) != 1:
+            raise InvalidInferenceRequest(
+                f"give exactly one input (the model's image inputs: {_input_list(meta, self)})"
+            )
+        tensor = request.inputs[0]
+        choice = image_inputs(meta, self.settings.signature_name).get(tensor.name)
+        if choice is None:
+            raise InvalidInferenceRequest(
+                f"model {meta.model!r} has no input {tensor.name!r}; its inputs: "
+                f"{_input_list(meta, self)} (one of them per request)"
+            )
+        return tensor, choice
 
     def _images(self, tensor: InputTensor, choice: ImageInputChoice) -> tuple[ImageInput, ...]:
         """The input's images: encoded ones as they come, pixel ones cut per image."""
