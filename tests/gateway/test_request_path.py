@@ -31,7 +31,8 @@ from tests.support import http_json, wait_for
 
 pytestmark = pytest.mark.slow
 
-JPEG = image_bytes("JPEG", size=(64, 48), color="blue")
+# A blue no other test sends: the session gateway's answer cache must miss on its first request.
+JPEG = image_bytes("JPEG", size=(64, 48), color="#0302fd")
 PNG = image_bytes("PNG", size=(40, 40), color="green")
 
 
@@ -80,6 +81,7 @@ def test_url_b64_and_upload_agree(gateway: GatewayProcess, image_server: ImageSe
     assert {p["label"] for p in by_url["predictions"]} == {"cat", "dog", "bird"}
     assert sum(p["score"] for p in by_url["predictions"]) == pytest.approx(1.0, abs=1e-4)
     assert by_url["timings_ms"]["fetch"] > 0
+    assert headers["Dynoserve-Cache"] == "miss"
     assert by_url["timings_ms"]["inference"] > 0
     _, _, by_b64 = call(gateway, "/v1/models/shapes:predict", {"image_b64": b64(JPEG)})
     assert scores(by_b64) == pytest.approx(scores(by_url), abs=1e-6)
