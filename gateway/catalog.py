@@ -11,9 +11,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.protobuf import text_format
-
-from gateway._proto.dynoserve.tf_serving import model_server_config_pb2
+from modelrepo.modelconfig import read_model_config
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +71,3 @@ def parse_model_config(text: str) -> dict[str, CatalogEntry]:
         for c in read_model_config(text).model_config_list.config
         if c.name
     }
-
-
-def read_model_config(text: str) -> model_server_config_pb2.ModelServerConfig:
-    """A models.config text as the ModelServerConfig message the model server reads (the one
-    parser of that file in the gateway's environment: sync reads its last config back with it);
-    empty, with a warning, when the text does not parse."""
-    config = model_server_config_pb2.ModelServerConfig()
-    try:
-        text_format.Parse(text, config, allow_unknown_field=True)
-    except text_format.ParseError as exc:
-        log.warning("models.config does not parse (%s); no models listed from it", exc)
-        return model_server_config_pb2.ModelServerConfig()
-    return config

@@ -9,12 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelrepo.modelconfig import ServedModel, read_previous, render
 from modelrepo.rollouts import ModelRollout
 from sync.errors import SyncError
 from sync.files import atomic_write_text
 from sync.installer import Installer
 from sync.marker import Marker
-from sync.modelconfig import ServedModel, read_previous, render
 from sync.planner import ModelInputs, ModelPlan, plan_model, wanted_versions
 from sync.repository import Repository
 from sync.rollouts import write_rollouts

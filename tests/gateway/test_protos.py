@@ -12,7 +12,6 @@ import sys
 from typing import Any
 
 import pytest
-from google.protobuf import text_format
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -21,7 +20,6 @@ from tensorflow_serving.apis import (
     prediction_service_pb2,
 )
 from tensorflow_serving.apis import predict_pb2 as official_predict
-from tensorflow_serving.config import model_server_config_pb2
 
 from gateway._proto.dynoserve.tensorflow import tensor_pb2 as our_tensor
 from gateway._proto.dynoserve.tf_serving import (
@@ -29,9 +27,6 @@ from gateway._proto.dynoserve.tf_serving import (
 )
 from gateway._proto.dynoserve.tf_serving import (
     get_model_status_pb2 as our_status,
-)
-from gateway._proto.dynoserve.tf_serving import (
-    model_server_config_pb2 as our_config,
 )
 from gateway._proto.dynoserve.tf_serving import (
     predict_pb2 as our_predict,
@@ -183,30 +178,6 @@ def test_tensor_proto_field_numbers_match() -> None:
     ours = {f.name: f.number for f in our_tensor.TensorProto.DESCRIPTOR.fields}
     official = {f.name: f.number for f in tensor_pb2.TensorProto.DESCRIPTOR.fields}
     assert ours.items() <= official.items()
-
-
-def test_models_config_text_parses_the_same() -> None:
-    text = """
-    model_config_list {
-      config {
-        name: "shapes"
-        base_path: "/models/shapes"
-        model_platform: "tensorflow"
-        model_version_policy { specific { versions: 1 versions: 2 } }
-        version_labels { key: "stable" value: 1 }
-        version_labels { key: "canary" value: 2 }
-      }
-      config { name: "newest" model_version_policy { latest { num_versions: 2 } } }
-      config { name: "every" model_version_policy { all {} } }
-    }
-    """
-    official = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
-    ours = text_format.Parse(text, our_config.ModelServerConfig(), allow_unknown_field=True)
-    assert dict(ours.model_config_list.config[0].version_labels) == {"stable": 1, "canary": 2}
-    policy = ours.model_config_list.config[0].model_version_policy
-    assert list(policy.specific.versions) == [1, 2]
-    reparsed = model_server_config_pb2.ModelServerConfig.FromString(ours.SerializeToString())
-    assert reparsed == official
 
 
 def _gateway_python(code: str) -> subprocess.CompletedProcess[str]:

@@ -17,9 +17,9 @@ from types import TracebackType
 from typing import Any
 
 from modelrepo.exportrecord import write_record
+from modelrepo.modelconfig import read_previous
 from sync.manifest import MANIFEST_NAME
 from sync.marker import MARKER_NAME, Marker
-from sync.modelconfig import read_previous
 from sync.publish import Publisher, PublishRequest
 from sync.settings import Settings
 

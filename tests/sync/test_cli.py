@@ -293,10 +293,10 @@ def test_model_removed_from_the_export_folder_is_reported_then_pruned(tmp_path: 
 
 
 def test_sync_reads_models_config_without_flask_or_tensorflow() -> None:
-    # sync parses models.config with the gateway's generated protobuf message (gateway.catalog);
+    # sync parses models.config with modelrepo's protobuf message (modelrepo.modelconfig);
     # that must not bring the web framework or TensorFlow into the sync process.
     code = (
-        "import sys, sync.cli, sync.modelconfig; "
+        "import sys, sync.cli, modelrepo.modelconfig; "
         "print(sorted({'flask', 'werkzeug', 'tensorflow'} & set(sys.modules)))"
     )
     result = subprocess.run(

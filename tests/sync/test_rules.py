@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from modelrepo.modelconfig import ServedModel, read_previous, render
 from sync.errors import ManifestError, VersionError
 from sync.manifest import ModelManifest, VersionPolicy, parse_manifest
 from sync.marker import build_marker, parse_marker
-from sync.modelconfig import ServedModel, read_previous, render
 from sync.planner import ModelInputs, plan_model
 from tests.sync.helpers import make_version
 
