@@ -171,7 +171,9 @@ def test_a_rollout_between_metadata_and_predict_is_retried_once(fake: Any) -> No
     request = PredictRequest("m", (ImageInput(data=image_bytes("PNG")),))
     assert predictor.predict(request).version == 3
     servicer.latest, servicer.unloaded_versions = 4, {3}  # v4 loaded, v3 unloaded
-    result = predictor.predict(request)  # the cache still says latest is 3
+    # Another image: the answer cache would answer this one for version 3 (seen served < 5 s ago).
+    request = PredictRequest("m", (ImageInput(data=image_bytes("PNG", color="blue")),))
+    result = predictor.predict(request)  # the resolver's cache still says latest is 3
     assert result.version == 4
     assert result.items[0].predictions is not None
     pinned = PredictRequest("m", request.images, version=3)
