@@ -253,6 +253,14 @@ def _model_schemas() -> dict[str, Any]:
                 "error": {"type": "string"},
             },
         },
+        "LabelMove": {
+            "type": "object",
+            "required": ["serving", "target"],
+            "properties": {
+                "serving": {"type": "integer", "nullable": True},
+                "target": {"type": "integer"},
+            },
+        },
         "Model": {
             "type": "object",
             "required": ["name", "versions", "labels"],
@@ -260,7 +268,18 @@ def _model_schemas() -> dict[str, Any]:
                 "name": {"type": "string"},
                 "versions": {"type": "array", "items": _ref("VersionStatus")},
                 "labels": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "label_moves": {
+                    "type": "object",
+                    "description": "Labels models.config has moved that the model server has"
+                    " not applied yet (present only then): ?label= is answered by `serving`"
+                    " (null: not yet) until it is answered by `target`",
+                    "additionalProperties": _ref("LabelMove"),
+                },
                 "signature": {"type": "object", "description": "Inputs and outputs served"},
+                "signature_version": {
+                    "type": "integer",
+                    "description": "The version the signature was read from (the latest)",
+                },
                 "num_classes": {"type": "integer", "nullable": True},
             },
         },

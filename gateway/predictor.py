@@ -88,7 +88,10 @@ class ModelServerPredictor:
         self.catalog = catalog or ModelCatalog(settings.models, settings.model_config_file)
         self.metrics = metrics
         self.versions = VersionResolver(
-            self.client, rollouts=RolloutTable(settings.rollouts_file), metrics=metrics
+            self.client,
+            rollouts=RolloutTable(settings.rollouts_file),
+            metrics=metrics,
+            catalog=self.catalog,
         )
         self.explain = NotFoundExplainer(self.client, self.catalog, settings.sync_status_file)
         self.images = ImagePreparer(
@@ -269,7 +272,10 @@ class ModelServerPredictor:
     def list_models(self, request_id: str = "") -> list[ModelInfo]:
         infos = []
         for name, entry in sorted(self.catalog.entries().items()):
-            infos.append(ModelInfo(name, self._versions(name, request_id), entry.labels))
+            versions = self._versions(name, request_id)
+            infos.append(ModelInfo(name, versions, entry.labels))
+            if any(v.state == "AVAILABLE" for v in versions):
+                infos[-1].label_moves = self.versions.pending_moves(name, request_id)
         return infos
 
     def describe(self, model: str, request_id: str = "") -> ModelInfo:
@@ -280,8 +286,9 @@ class ModelServerPredictor:
         info = ModelInfo(model, versions, entry.labels if entry else {})
         if any(v.state == "AVAILABLE" for v in versions):
             meta = self.versions.resolve(model, None, None, request_id)
-            info.extra["signature_version"] = meta.version
+            info.signature_version = meta.version
             info.signature, info.num_classes = describe_signature(self._signature(meta))
+            info.label_moves = self.versions.pending_moves(model, request_id)
         return info
 
     def _versions(self, model: str, request_id: str) -> list[VersionInfo]:

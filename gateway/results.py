@@ -77,16 +77,28 @@ class VersionInfo:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class LabelMove:
+    """A label models.config has moved that the model server has not applied yet: `?label=` is
+    answered by `serving` (None: not at all yet) until it answers by `target`."""
+
+    serving: int | None
+    target: int
+
+
 @dataclass
 class ModelInfo:
-    """A model as /v1/models describes it; `signature` only in the single-model view."""
+    """A model as /v1/models describes it; `signature` only in the single-model view, with the
+    version it was read from (the latest). `labels` is where models.config points each label;
+    `label_moves` the ones the model server does not answer from there yet."""
 
     name: str
     versions: list[VersionInfo]
     labels: dict[str, int]
     signature: dict[str, Any] | None = None
     num_classes: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    signature_version: int | None = None
+    label_moves: dict[str, LabelMove] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

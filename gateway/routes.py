@@ -307,7 +307,13 @@ def render_model(info: ModelInfo) -> dict[str, Any]:
         ],
         "labels": info.labels,
     }
+    if info.label_moves:
+        body["label_moves"] = {
+            label: {"serving": move.serving, "target": move.target}
+            for label, move in sorted(info.label_moves.items())
+        }
     if info.signature is not None:
         body["signature"] = info.signature
+        body["signature_version"] = info.signature_version
         body["num_classes"] = info.num_classes
     return body

@@ -9,12 +9,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.catalog import ModelCatalog
 from gateway.client import ModelServerClient, VersionMetadata, VersionStatus
 from gateway.errors import (
     GatewayError,
+    InvalidArgument,
     LabelNotFound,
     ModelNotFound,
     ModelNotReady,
@@ -22,14 +24,19 @@ from gateway.errors import (
     VersionNotFound,
 )
 from gateway.metrics import Metrics
+from gateway.results import LabelMove
 from gateway.rollouts import RolloutTable
 from gateway.syncstatus import served_versions
 from modelrepo.rollouts import client_bucket, pick, random_bucket
 
 log = logging.getLogger(__name__)
 
-# How long "latest" or a label maps to the same version before we ask the server again.
+# How long "latest" or a label maps to the same version before we ask the server again (a label
+# is asked again at once when models.config moves it).
 ALIAS_TTL_S = 5.0
+# How long a label the model server still maps elsewhere than models.config (a move pending: the
+# server applies models.config at its next poll) keeps its answer before we ask again.
+PENDING_TTL_S = 0.5
 # TF Serving's ManagerState names for a version on its way to AVAILABLE.
 LOADING_STATES = ("START", "LOADING")
 # The route (metric label) of requests that name no label: empty, as no label can be.
@@ -38,6 +45,11 @@ DEFAULT_ROUTE = ""
 
 class VersionResolver:
     """Caches GetModelMetadata: pinned versions for good, latest/labels for ALIAS_TTL_S.
+
+    With a catalog (models.config), a label's cached version holds only while models.config
+    still names the target it named when cached: a label move is asked of the model server at
+    once. Until the server has applied the move (its next config poll) it answers from the
+    previous target; that answer is kept PENDING_TTL_S only (pending_moves reports it).
 
     With a rollout table, a request without a version follows its route's weights (the
     label's, or the model's for an unpinned request): its client key's bucket, or a random
@@ -53,14 +65,16 @@ class VersionResolver:
         max_entries: int = 256,
         rollouts: RolloutTable | None = None,
         metrics: Metrics | None = None,
+        catalog: ModelCatalog | None = None,
     ) -> None:
         self.client = client
         self.max_entries = max_entries
         self.rollouts = rollouts
         self.metrics = metrics
+        self.catalog = catalog
         self._lock = threading.Lock()
         self._versions: OrderedDict[tuple[str, int], VersionMetadata] = OrderedDict()
-        self._aliases: dict[tuple[str, str], tuple[float, int]] = {}
+        self._aliases: dict[tuple[str, str], _Alias] = {}
         self._missing: dict[tuple[str, int], float] = {}
         """Weighted versions the model server did not have, and when that was seen."""
 
@@ -82,12 +96,13 @@ class VersionResolver:
                 picked = self._weighted(model, label, split, client_key, request_id, timeout)
                 if picked is not None:
                     return picked
+        target = self._configured(model, label)
         if version is None:
             alias = (model, label or "")
             with self._lock:
                 hit = self._aliases.get(alias)
-                if hit is not None and time.monotonic() - hit[0] < ALIAS_TTL_S:
-                    version = hit[1]
+                if hit is not None and time.monotonic() < hit.expires and hit.target == target:
+                    version = hit.version
         if version is not None:
             with self._lock:
                 cached = self._versions.get((model, version))
@@ -97,8 +112,30 @@ class VersionResolver:
         meta = self.client.metadata(
             model, version, None if version else label, request_id, timeout=timeout
         )
-        self._store(meta, None if version else (model, label or ""))
+        self._store(meta, None if version else (model, label or ""), target)
         return meta
+
+    def pending_moves(self, model: str, request_id: str = "") -> dict[str, LabelMove]:
+        """Labels models.config has moved that the model server does not answer from the new
+        target yet: label -> (the version `?label=` is answered from now, None: none, and the
+        target). Empty without a catalog or once every move is applied."""
+        entry = self.catalog.get(model) if self.catalog is not None else None
+        moves: dict[str, LabelMove] = {}
+        for label, target in (entry.labels if entry is not None else {}).items():
+            try:
+                serving: int | None = self.resolve(model, None, label, request_id).version
+            except (NotFound, InvalidArgument):  # the server knows no such label (yet)
+                serving = None
+            if serving != target:
+                moves[label] = LabelMove(serving, target)
+        return moves
+
+    def _configured(self, model: str, label: str | None) -> int | None:
+        """The version models.config points `label` at (None: no label, catalog or entry)."""
+        if label is None or self.catalog is None:
+            return None
+        entry = self.catalog.get(model)
+        return None if entry is None else entry.labels.get(label)
 
     def _weighted(
         self,
@@ -152,13 +189,17 @@ class VersionResolver:
         if self.metrics is not None and version is not None:
             self.metrics.rollout_assignments.labels(model, route, str(version), draw).inc()
 
-    def _store(self, meta: VersionMetadata, alias: tuple[str, str] | None) -> None:
+    def _store(
+        self, meta: VersionMetadata, alias: tuple[str, str] | None, target: int | None
+    ) -> None:
         with self._lock:
             self._versions[(meta.model, meta.version)] = meta
             while len(self._versions) > self.max_entries:
                 self._versions.popitem(last=False)
             if alias is not None:
-                self._aliases[alias] = (time.monotonic(), meta.version)
+                pending = target is not None and meta.version != target
+                ttl = PENDING_TTL_S if pending else ALIAS_TTL_S
+                self._aliases[alias] = _Alias(time.monotonic() + ttl, meta.version, target)
 
     def forget(self, model: str) -> None:
         """Drop what we know of `model` (its versions changed under us)."""
@@ -169,6 +210,16 @@ class VersionResolver:
                 del self._aliases[alias]
             for key in [k for k in self._missing if k[0] == model]:
                 del self._missing[key]
+
+
+@dataclass(frozen=True)
+class _Alias:
+    """A cached answer for "latest" or a label: until when, which version, and the version
+    models.config named for the label then (None: latest, or no catalog)."""
+
+    expires: float
+    version: int
+    target: int | None
 
 
 class NotFoundExplainer:
