@@ -106,7 +106,7 @@ class Settings(EnvSettings):
     retry_after_s: int = env("DYNOSERVE_RETRY_AFTER_S", 1)
     """Retry-After seconds sent with 503 answers."""
     shutdown_timeout_s: float = env("DYNOSERVE_SHUTDOWN_TIMEOUT_S", 12.0)
-    """On SIGTERM, how long in-flight requests may finish (supervisord stopwaitsecs is 15 s)."""
+    """On SIGTERM, how long in-flight requests may finish (supervisord stopwaitsecs is 14 s)."""
     log_level: str = env("DYNOSERVE_LOG_LEVEL", "INFO")
     """Python log level of the JSON logs on stdout."""
     sync_status_file: Path = env(
