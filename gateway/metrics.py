@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.syncstatus import read_status
+from modelrepo.syncstatus import ModelStatus, read_status
 
 # `_created` series double the exposition for no use here.
 disable_created_metrics()
@@ -213,21 +213,16 @@ class SyncStatusCollector(Collector):
         status = read_status(self.path)
         if status is None:
             return
-        numbers = {
-            k: float(v)
-            for k, v in status.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        }
-        for key, value in sorted(numbers.items()):
+        for key, value in sorted(status.numbers().items()):
             name = "dynoserve_sync_" + "".join(c if c.isalnum() else "_" for c in key)
             if key.endswith("_total"):  # sync's counters: they only grow within one process
                 yield CounterMetricFamily(name, f"sync status field {key!r}", value=value)
             else:
                 yield GaugeMetricFamily(name, f"sync status field {key!r}", value=value)
-        yield _failed_versions(status.get("models"))
+        yield _failed_versions(status.models)
 
 
-def _failed_versions(models: object) -> Metric:
+def _failed_versions(models: dict[str, ModelStatus]) -> Metric:
     """One series per version sync could not bring to the model server (download, checksum or
     load failure), so an alert can name it; gone once the version is fixed or removed."""
     family = GaugeMetricFamily(
@@ -235,8 +230,7 @@ def _failed_versions(models: object) -> Metric:
         "1 for each version in the bucket that failed to download, verify or load.",
         labels=["model", "version"],
     )
-    for model, body in sorted(models.items()) if isinstance(models, dict) else ():
-        failed = body.get("failed_versions") if isinstance(body, dict) else None
-        for version in sorted(failed) if isinstance(failed, dict) else ():
-            family.add_metric([str(model), str(version)], 1.0)
+    for model, body in sorted(models.items()):
+        for version in sorted(body.failed_versions):
+            family.add_metric([model, version], 1.0)
     return family

@@ -5,22 +5,14 @@ versions failed, so /v1/models/<m> shows them with their error."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-# The fields /readyz repeats; the whole file's schema is in docs/sync.md.
+from modelrepo.syncstatus import read_status
+
+# The fields /readyz repeats; the whole file's schema is modelrepo/syncstatus.py (docs/sync.md).
 FIELDS = ("boot_completed_at", "degraded", "last_error", "consecutive_failures", "last_success_at")
 MAX_ERROR_CHARS = 500
-
-
-def read_status(path: Path) -> dict[str, Any] | None:
-    """The whole status file; None when it is missing, unreadable or not a JSON object."""
-    try:
-        status = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return status if isinstance(status, dict) else None
 
 
 def sync_summary(path: Path) -> dict[str, Any] | None:
@@ -28,7 +20,7 @@ def sync_summary(path: Path) -> dict[str, Any] | None:
     status = read_status(path)
     if status is None:
         return None
-    summary = {name: status.get(name) for name in FIELDS}
+    summary = {name: getattr(status, name) for name in FIELDS}
     if isinstance(summary["last_error"], str):
         summary["last_error"] = summary["last_error"][:MAX_ERROR_CHARS]
     return summary
@@ -36,27 +28,20 @@ def sync_summary(path: Path) -> dict[str, Any] | None:
 
 def served_versions(path: Path, model: str) -> set[int]:
     """The versions sync last wrote into models.config for `model`; empty when unknown."""
-    try:
-        return {int(v) for v in _model_field(path, model, "served")}
-    except (ValueError, TypeError):
-        return set()
+    status = read_status(path)
+    entry = status.models.get(model) if status is not None else None
+    return set(entry.served) if entry is not None else set()
 
 
 def failed_versions(path: Path, model: str) -> dict[int, str]:
     """Versions of `model` sync could not download, verify or get loaded, with why; {} if none."""
+    status = read_status(path)
+    entry = status.models.get(model) if status is not None else None
     try:
-        failed = _model_field(path, model, "failed_versions")
-        return {int(v): str(why)[:MAX_ERROR_CHARS] for v, why in failed.items()}
-    except (ValueError, TypeError, AttributeError):
+        failed = entry.failed_versions.items() if entry is not None else ()
+        return {int(v): why[:MAX_ERROR_CHARS] for v, why in failed}
+    except ValueError:
         return {}
-
-
-def _model_field(path: Path, model: str, field: str) -> Any:
-    """`models.<model>.<field>` of the status file, or None when any step is missing."""
-    try:
-        return (read_status(path) or {})["models"][model][field]
-    except (KeyError, TypeError):
-        return None
 
 
 def not_ready_reason(models: dict[str, str], sync: dict[str, Any] | None) -> str:

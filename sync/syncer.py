@@ -11,6 +11,7 @@ from pathlib import Path
 
 from modelrepo.modelconfig import ServedModel, read_previous, render
 from modelrepo.rollouts import ModelRollout
+from modelrepo.syncstatus import ModelStatus
 from sync.errors import SyncError
 from sync.files import atomic_write_text
 from sync.installer import Installer
@@ -21,7 +22,7 @@ from sync.rollouts import write_rollouts
 from sync.server_status import ServerStatus, VersionState
 from sync.settings import Settings
 from sync.source import Listing, Source
-from sync.status import ModelStatus, StatusBook
+from sync.status import StatusBook
 
 log = logging.getLogger(__name__)
 

@@ -126,9 +126,13 @@ def test_sync_status_in_metrics(make_client: Any, tmp_path: Any) -> None:
     status = tmp_path / "sync-status.json"
     client = make_client(sync_status_file=status)
     assert "dynoserve_sync_" not in client.get("/metrics").get_data(as_text=True)
-    status.write_text(json.dumps({"last_success_unixtime": 1700000000, "ok": True, "state": "x"}))
+    # Read through the status file's typed record (modelrepo.syncstatus): its numbers only.
+    body = {"last_success_unix": 1700000000, "passes_total": 3, "ok": 1, "state": "x"}
+    status.write_text(json.dumps(body))
     text = client.get("/metrics").get_data(as_text=True)
-    assert "dynoserve_sync_last_success_unixtime 1.7e+09" in text
+    assert "dynoserve_sync_last_success_unix 1.7e+09" in text
+    assert "dynoserve_sync_passes_total 3.0" in text
+    assert "dynoserve_sync_ok" not in text
 
 
 def test_openapi_is_valid_and_lists_every_route(client: Any) -> None:
