@@ -30,7 +30,7 @@ from sync.manifest import (
     weight_problems,
 )
 from sync.manifest import parse_policy as parse_policy_text
-from sync.manifests import BucketManifests, FolderManifests, ManifestStore
+from sync.manifest_store import BucketManifests, FolderManifests, ManifestStore
 from sync.settings import Settings
 
 log = logging.getLogger("sync.labels")

@@ -31,7 +31,7 @@ from modelrepo.exportrecord import RECORD_NAME, describe_folder, read_record
 from sync.cli import start_tool
 from sync.errors import ConfigError, PublishError, SyncError
 from sync.manifest import MANIFEST_NAME, ModelManifest
-from sync.manifests import BucketManifests, FolderManifests
+from sync.manifest_store import BucketManifests, FolderManifests
 from sync.marker import MARKER_NAME, Marker, build_marker, check_layout
 from sync.progress import Progress
 from sync.s3 import ProgressSubscriber, make_client, s3_errors, transfer_config

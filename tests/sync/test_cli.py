@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sync.local import LocalSource
-from sync.manifests import BucketManifests
+from sync.manifest_store import BucketManifests
 from sync.repository import Repository
 from sync.settings import Settings
 from sync.syncer import Syncer
