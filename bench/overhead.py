@@ -46,6 +46,7 @@ MODEL_DIR = REPO_ROOT / "var" / "bench-models"
 PY_SPY = REPO_ROOT / ".venv" / "bin" / "py-spy"
 CLIENTS = (1, 32, 100)
 TINY = "tiny"
+TOTAL = "(process)"
 RATE = 500  # py-spy samples per second
 IMAGES = 8
 BATCH = 32
@@ -81,18 +82,25 @@ class Processes:
         }
 
     def snapshot(self) -> dict[str, dict[str, float]]:
-        return {role: cpu_by_thread(pid) for role, pid in self.pids.items()}
+        """Per process: CPU seconds by live thread name, and the process's own total under
+        TOTAL (/proc/PID/stat also counts threads that have exited since)."""
+        return {
+            role: {**cpu_by_thread(pid), TOTAL: procstat.cpu_seconds(pid) or 0.0}
+            for role, pid in self.pids.items()
+        }
 
 
 def per_request(
     before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], count: int
 ) -> dict[str, Any]:
-    """CPU ms per request for each process, in all and by thread name (the largest first)."""
+    """CPU ms per request for each process, in all and by thread name (the largest first;
+    "(exited threads)" is what threads that ended during the step used)."""
     out: dict[str, Any] = {}
     for role, threads in after.items():
         used = {n: s - before[role].get(n, 0.0) for n, s in threads.items()}
-        total = sum(used.values())
-        by_thread = {n: round(1000 * s / count, 2) for n, s in used.items() if s > 0}
+        total = used.pop(TOTAL)
+        used["(exited threads)"] = total - sum(used.values())
+        by_thread = {n: round(1000 * s / count, 2) for n, s in used.items() if s > 0.0005}
         out[role] = {
             "cpu_ms": round(1000 * total / count, 2),
             "threads": dict(sorted(by_thread.items(), key=lambda kv: -kv[1])[:8]),
