@@ -156,7 +156,9 @@ class ModelServerPredictor:
             tensors = [p for _, p in payloads]
             # Answers recalled for this version forbid answering the rest from another one.
             fixed = recall is not None and recall.any_found
-            output, infer_s = self._infer_once_more(request, meta, prepared.plan, tensors, fixed)
+            output, infer_s = self._infer_with_rollout_retry(
+                request, meta, prepared.plan, tensors, fixed
+            )
             result.version = output.version or meta.version
             result.inference_ms = infer_s * 1000
             indices = [i for i, _ in payloads]
@@ -167,7 +169,7 @@ class ModelServerPredictor:
         result.total_ms = (time.perf_counter() - prepared.started) * 1000
         return result
 
-    def _infer_once_more(
+    def _infer_with_rollout_retry(
         self,
         request: PredictRequest,
         meta: VersionMetadata,

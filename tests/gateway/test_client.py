@@ -167,7 +167,9 @@ def test_a_rollout_between_metadata_and_predict_is_retried_once(fake: Any) -> No
     from tests.imagehost import image_bytes
 
     servicer, client = fake
-    predictor = ModelServerPredictor(Settings(), client=client)
+    # The answer cache off: it would answer the same image again from version 3, served a
+    # moment ago, without the Predict this test is about.
+    predictor = ModelServerPredictor(Settings(answer_cache_bytes=0), client=client)
     request = PredictRequest("m", (ImageInput(data=image_bytes("PNG")),))
     assert predictor.predict(request).version == 3
     servicer.latest, servicer.unloaded_versions = 4, {3}  # v4 loaded, v3 unloaded
