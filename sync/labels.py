@@ -164,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy = parse_policy_text(args.policy) if args.policy else None
         weights = _weights_change(args)
     except ManifestError as exc:
-        log.error("%s", exc)
+        # The code in the message too: through make, make exits 2 and shows it as "Error 64".
+        log.error("labels not changed (exit %d): %s", EX_USAGE, exc)
         return EX_USAGE
     try:
         store = open_store(Settings.from_env(os.environ))
@@ -176,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             store.close()
     except (SyncError, SettingsError) as exc:
-        log.error("labels not changed: %s", exc)
+        log.error("labels not changed (exit %d): %s", exc.exit_code, exc)
         return exc.exit_code
     return 0
 
