@@ -60,6 +60,13 @@ class InvalidParameter(BadRequest):
     code = "invalid_parameter"
 
 
+class RepeatedParameter(InvalidParameter):
+    """A query parameter or form field given more than once: which one was meant is unknown,
+    so none is picked silently."""
+
+    code = "repeated_parameter"
+
+
 class InvalidImageUrl(BadRequest):
     code = "invalid_image_url"
 

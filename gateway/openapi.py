@@ -11,10 +11,17 @@ from typing import Any
 from gateway import __version__
 from gateway.answercache import CACHE_HEADER
 from gateway.errors import DEADLINE_STAGES
+from gateway.fetch import MAX_URL_LENGTH
 from gateway.rollouts import CLIENT_KEY_HEADER, CLIENT_KEY_PARAM, VERSION_HEADER
 from gateway.settings import Settings
 from gateway.v2.openapi import v2_paths, v2_schemas
-from modelrepo import MODEL_NAME_PATTERN
+from modelrepo.api import (
+    MAX_TOP_K,
+    MAX_VERSION,
+    label_pattern,
+    model_name_pattern,
+    number_pattern,
+)
 from modelrepo.rollouts import MAX_CLIENT_KEY_CHARS
 
 _JSON = "application/json"
@@ -33,7 +40,10 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _ERRORS = {
-    "400": _error("Malformed request, image URL or parameter"),
+    "400": _error(
+        "Malformed request, image URL or parameter; a query or form parameter given more than "
+        "once (repeated_parameter)"
+    ),
     "401": _error("Missing or wrong API key (only when keys are configured)"),
     "404": _error("Unknown model, version or label"),
     "413": _error("Image or request body too large"),
@@ -66,27 +76,37 @@ _MODEL_PARAM = {
     "name": "model",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": f"^{MODEL_NAME_PATTERN.pattern}$"},
+    "schema": {"type": "string", "pattern": model_name_pattern()},
+}
+# The rules of modelrepo.api; routes.py enforces the same (test_openapi_rules.py checks both).
+_VERSION = {"type": "integer", "minimum": 1, "maximum": MAX_VERSION}
+_LABEL = {"type": "string", "pattern": label_pattern()}
+_TOP_K = {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K}
+# Rules between fields (not both version and label) in the bodies' schemas.
+_NOT_BOTH_PINS = {"not": {"required": ["version", "label"]}}
+_ONCE = " Not empty, and given once (else 400 invalid_parameter, repeated_parameter)."
+# version, label and top_k as one exploded object parameter (`?version=2&top_k=3`): the one way
+# OpenAPI 3.0 can say a rule between query parameters (here: not both version and label).
+_SELECTOR_PARAM = {
+    "name": "options",
+    "in": "query",
+    "style": "form",
+    "explode": True,
+    "description": "Which version answers (a version number or a label, not both; without "
+    "either the latest) and how many classes (top_k).",
+    "schema": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "version": _VERSION | {"description": "Pin a version number." + _ONCE},
+            "label": _LABEL | {"description": "Pin a version label (stable, canary)." + _ONCE},
+            "top_k": _TOP_K | {"description": "Classes to return, best first." + _ONCE},
+        },
+        **_NOT_BOTH_PINS,
+    },
 }
 _SELECTOR_PARAMS = [
-    {
-        "name": "version",
-        "in": "query",
-        "description": "Pin a version number; without version or label the latest is used.",
-        "schema": {"type": "integer", "minimum": 1},
-    },
-    {
-        "name": "label",
-        "in": "query",
-        "description": "Pin a version label from models.config (e.g. stable, canary).",
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-]{0,63}$"},
-    },
-    {
-        "name": "top_k",
-        "in": "query",
-        "description": "How many classes to return, best first.",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
-    },
+    _SELECTOR_PARAM,
     {
         "name": CLIENT_KEY_PARAM,
         "in": "query",
@@ -148,31 +168,44 @@ def _schemas(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _as_text(number: dict[str, Any]) -> dict[str, Any]:
+    """A bounded integer as a form field's text (digits; leading zeros allowed)."""
+    return {"type": "string", "pattern": number_pattern(number["maximum"])}
+
+
 def _body_options(as_text: bool = False) -> dict[str, Any]:
-    """version / label / top_k in a body, as in the query string (if both: they must agree)."""
-    number = {"type": "string", "pattern": "^[0-9]+$"} if as_text else {"type": "integer"}
-    return {
-        "version": {**number, "description": "Same as the query parameter."},
-        "label": {"type": "string", "description": "Same as the query parameter."},
-        "top_k": {**number, "description": "Same as the query parameter."},
-    }
+    """version / label / top_k in a body, as in the query string (if both: they must agree);
+    in JSON a number may also be given as its digits."""
+    same = {"description": "Same as the query parameter."}
+    if as_text:
+        version, top_k = _as_text(_VERSION), _as_text(_TOP_K)
+    else:
+        version = {"anyOf": [_VERSION, _as_text(_VERSION)]}
+        top_k = {"anyOf": [_TOP_K, _as_text(_TOP_K)]}
+    return {"version": version | same, "label": _LABEL | same, "top_k": top_k | same}
+
+
+_ONE_IMAGE = {"oneOf": [{"required": ["image_url"]}, {"required": ["image_b64"]}]}
 
 
 def _request_schemas(settings: Settings) -> dict[str, Any]:
-    url = {"type": "string", "format": "uri", "maxLength": 2048}
+    url = {"type": "string", "format": "uri", "minLength": 1, "maxLength": MAX_URL_LENGTH}
     b64 = {"type": "string", "format": "byte", "description": "Base64 image (data: URL allowed)"}
-    options = "version, label and top_k may also be given here; if the query string gives one "
-    options += "too, both must agree (else 400 conflicting_parameter)."
+    options = "version, label and top_k may also be given here (not both version and label); "
+    options += "if the query string gives one too, both must agree (else 400 "
+    options += "conflicting_parameter)."
     return {
         "Image": {
             "type": "object",
             "description": "Exactly one of image_url or image_b64.",
             "properties": {"image_url": url, "image_b64": b64},
+            **_ONE_IMAGE,
         },
         "ImageRequest": {
             "type": "object",
             "description": "Exactly one of image_url or image_b64. " + options,
             "properties": {"image_url": url, "image_b64": b64, **_body_options()},
+            "allOf": [_ONE_IMAGE, _NOT_BOTH_PINS, {"not": {"required": ["images"]}}],
         },
         "BatchRequest": {
             "type": "object",
@@ -187,6 +220,7 @@ def _request_schemas(settings: Settings) -> dict[str, Any]:
                 },
                 **_body_options(),
             },
+            **_NOT_BOTH_PINS,
         },
     }
 
@@ -288,12 +322,27 @@ def _model_schemas() -> dict[str, Any]:
 
 def _predict_post() -> dict[str, Any]:
     single = {"oneOf": [_ref("ImageRequest"), _ref("BatchRequest")]}
-    upload = {"image": {"type": "string", "format": "binary"}, "image_url": {"type": "string"}}
-    form = {"type": "object", "properties": {**upload, **_body_options(as_text=True)}}
+    url = {"type": "string", "minLength": 1}
+    upload = {"image": {"type": "string", "format": "binary"}, "image_url": url}
+    # "not both version and label" without `not`: schemathesis 4.32 cannot judge a `not` next
+    # to a binary field (ValueError: Unsupported type: 'Binary'). A form field is never null,
+    # so `{"enum": [None]}` says "absent".
+    absent = {"enum": [None]}
+    form = {
+        "type": "object",
+        "description": "The file image, else image_url; not both version and label.",
+        "properties": {**upload, **_body_options(as_text=True)},
+        "anyOf": [
+            {"required": [image], "properties": {pin: absent}}
+            for image in ("image", "image_url")
+            for pin in ("version", "label")
+        ],
+    }
     urlencoded = {
         "type": "object",
         "required": ["image_url"],
-        "properties": {"image_url": {"type": "string"}, **_body_options(as_text=True)},
+        "properties": {"image_url": url, **_body_options(as_text=True)},
+        **_NOT_BOTH_PINS,
     }
     return {
         "summary": "Classify an image by URL, base64 or upload, or a batch of them",
@@ -323,7 +372,7 @@ def _predict_get() -> dict[str, Any]:
         "name": "image_url",
         "in": "query",
         "required": True,
-        "schema": {"type": "string", "maxLength": 2048},
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_URL_LENGTH},
     }
     return {
         "summary": "Classify an image by URL (for curl, browsers and load tools)",
@@ -337,23 +386,26 @@ def _predict_get() -> dict[str, Any]:
 
 
 def _predict_legacy() -> dict[str, Any]:
-    body = {
-        "type": "object",
-        "required": ["image_url", "model"],
-        "properties": {
-            "image_url": {"type": "string"},
-            "model": {"type": "string"},
-            **_body_options(),
-        },
-    }
+    def body(as_text: bool) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "required": ["image_url", "model"],
+            "properties": {
+                "image_url": {"type": "string", "minLength": 1},
+                "model": {"type": "string", "minLength": 1, "pattern": model_name_pattern()},
+                **_body_options(as_text),
+            },
+            **_NOT_BOTH_PINS,
+        }
+
     return {
         "summary": "The original API: image_url and model as form fields or JSON",
         "operationId": "predictLegacy",
         "requestBody": {
             "required": True,
             "content": {
-                _JSON: {"schema": body},
-                "application/x-www-form-urlencoded": {"schema": body},
+                _JSON: {"schema": body(as_text=False)},
+                "application/x-www-form-urlencoded": {"schema": body(as_text=True)},
             },
         },
         "responses": {

@@ -7,11 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
-from werkzeug.datastructures import FileStorage
+from werkzeug.datastructures import FileStorage, MultiDict
 
 from gateway.answercache import CACHE_HEADER
 from gateway.bodies import decode_b64, parse_json, read_body
-from gateway.errors import BadRequest, GatewayError, InvalidParameter, PayloadTooLarge
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    InvalidParameter,
+    PayloadTooLarge,
+    RepeatedParameter,
+)
 from gateway.errors import UnsupportedMediaType as UnsupportedContent
 from gateway.openapi import openapi_spec
 from gateway.results import (
@@ -22,15 +28,21 @@ from gateway.results import (
     PredictRequest,
     PredictResult,
 )
-from gateway.rollouts import client_key
+from gateway.rollouts import CLIENT_KEY_PARAM, client_key
 from gateway.settings import Settings
 from gateway.syncstatus import not_ready_reason, sync_summary
-from modelrepo import LABEL_RULE, MODEL_NAME_RULE, is_label, is_model_name
+from modelrepo.api import (
+    LABEL_RULE,
+    MAX_TOP_K,
+    MAX_VERSION,
+    MODEL_NAME_RULE,
+    SELECTOR_FIELDS,
+    is_label,
+    is_model_name,
+    parse_number,
+)
 
 bp = Blueprint("gateway", __name__)
-
-MAX_TOP_K = 100
-SELECTOR_FIELDS = ("version", "label", "top_k")
 
 
 def _settings() -> Settings:
@@ -83,6 +95,7 @@ def describe_model(model: str) -> Response:
 
 @bp.post("/v1/models/<model>:predict")
 def predict(model: str) -> Response:
+    refuse_repeats(request.args)
     images, batch = parse_images(_settings())
     params = merge_selector(request.args, _body_fields())
     return run_prediction(check_model_name(model), images, batch, params)
@@ -90,16 +103,19 @@ def predict(model: str) -> Response:
 
 @bp.get("/v1/models/<model>:predict")
 def predict_get(model: str) -> Response:
+    refuse_repeats(request.args)
     url = request.args.get("image_url")
     if not url:
         raise BadRequest("query parameter image_url is required", code="missing_image")
-    return run_prediction(check_model_name(model), (ImageInput(url=url),), False, request.args)
+    params = merge_selector(request.args, {})
+    return run_prediction(check_model_name(model), (ImageInput(url=url),), False, params)
 
 
 @bp.post("/predict")
 def predict_legacy() -> Response:
     """The original blog's endpoint: `image_url` and `model` as form fields or JSON."""
-    fields = _json_object() if request.is_json else request.form
+    refuse_repeats(request.args)
+    fields = _json_object() if request.is_json else _form()
     model, url = fields.get("model"), fields.get("image_url")
     if not isinstance(model, str) or not model:
         raise BadRequest("field model is required", code="missing_model")
@@ -110,7 +126,7 @@ def predict_legacy() -> Response:
 
 
 def run_prediction(
-    model: str, images: tuple[ImageInput, ...], batch: bool, params: Any
+    model: str, images: tuple[ImageInput, ...], batch: bool, params: Mapping[str, str]
 ) -> Response:
     version, label, k = parse_selector(params, _settings().default_top_k)
     g.model = model
@@ -141,8 +157,31 @@ def _body_fields() -> Mapping[str, Any]:
     if request.is_json:
         return _json_object()
     if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        return request.form
+        return _form()
     return {}
+
+
+def _form() -> MultiDict[str, str]:
+    """The form's fields (and files); one the API reads given twice is a 400."""
+    refuse_repeats(request.form, "form field")
+    refuse_repeats(request.files, "form field")
+    return request.form
+
+
+# The query parameters and form fields the API reads (others are ignored, repeated or not).
+READ_FIELDS = frozenset({*SELECTOR_FIELDS, "image_url", "image", "model", CLIENT_KEY_PARAM})
+
+
+def refuse_repeats(fields: MultiDict[str, Any], kind: str = "query parameter") -> None:
+    """A field the API reads given twice (`?version=1&version=2`) is refused (400
+    repeated_parameter): a MultiDict's get() would answer the first and drop the rest
+    silently."""
+    for name, values in fields.lists():
+        if len(values) > 1 and name in READ_FIELDS:
+            given = ", ".join(repr(v) if isinstance(v, str) else "a file" for v in values)
+            raise RepeatedParameter(
+                f"{kind} {name} is given {len(values)} times ({given}); give it once"
+            )
 
 
 def merge_selector(query: Mapping[str, Any], body: Mapping[str, Any]) -> dict[str, str]:
@@ -151,8 +190,8 @@ def merge_selector(query: Mapping[str, Any], body: Mapping[str, Any]) -> dict[st
     never answered from one of them silently."""
     merged: dict[str, str] = {}
     for name in SELECTOR_FIELDS:
-        in_query = _option_text(name, query.get(name))
-        in_body = _option_text(name, body.get(name))
+        in_query = _option_text(name, query[name]) if name in query else None
+        in_body = _option_text(name, body[name]) if name in body else None
         if in_query is not None and in_body is not None and in_query != in_body:
             raise InvalidParameter(
                 f"{name} is {in_query!r} in the query string but {in_body!r} in the body; "
@@ -166,38 +205,40 @@ def merge_selector(query: Mapping[str, Any], body: Mapping[str, Any]) -> dict[st
 
 
 def _option_text(name: str, raw: Any) -> str | None:
-    """An option as text: strings as given, JSON integers for version/top_k; else a 400."""
-    if raw is None or raw == "":
-        return None
+    """An option as text: strings as given, JSON integers for version/top_k; else a 400 (an
+    empty one or a JSON null too: `?label=` would otherwise be answered by the latest
+    version)."""
+    if raw == "":
+        raise InvalidParameter(f"{name} is empty: give a value, or leave {name} out")
     if isinstance(raw, str):
         return raw
     if name != "label" and isinstance(raw, int) and not isinstance(raw, bool):
         return str(raw)
     kind = "a string" if name == "label" else "an integer"
-    raise InvalidParameter(f"{name} must be {kind}, got {type(raw).__name__}")
+    got = "null" if raw is None else type(raw).__name__
+    raise InvalidParameter(f"{name} must be {kind}, got {got}")
 
 
-def parse_selector(params: Any, default_k: int) -> tuple[int | None, str | None, int]:
-    """version / label / top_k, validated, from merge_selector's answer or the query string."""
+def parse_selector(params: Mapping[str, str], default_k: int) -> tuple[int | None, str | None, int]:
+    """version / label / top_k, validated (the rules of modelrepo.api), from merge_selector's
+    answer."""
     version_raw, label = params.get("version"), params.get("label")
-    if version_raw not in (None, "") and label not in (None, ""):
+    if version_raw is not None and label is not None:
         raise InvalidParameter("give either version or label, not both")
-    version = _positive_int("version", version_raw, upper=2**63 - 1)
-    if label in ("",):
-        label = None
+    version = _number("version", version_raw, upper=MAX_VERSION)
     if label is not None and not is_label(label):
         raise InvalidParameter(f"label must be {LABEL_RULE}")
-    k = _positive_int("top_k", params.get("top_k"), upper=MAX_TOP_K)
+    k = _number("top_k", params.get("top_k"), upper=MAX_TOP_K)
     return version, label, k or default_k
 
 
-def _positive_int(name: str, raw: Any, upper: int) -> int | None:
-    if raw is None or raw == "":
+def _number(name: str, text: str | None, upper: int) -> int | None:
+    if text is None:
         return None
-    text = str(raw)
-    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= upper:
+    value = parse_number(text, upper)
+    if value is None:
         raise InvalidParameter(f"{name} must be an integer from 1 to {upper}")
-    return int(text)
+    return value
 
 
 def parse_images(settings: Settings) -> tuple[tuple[ImageInput, ...], bool]:
@@ -239,7 +280,7 @@ def _parse_batch(items: Any, settings: Settings) -> tuple[ImageInput, ...]:
 def _parse_item(item: Any, settings: Settings) -> ImageInput:
     if not isinstance(item, dict):
         raise BadRequest("each image must be an object", code="invalid_batch")
-    present = [k for k in ("image_url", "image_b64") if item.get(k) is not None]
+    present = [k for k in ("image_url", "image_b64") if k in item]
     if len(present) != 1:
         raise BadRequest("give exactly one of image_url or image_b64", code="missing_image")
     if not isinstance(item[present[0]], str):
@@ -257,13 +298,14 @@ def _take_b64(item: dict[str, Any]) -> str:
 
 
 def _parse_form(settings: Settings) -> ImageInput:
+    form = _form()
     upload: FileStorage | None = request.files.get("image")
     if upload is not None:
         data = upload.read(settings.max_image_bytes + 1)
         if len(data) > settings.max_image_bytes:
             raise PayloadTooLarge(f"image is larger than {settings.max_image_bytes} bytes")
         return ImageInput(data=data)
-    url = request.form.get("image_url")
+    url = form.get("image_url")
     if url:
         return ImageInput(url=url)
     raise BadRequest("form field image (a file) or image_url is required", code="missing_image")

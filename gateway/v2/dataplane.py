@@ -26,7 +26,7 @@ from gateway.v2.codec import (
     check_size,
     float32_data,
 )
-from modelrepo import LABEL_RULE, is_label
+from modelrepo.api import LABEL_RULE, MAX_VERSION, is_label, parse_number
 
 SERVER_NAME = "dynoserve"
 EXTENSIONS = ("binary_tensor_data", "classification")
@@ -82,11 +82,14 @@ def selector(version: str | None) -> tuple[int | None, str | None]:
     """The URL's version segment: a version number, or a label (stable, canary) in its place."""
     if version is None:
         return None, None
-    if version.isascii() and version.isdigit() and 0 < int(version) < 2**63:
-        return int(version), None
+    number = parse_number(version, MAX_VERSION)
+    if number is not None:
+        return number, None
     if is_label(version):
         return None, version
-    raise InvalidParameter(f"the version must be a number from 1, or a label ({LABEL_RULE})")
+    raise InvalidParameter(
+        f"the version must be a number from 1 to {MAX_VERSION}, or a label ({LABEL_RULE})"
+    )
 
 
 class DataPlane:

@@ -7,12 +7,11 @@ from typing import Any
 
 from gateway.rollouts import CLIENT_KEY_HEADER, CLIENT_KEY_PARAM, VERSION_HEADER
 from gateway.v2.codec import DATATYPE_SIZES, HEADER_LENGTH
-from modelrepo import MODEL_NAME_PATTERN
+from modelrepo.api import model_name_pattern, version_or_label_pattern
 from modelrepo.rollouts import MAX_CLIENT_KEY_CHARS
 
 _JSON = "application/json"
 _BINARY = "application/octet-stream"
-_LABEL_OR_NUMBER = "^([1-9][0-9]{0,17}|[A-Za-z0-9][A-Za-z0-9_.\\-]{0,63})$"
 
 _ERRORS = {
     "400": "Malformed request, tensor, shape or parameter",
@@ -30,14 +29,14 @@ _MODEL = {
     "name": "model",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": f"^{MODEL_NAME_PATTERN.pattern}$"},
+    "schema": {"type": "string", "pattern": model_name_pattern()},
 }
 _VERSION = {
     "name": "version",
     "in": "path",
     "required": True,
     "description": "A version number, or a version label (stable, canary) in its place.",
-    "schema": {"type": "string", "pattern": _LABEL_OR_NUMBER},
+    "schema": {"type": "string", "pattern": version_or_label_pattern()},
 }
 
 # Weighted rollouts (docs/rollouts.md): the key that keeps a client on one version.
@@ -218,7 +217,7 @@ def v2_schemas() -> dict[str, Any]:
             "properties": {
                 "id": {"type": "string"},
                 "parameters": params,
-                "inputs": {"type": "array", "items": request_input},
+                "inputs": {"type": "array", "minItems": 1, "items": request_input},
                 "outputs": {"type": "array", "items": request_output},
             },
         },

@@ -11,7 +11,7 @@ from gateway.errors import GatewayError, UnsupportedMediaType
 from gateway.membudget import PREDICT_COPIES, body_cost, charge_more
 from gateway.results import Predictor
 from gateway.rollouts import client_key
-from gateway.routes import check_model_name
+from gateway.routes import check_model_name, refuse_repeats
 from gateway.settings import Settings
 from gateway.v2.codec import HEADER_LENGTH, parse_request, render_response
 from gateway.v2.dataplane import Caller, DataPlane
@@ -36,6 +36,7 @@ def _plane() -> DataPlane:
 
 
 def _caller() -> Caller:
+    refuse_repeats(request.args)
     key = client_key(request.args, request.headers)
     return Caller(g.request_id, g.get("client", ""), g.get("deadline"), key)
 
