@@ -271,6 +271,9 @@ class BatchScheduler:
         merged: Arrays = {}
         for key in batch[0].inputs:
             parts = [task.inputs[key] for task in batch]
+            if len(parts) == 1 and padded == size:
+                merged[key] = parts[0]  # a lone task: nothing to join, no copy
+                continue
             if padded > size:
                 # BatchingSession pads with copies of the first row of the batch.
                 first = next(part for part in parts if len(part))

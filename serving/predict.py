@@ -49,7 +49,9 @@ def prepare(servable: Servable, request: Any) -> PreparedPredict:
         _check_tensor(alias, expected.index(alias), signature.inputs[alias], request.inputs[alias])
         check_size(request.inputs[alias], alias)
     _check_total_size(request)
-    inputs = {alias: to_numpy(proto, alias) for alias, proto in request.inputs.items()}
+    inputs = {
+        alias: to_numpy(proto, alias, checked=True) for alias, proto in request.inputs.items()
+    }
     return PreparedPredict(name, inputs, _output_aliases(signature, request))
 
 

@@ -126,13 +126,15 @@ def _values_given(proto: Any) -> int:
     return len(getattr(proto, field))
 
 
-def to_numpy(proto: Any, alias: str) -> np.ndarray:
+def to_numpy(proto: Any, alias: str, checked: bool = False) -> np.ndarray:
     """The array a TensorProto describes, filled as Tensor::FromProto fills it.
 
-    INVALID_ARGUMENT "tensor parsing error" where FromProto would fail, and from check_size.
+    INVALID_ARGUMENT "tensor parsing error" where FromProto would fail, and from check_size;
+    `checked`: the caller ran check_proto and check_size on it already (predict.prepare).
     """
-    check_proto(proto, alias)
-    check_size(proto, alias)
+    if not checked:
+        check_proto(proto, alias)
+        check_size(proto, alias)
     shape = shape_of(proto)
     count = math.prod(shape)
     try:
