@@ -173,8 +173,6 @@ def test_a_rollout_between_metadata_and_predict_is_retried_once(fake: Any) -> No
     request = PredictRequest("m", (ImageInput(data=image_bytes("PNG")),))
     assert predictor.predict(request).version == 3
     servicer.latest, servicer.unloaded_versions = 4, {3}  # v4 loaded, v3 unloaded
-    # Another image: the answer cache would answer this one for version 3 (seen served < 5 s ago).
-    request = PredictRequest("m", (ImageInput(data=image_bytes("PNG", color="blue")),))
     result = predictor.predict(request)  # the resolver's cache still says latest is 3
     assert result.version == 4
     assert result.items[0].predictions is not None
