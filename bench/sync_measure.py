@@ -9,7 +9,6 @@ the gateway virtualenv as on the dyno.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -19,12 +18,13 @@ import time
 import uuid
 from pathlib import Path
 
+from devtools.fakeserver import FakeRestStatusServer
 from devtools.net import free_port, port_open
 from devtools.processes import GATEWAY_PYTHON, VENV_PYTHON, ManagedProcess, python_env, wait_for
+from devtools.s3 import s3_client
+from modelrepo.syncstatus import read_status
 from sync.publish import Publisher, PublishRequest
 from sync.settings import Settings
-from tests.sync.conftest import s3_client
-from tests.sync.helpers import FakeRestStatusServer
 
 MODEL_BYTES = 14 * 1024 * 1024
 
@@ -53,8 +53,9 @@ def boot_once(env: dict[str, str]) -> tuple[float, float, float]:
     argv = [str(GATEWAY_PYTHON), "-m", "sync", "--once"]
     subprocess.run(argv, env=python_env(env), check=True, capture_output=True)
     wall = time.monotonic() - started
-    status = json.loads(Path(env["DYNOSERVE_SYNC_STATUS_FILE"]).read_text())
-    return wall, float(status["last_pass_seconds"]), _children_cpu() - cpu_before
+    status = read_status(Path(env["DYNOSERVE_SYNC_STATUS_FILE"]))
+    assert status is not None, "sync --once wrote no status file"
+    return wall, status.last_pass_seconds, _children_cpu() - cpu_before
 
 
 def _children_cpu() -> float:

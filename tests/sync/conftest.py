@@ -8,16 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
-from tests.sync.helpers import FakeRestStatusServer
-
-
-def s3_client(endpoint: str, key: str = "testing", secret: str = "testing") -> Any:  # noqa: S107
-    return boto3.session.Session(
-        aws_access_key_id=key, aws_secret_access_key=secret, region_name="us-east-1"
-    ).client("s3", endpoint_url=endpoint)
+from devtools.fakeserver import FakeRestStatusServer
+from devtools.s3 import s3_client
 
 
 @pytest.fixture

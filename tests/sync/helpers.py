@@ -1,4 +1,5 @@
-"""Test helpers: stand-in model versions, publishing them, and a fake model-server status API.
+"""Test helpers: stand-in model versions and publishing them. The fake model-server status API
+they once held is devtools/fakeserver.py (bench/sync_measure.py uses it too).
 
 The stand-in versions are not real SavedModels (sync never loads models, it only moves and
 verifies files): random bytes named like a SavedModel's files.
@@ -8,12 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import threading
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from modelrepo.exportrecord import write_record
@@ -73,70 +70,3 @@ def version_dirs(env: Mapping[str, str], model: str) -> list[int]:
     if not folder.is_dir():
         return []
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
-
-
-class FakeRestStatusServer:
-    """A fake of TF Serving's REST model status API (`GET /v1/models/<name>`) on loopback.
-
-    Tests set `states[model] = {version: "AVAILABLE", ...}`; unknown models answer 404 as TF
-    Serving does. `serve_config()` makes it follow models.config like a well-behaved server.
-    """
-
-    def __init__(self) -> None:
-        self.states: dict[str, dict[int, str]] = {}
-        self.requests = 0
-        handler = self._handler()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def serve_config(self, env: Mapping[str, str]) -> None:
-        """Load exactly what models.config lists, as TF Serving would after its next poll."""
-        self.states = {
-            name: dict.fromkeys(versions, "AVAILABLE")
-            for name, (versions, _labels) in served(env).items()
-        }
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                fake.requests += 1
-                match = re.fullmatch(r"/v1/models/([^/]+)", self.path)
-                states = fake.states.get(match.group(1)) if match else None
-                if not states:
-                    self._reply(404, {"error": "Could not find any versions of model"})
-                    return
-                items = [
-                    {"version": str(v), "state": s, "status": {"error_code": "OK"}}
-                    for v, s in sorted(states.items())
-                ]
-                self._reply(200, {"model_version_status": items})
-
-            def _reply(self, code: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
-
-    def __enter__(self) -> FakeRestStatusServer:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()

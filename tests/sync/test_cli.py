@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.fakeserver import FakeRestStatusServer
 from sync.local import LocalSource
 from sync.manifest_store import BucketManifests
 from sync.repository import Repository
@@ -25,7 +26,7 @@ from tests.support import (
     port_open,
     python_env,
 )
-from tests.sync.helpers import FakeRestStatusServer, make_version, publish, served, version_dirs
+from tests.sync.helpers import make_version, publish, served, version_dirs
 
 
 def run(

@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 
+from devtools.fakeserver import FakeRestStatusServer
 from sync.cli import build_source
 from sync.errors import BucketNotFound
 from sync.marker import MARKER_NAME
 from sync.settings import Settings
 from sync.syncer import Syncer
 from tests.support import free_port, wait_for
-from tests.sync.helpers import FakeRestStatusServer, publish, put_manifest, served, version_dirs
+from tests.sync.helpers import publish, put_manifest, served, version_dirs
 
 
 def make_syncer(env: Mapping[str, str]) -> Syncer:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.fakeserver import FakeRestStatusServer
 from modelrepo.rollouts import ModelRollout, read_rollouts
 from sync import labels
 from sync.errors import ManifestError
@@ -16,7 +17,7 @@ from sync.local import LocalSource
 from sync.manifest import MANIFEST_NAME, parse_manifest, parse_weight_assignments
 from sync.settings import Settings
 from sync.syncer import Syncer
-from tests.sync.helpers import FakeRestStatusServer, make_version
+from tests.sync.helpers import make_version
 
 
 def test_the_manifest_carries_weights_and_renders_them_back() -> None:
