@@ -90,11 +90,13 @@ TF_TESTS := tests/serving tests/export tests/e2e tests/dyno
 test-kernels: setup apt-deps demo-model ## Re-run the TensorFlow-touching tests with one kernel family: make test-kernels ONEDNN=0 (or 1)
 	TF_ENABLE_ONEDNN_OPTS=$(or $(ONEDNN),0) $(PY) -m pytest $(TF_TESTS) $(PYTEST_ARGS)
 
-lint: setup ## ruff, mypy, the import-cycle check, hadolint and the dependency audit
+lint: setup ## ruff, mypy, the import-cycle and layer checks, hadolint and the dependency audit
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) -m devtools.importcycles
+	@# the layers (.importlinter, docs/layers.md): base <- processes <- tools; nothing imports tests
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/hadolint Dockerfile
 	@$(AUDIT)
 

@@ -1,6 +1,9 @@
 """The model repository's contract (docs/model-format.md), in one place every process imports.
 
-Standard library only: the gateway imports it, and must not pull TensorFlow or boto3 in.
+`modelrepo` is the contracts package: every file one process writes and another reads has its
+schema, writer and reader here (docs/layers.md lists them), and it imports no other package of
+the project. Standard library only, but for protobuf in `modelconfig.py` (models.config is a
+protobuf text file): the gateway imports it, and must not pull TensorFlow or boto3 in.
 
 Versions. TF Serving reads a version directory's name with `absl::SimpleAtoi`
 (tensorflow_serving/sources/storage_path/file_system_storage_path_source.cc, ParseVersionNumber;

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,20 @@ def test_the_gateway_can_import_it_without_tensorflow_or_boto3() -> None:
     source = Path(modelrepo.__file__).read_text()
     for heavy in ("tensorflow", "boto3", "botocore", "numpy"):
         assert f"import {heavy}" not in source
+
+
+def test_every_module_imports_the_standard_library_and_protobuf_only() -> None:
+    allowed = {*sys.stdlib_module_names, "google", "modelrepo"}
+    for path in Path(modelrepo.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
+                if name.startswith("google"):
+                    assert name.startswith("google.protobuf"), f"{path.name} imports {name}"
