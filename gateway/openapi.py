@@ -1,7 +1,9 @@
 """The OpenAPI 3.0 description of the gateway's HTTP API, served at /openapi.json.
 
-Kept by hand beside routes.py; tests run schemathesis against it, so a route or a response
-shape that drifts from this document fails the build.
+Kept beside routes.py; its patterns and bounds come from modelrepo/api.py, the rules routes.py
+enforces. tests/gateway/test_openapi_rules.py checks that the two agree and
+test_openapi_fuzz.py runs schemathesis against it, so a rule, a route or a response shape that
+drifts from this document fails the build.
 """
 
 from __future__ import annotations

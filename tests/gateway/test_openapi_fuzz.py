@@ -3,7 +3,7 @@ a 5xx, or a body that contradicts the schema; requests the document allows are a
 requests it forbids are refused (positive_data_acceptance, negative_data_rejection), so the
 document says every rule the server enforces. The model server is FakePredictor (named so).
 
-The same run from the command line (`--checks all`) is in docs/gateway.md#the-openapi-document.
+What it leaves out and why: docs/gateway.md, "The OpenAPI document".
 """
 
 from __future__ import annotations
