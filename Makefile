@@ -90,13 +90,15 @@ TF_TESTS := tests/serving tests/export tests/e2e tests/dyno
 test-kernels: setup apt-deps demo-model ## Re-run the TensorFlow-touching tests with one kernel family: make test-kernels ONEDNN=0 (or 1)
 	TF_ENABLE_ONEDNN_OPTS=$(or $(ONEDNN),0) $(PY) -m pytest $(TF_TESTS) $(PYTEST_ARGS)
 
-lint: setup ## ruff, mypy, the import-cycle and layer checks, hadolint and the dependency audit
+lint: setup ## ruff, mypy, the import-cycle and layer checks, OpenAPI = the rules, hadolint and the dependency audit
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) -m devtools.importcycles
 	@# the layers (.importlinter, docs/layers.md): base <- processes <- tools; nothing imports tests
 	$(VENV)/bin/lint-imports --no-cache
+	@# the OpenAPI document states the rules the server enforces (modelrepo/api.py)
+	$(PY) -m pytest -q -p no:cacheprovider tests/gateway/test_openapi_rules.py
 	$(VENV)/bin/hadolint Dockerfile
 	@$(AUDIT)
 
