@@ -37,6 +37,7 @@ from bench.images import SIZE, write_photos
 from bench.nginx import start_nginx
 from bench.slowhost import start_slowhost
 from bench.stack import MODEL, ROLES, start_stack, wait_idle
+from devtools.dynostack import Dyno
 from devtools.processes import REPO_ROOT, VENV_PYTHON, ManagedProcess, python_env
 
 CLIENTS = (1, 2, 4, 8, 16, 32, 64, 100)
@@ -133,7 +134,7 @@ def warm_batches(endpoint: str, image_urls: Sequence[str], work: Path) -> None:
 
 def run_system(
     name: str,
-    proc: ManagedProcess,
+    proc: ManagedProcess | Dyno,
     endpoint: str,
     image_urls: list[str],
     args: argparse.Namespace,
@@ -236,7 +237,7 @@ def run_hostile(
     args: argparse.Namespace,
     work: Path,
     photos: Sequence[Path],
-    stack: tuple[ManagedProcess, str],
+    stack: tuple[Dyno, str],
     endpoint: str,
     results: dict[str, Any],
 ) -> None:

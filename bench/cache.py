@@ -12,25 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from bench import procstat, siege, steps
-from bench.stack import MODEL, ROLES, entrypoint, stack_env
-from devtools.net import free_port, http_ok
-from devtools.processes import ManagedProcess
+from bench.stack import MODEL, ROLES, start_stack
+from devtools.dynostack import Dyno
 from gateway.answercache import CACHE_HEADER
 
 CACHE_BYTES = 16 * 1024 * 1024  # the gateway's default
 CLIENTS = 32  # one of the sweep's client counts, to set the two side by side
 
 
-def start_cached_stack(export_dir: Path, work: Path) -> tuple[ManagedProcess, str]:
+def start_cached_stack(export_dir: Path, work: Path) -> tuple[Dyno, str]:
     """bench/stack.py's stack, the answer cache on."""
-    work.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = stack_env(export_dir, work, port)
-    env["DYNOSERVE_ANSWER_CACHE_BYTES"] = str(CACHE_BYTES)
-    proc = ManagedProcess(entrypoint(), work / "dynoserve.log", env=env)
-    base = f"http://127.0.0.1:{port}"
-    proc.start_ready(lambda: http_ok(base + "/readyz"), timeout=300, stop_timeout=30)
-    return proc, base
+    return start_stack(export_dir, work, {"DYNOSERVE_ANSWER_CACHE_BYTES": str(CACHE_BYTES)})
 
 
 def cache_step(

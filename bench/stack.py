@@ -9,63 +9,48 @@ import time
 import urllib.request
 from pathlib import Path
 
-from devtools.net import free_port, http_ok
-from devtools.processes import GATEWAY_PYTHON, VENV_PYTHON, ManagedProcess, python_env, wait_for
+from devtools.dynostack import ROLES, Dyno, run_env
+from devtools.net import free_port
+from devtools.processes import wait_for
 
 MODEL = "mobilenet"
-
-# Process roles by command line, for CPU and memory accounting (bench.procstat).
-ROLES = (
-    ("-m gateway", "gateway"),
-    ("-m serving", "model server"),
-    ("-m sync", "sync"),
-    ("supervisord", "supervisord"),
-    ("-m dyno", "entrypoint"),
-)
-
-
-def entrypoint() -> list[str]:
-    """The command `make run` starts: supervisord behind the log-copying entrypoint."""
-    return [str(GATEWAY_PYTHON), "-m", "dyno"]
+__all__ = ["MODEL", "ROLES", "gateway_busy", "stack_env", "start_stack", "wait_idle"]
 
 
 def stack_env(
     export_dir: Path, work: Path, port: int, extra: dict[str, str] | None = None
 ) -> dict[str, str]:
     """The variables `make run` sets, plus the two a loopback benchmark needs, plus `extra`."""
-    return python_env(
+    return run_env(
+        work,
         {
             "PORT": str(port),
-            "DYNOSERVE_RUNTIME_PYTHON": str(GATEWAY_PYTHON),
-            "DYNOSERVE_MODEL_PYTHON": str(VENV_PYTHON),
-            "DYNOSERVE_MODEL_BASE_PATH": str(work / "models"),
             "DYNOSERVE_RUN_DIR": str(work),
-            "DYNOSERVE_MODEL_SERVER_GRPC_PORT": str(free_port()),
-            "DYNOSERVE_MODEL_SERVER_REST_PORT": str(free_port()),
             "DYNOSERVE_EXPORT_DIR": str(export_dir),
             # The images come from nginx on 127.0.0.1, which the gateway refuses by default.
             "DYNOSERVE_FETCH_ALLOW_PRIVATE": "true",
-            "DYNOSERVE_BIND_HOST": "127.0.0.1",
             # The sweep repeats its 8 images: it measures the model, not the answer cache
             # (the cache step turns it on for a stack of its own).
             "DYNOSERVE_ANSWER_CACHE_BYTES": "0",
             **(extra or {}),
-        }
+        },
     )
 
 
 def start_stack(
     export_dir: Path, work: Path, extra: dict[str, str] | None = None
-) -> tuple[ManagedProcess, str]:
-    """The dyno's process tree as `make run` starts it, ready (/readyz); process and base URL.
+) -> tuple[Dyno, str]:
+    """The dyno's process tree as `make run` starts it (devtools.dynostack), ready (/readyz);
+    the dyno (its log in `work`) and its base URL; stopped if it never gets ready.
     `extra`: more environment variables (settings to change for a measurement)."""
-    work.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = stack_env(export_dir, work, port, extra)
-    proc = ManagedProcess(entrypoint(), work / "dynoserve.log", env=env)
-    base = f"http://127.0.0.1:{port}"
-    proc.start_ready(lambda: http_ok(base + "/readyz"), timeout=300, stop_timeout=30)
-    return proc, base
+    env = stack_env(export_dir, work, free_port(), extra)
+    dyno = Dyno(env, name="dynoserve", work=work).start()
+    try:
+        dyno.wait_ready(timeout=300)
+    except BaseException:
+        dyno.stop()
+        raise
+    return dyno, dyno.base
 
 
 # Gauges of work the gateway holds; a gateway without one of them (older or newer) reads as 0.

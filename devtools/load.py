@@ -1,4 +1,5 @@
-"""Bounded closed-loop load on the dyno, every request classified.
+"""Bounded closed-loop load on a dyno (`ClosedLoop`, which tests/scaleout's load shares too),
+every request classified.
 
 Each client opens a new connection per request (as Heroku's router does), or with
 `keep_alive` keeps one HTTP/1.1 connection for as long as the dyno does (as a router or proxy
@@ -19,8 +20,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Self
 
-from tests.support import REPO_ROOT
+from devtools.processes import REPO_ROOT
 
 SAMPLE = REPO_ROOT / "docs" / "samples" / "red-circle.png"
 BODY = json.dumps({"image_b64": base64.b64encode(SAMPLE.read_bytes()).decode()}).encode()
@@ -38,43 +40,54 @@ class Outcome:
 
 
 @dataclass
-class Load:
-    """`clients` threads sending predictions to `port` until stop() (or each is refused)."""
+class ClosedLoop:
+    """`clients` threads on `port`, each running `client(index)` until stop() (or until it
+    returns): the closed loop every load of the tests shares. A subclass records the answers."""
 
     port: int
     clients: int = 4
+    stop_timeout_s: float = field(default=30.0, kw_only=True)
+    _stop: threading.Event = field(default_factory=threading.Event, kw_only=True, repr=False)
+    _threads: list[threading.Thread] = field(default_factory=list, kw_only=True, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, kw_only=True, repr=False)
+
+    def client(self, index: int) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        for i in range(self.clients):
+            thread = threading.Thread(target=self.client, args=(i,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.stop_timeout_s if timeout is None else timeout)
+        assert not any(t.is_alive() for t in self._threads), "a load client hung"
+
+    def wait_done(self, timeout: float) -> None:
+        """Until every client has stopped by itself, at most `timeout`."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.stop()
+
+
+@dataclass
+class Load(ClosedLoop):
+    """`clients` threads sending predictions to `port` until stop() (or each is refused)."""
+
     stop_when_refused: bool = True
     bodies: tuple[bytes, ...] = (BODY,)
     """Client i sends bodies[i % len(bodies)]."""
     keep_alive: bool = False
     """Each client keeps its connection between requests (a new one once the dyno closed it)."""
     outcomes: list[Outcome] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def start(self) -> Load:
-        for i in range(self.clients):
-            body = self.bodies[i % len(self.bodies)]
-            thread = threading.Thread(target=self._client, args=(body,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def stop(self, timeout: float = 30) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout)
-        assert not any(t.is_alive() for t in self._threads), "a load client hung"
-
-    def wait_done(self, timeout: float) -> None:
-        """Until every client has stopped by itself (refused), at most `timeout`."""
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        self.stop()
-
-    def _client(self, body: bytes) -> None:
+    def client(self, index: int) -> None:
+        body = self.bodies[index % len(self.bodies)]
         kept = KeptConnection(self.port) if self.keep_alive else None
         try:
             while not self._stop.is_set():

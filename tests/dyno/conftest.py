@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.dyno.stack import Dyno, Layout, TcpSwitch, can_switch_user, image_env
+from devtools.dynostack import Dyno
+from tests.dyno.stack import Layout, TcpSwitch, can_switch_user, image_dyno, image_env
 from tests.support import GATEWAY_PYTHON, REPO_ROOT, python_env
 
 DEMO_EXPORTS = REPO_ROOT / "exports"
@@ -111,7 +112,7 @@ def make_dyno(
     def make(layout: Layout, **extra: str) -> Dyno:
         env = image_env(layout, {**demo_bucket, "DYNOSERVE_S3_ENDPOINT_URL": s3_switch.url})
         env.update(extra)
-        dyno = Dyno(env).start()
+        dyno = image_dyno(env).start()
         started.append(dyno)
         return dyno
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.dynostack import Dyno
+from devtools.load import Load
 from serving.launcher import auto_threads
 from tests.dyno.conftest import RESULTS
-from tests.dyno.load import Load
-from tests.dyno.stack import DYNO_UID, Dyno, Layout, uid_of
+from tests.dyno.stack import DYNO_UID, Layout, programs, uid_of
 from tests.support import REPO_ROOT, http_json, wait_for
 
 pytestmark = pytest.mark.slow
@@ -55,7 +56,7 @@ def booted(make_dyno: Callable[..., Dyno], make_layout: Callable[[], Layout]) ->
 def memory_mb(dyno: Dyno, field: str) -> dict[str, float]:
     """`field` of /proc/<pid>/status (VmRSS now, VmHWM peak) per process of the dyno, in MB."""
     found = {}
-    for role, pid in dyno.processes().items():
+    for role, pid in programs(dyno).items():
         status = Path(f"/proc/{pid}/status").read_text()
         line = next(line for line in status.splitlines() if line.startswith(field + ":"))
         found[role] = round(int(line.split()[1]) / 1024, 1)
@@ -71,7 +72,7 @@ def test_binds_port_within_5s_and_becomes_ready(booted: Booted) -> None:
 
 
 def test_runs_as_the_dyno_user_with_every_program(booted: Booted) -> None:
-    roles = booted.dyno.processes()
+    roles = programs(booted.dyno)
     assert set(roles) == {"entrypoint", "supervisord", "sync", "model_server", "gateway"}, roles
     assert {role: uid_of(pid) for role, pid in roles.items()} == dict.fromkeys(roles, DYNO_UID)
 
@@ -97,7 +98,7 @@ def test_the_entrypoint_makes_the_run_dir_and_the_app_dir_stays_untouched(booted
 
 
 def test_the_model_server_threads_follow_the_cpu_quota(booted: Booted) -> None:
-    pid = booted.dyno.processes()["model_server"]
+    pid = programs(booted.dyno)["model_server"]
     with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
         argv = cmdline.read().decode().split("\0")
     cpus = auto_threads().count
@@ -109,7 +110,7 @@ def test_model_server_sigkilled_under_load_recovers_without_a_gateway_restart(
     booted: Booted,
 ) -> None:
     dyno = booted.dyno
-    before = dyno.processes()
+    before = programs(dyno)
     load = Load(dyno.port, clients=4, stop_when_refused=False).start()
     try:
         wait_for(lambda: load.counts()["ok"] >= 20, timeout=30, what="load to warm up")
@@ -120,7 +121,7 @@ def test_model_server_sigkilled_under_load_recovers_without_a_gateway_restart(
         time.sleep(1.0)  # a second of load after recovery
     finally:
         load.stop()
-    after = dyno.processes()
+    after = programs(dyno)
     recovery = _recovery_s(load, killed_at)
     counts = load.counts()
     RESULTS.append({"fault": "model server SIGKILL", **counts, "recovery_s": round(recovery, 1)})

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.dynostack import Dyno
+from devtools.load import Load
 from sync.marker import build_marker
 from tests.dyno.conftest import DEMO_EXPORTS, RESULTS, new_demo_bucket, s3_client
-from tests.dyno.load import Load
-from tests.dyno.stack import Dyno, Layout
+from tests.dyno.stack import Layout
 from tests.support import http_json, http_ok, wait_for
 from tests.sync.helpers import upload_as_is
 

@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
+from devtools.dynostack import Dyno
 from tests.dyno.conftest import RESULTS
-from tests.dyno.stack import Dyno, Layout, TcpSwitch
+from tests.dyno.stack import Layout, TcpSwitch
 from tests.support import http_json, wait_for
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,10 @@ from collections.abc import Callable
 
 import pytest
 
+from devtools.dynostack import Dyno
+from devtools.load import BODY, SAMPLE, Load, answered_in_drain, drain_times, url_body
 from tests.dyno.conftest import RESULTS
-from tests.dyno.load import BODY, SAMPLE, Load, answered_in_drain, drain_times, url_body
-from tests.dyno.stack import Dyno, Layout, signal_all
+from tests.dyno.stack import Layout, programs, signal_all
 from tests.imagehost import ImageServer
 from tests.support import wait_for
 
@@ -55,7 +56,7 @@ def test_sigterm_under_load_loses_nothing(
     slow_url = slow_image(image_server)
     dyno = make_dyno(make_layout(), DYNOSERVE_FETCH_ALLOW_PRIVATE="true")
     dyno.wait_ready()
-    roles = dyno.processes()
+    roles = programs(dyno)
     assert len(roles) == 5, roles
     bodies = (BODY, url_body(slow_url))
     load = Load(dyno.port, clients=6, bodies=bodies, keep_alive=keep_alive).start()

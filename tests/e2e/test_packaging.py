@@ -8,8 +8,8 @@ import re
 import shlex
 from pathlib import Path
 
+from devtools.dynostack import DYNO_MODULE
 from dyno.entrypoint import FIFO_NAME, PROVIDES
-from tests.dyno.stack import DYNO_MODULE
 from tests.support import REPO_ROOT
 
 SUPERVISORD_CONF = (REPO_ROOT / "supervisord.conf").read_text()

@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
+from devtools.load import Load, answered_in_drain, drain_times, url_body
 from gateway import drain
 from gateway.app import create_app
 from gateway.server import build_server, serve
 from gateway.settings import Settings
-from tests.dyno.load import Load, answered_in_drain, drain_times, url_body
 from tests.gateway.conftest import FakePredictor, Stack, start_gateway
 from tests.imagehost import ImageServer, image_bytes
 from tests.support import free_port, wait_for

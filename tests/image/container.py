@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deploy.image import Engine, RunOptions, run_argv
-from tests.dyno.stack import descendants
+from devtools.dynostack import descendants
 from tests.support import http_ok, port_open, wait_for
 
 # cgroup v1 memory files, as runc mounts the container's own cgroup at /sys/fs/cgroup/memory;

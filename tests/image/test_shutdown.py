@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dyno.load import BODY, Load, url_body
+from devtools.load import BODY, Load, url_body
 from tests.dyno.stack import signal_all
 from tests.dyno.test_shutdown import slow_image
 from tests.image.conftest import RESULTS, TEST_TIMEOUT_S

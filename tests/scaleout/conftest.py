@@ -14,10 +14,10 @@ from typing import Any
 import boto3
 import pytest
 
+from devtools.dynostack import Dyno, Router, run_env
 from sync.manifest import MANIFEST_NAME
 from tests.scaleout.load import LABEL, MODEL
-from tests.scaleout.stack import Dyno, Router, run_env
-from tests.support import GATEWAY_PYTHON, REPO_ROOT, port_open, python_env
+from tests.support import GATEWAY_PYTHON, REPO_ROOT, python_env
 
 EXPORTS = REPO_ROOT / "exports"
 PREFIX = "models"
@@ -110,15 +110,14 @@ class Fleet:
 
     def start_dyno(self) -> Dyno:
         name = f"web.{len(self.dynos) + 1}"
-        dyno = Dyno(name, self.root / name, run_env(self.root / name, self.env))
+        dyno = Dyno(run_env(self.root / name, self.env), name=name, work=self.root / name)
         self.dynos.append(dyno)
         return dyno.start()
 
     def scale_up(self) -> Dyno:
         """A new dyno, routed to as soon as its gateway binds $PORT (as Heroku's router does)."""
         dyno = self.start_dyno()
-        assert dyno.proc is not None
-        dyno.proc.wait_ready(lambda: port_open(dyno.port), timeout=60)
+        dyno.wait_port(timeout=60)
         self.router.route([d.port for d in self.dynos])
         return dyno
 

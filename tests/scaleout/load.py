@@ -1,4 +1,5 @@
-"""Closed-loop load through the router, every answer judged against what the bucket held.
+"""Closed-loop load through the router (devtools.load's `ClosedLoop`), every answer judged
+against what the bucket held.
 
 Each client thread sends, in turn, an unpinned request, one pinned to a version the bucket holds
 and one pinned to the label `stable`, each on a new connection (as Heroku's router does). The
@@ -8,7 +9,6 @@ a 404 for a version or label that was in the bucket during the whole request is 
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import threading
@@ -16,13 +16,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from tests.support import REPO_ROOT
+from devtools.load import BODY, ClosedLoop
 
 MODEL = "shapes"
 LABEL = "stable"
 KINDS = ("unpinned", "version", "label")
-SAMPLE = REPO_ROOT / "docs" / "samples" / "red-circle.png"
-BODY = json.dumps({"image_b64": base64.b64encode(SAMPLE.read_bytes()).decode()}).encode()
 
 
 @dataclass(frozen=True)
@@ -124,31 +122,15 @@ def _int(text: str | None) -> int | None:
 
 
 @dataclass
-class Load:
+class PinnedLoad(ClosedLoop):
     """`clients` threads cycling through the request kinds until stop()."""
 
-    port: int
-    truth: BucketTruth
+    truth: BucketTruth = field(kw_only=True)
     clients: int = 3
+    stop_timeout_s: float = field(default=40.0, kw_only=True)
     shots: list[Shot] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def start(self) -> Load:
-        for i in range(self.clients):
-            thread = threading.Thread(target=self._client, args=(i,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def stop(self, timeout: float = 40) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout)
-        assert not any(t.is_alive() for t in self._threads), "a load client hung"
-
-    def _client(self, index: int) -> None:
+    def client(self, index: int) -> None:
         n = 0
         while not self._stop.is_set():
             kind = KINDS[(index + n) % len(KINDS)]

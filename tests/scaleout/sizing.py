@@ -24,7 +24,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from tests.scaleout.stack import Dyno, run_env
+from devtools.dynostack import Dyno, run_env
 from tests.support import REPO_ROOT
 
 SAMPLE = REPO_ROOT / "docs" / "samples" / "blue-circle.jpg"
@@ -122,7 +122,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dynoserve-sizing-") as tmp:
         work = Path(tmp)
         env = run_env(work, {"DYNOSERVE_EXPORT_DIR": str(args.export_dir.resolve())})
-        dyno = Dyno("web.1", work, env).start()
+        dyno = Dyno(env, name="web.1", work=work).start()
         try:
             dyno.wait_ready(timeout=180)
             time.sleep(5)  # settle after warmup

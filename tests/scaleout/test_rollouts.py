@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.dynostack import Dyno
 from modelrepo.rollouts import ModelRollout, client_bucket, pick, read_rollouts
 from tests.scaleout.conftest import RESULTS, Bucket, Fleet, dyno_logs
 from tests.scaleout.load import MODEL, Shot, shoot
-from tests.scaleout.stack import Dyno
 from tests.support import GATEWAY_PYTHON, http_json, python_env, wait_for
 
 pytestmark = pytest.mark.slow

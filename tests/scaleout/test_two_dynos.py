@@ -22,11 +22,11 @@ import time
 
 import pytest
 
+from devtools.dynostack import Dyno
 from gateway.versions import ALIAS_TTL_S
 from sync.syncer import FOLLOW_UP_SECONDS
 from tests.scaleout.conftest import RESULTS, SYNC_INTERVAL_S, Bucket, Fleet, dyno_logs
-from tests.scaleout.load import KINDS, LABEL, BucketTruth, Load, Shot, tally, verdict
-from tests.scaleout.stack import Dyno
+from tests.scaleout.load import KINDS, LABEL, BucketTruth, PinnedLoad, Shot, tally, verdict
 from tests.scaleout.watch import Look, Watcher, rss_by_role
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def test_publish_move_label_remove_scale_up_under_load(bucket: Bucket, fleet: Fl
     idle = {d.name: _mb(rss_by_role(d)) for d in fleet.dynos}
     truth = BucketTruth({1}, {LABEL: 1})
     watcher = Watcher(list(fleet.dynos)).start()
-    load = Load(fleet.router_port, truth).start()
+    load = PinnedLoad(fleet.router_port, truth=truth).start()
     try:
         time.sleep(2)  # traffic on the settled fleet first
         publish_started = time.monotonic()

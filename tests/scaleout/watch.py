@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devtools.dynostack import Dyno
 from tests.scaleout.load import LABEL, MODEL, shoot
-from tests.scaleout.stack import Dyno
 from tests.support import http_json
 
 
