@@ -36,6 +36,14 @@ def best_ok_per_s(steps: Sequence[Step]) -> float | None:
     return max((s["ok_per_s"] for s in steps), default=None)
 
 
+# Issue 20's targets: throughput may not fall as clients grow (100 clients >= 0.95x the best
+# step; 64 keep the earlier 0.9x), one client waits at most 4 ms more than the model alone, and
+# the best step reaches 0.85x what the model does in-process at batch 32.
+OVERLOAD_SHARE = {64: 0.9, 100: 0.95}
+ONE_CLIENT_OVERHEAD_MS = 4
+LIMIT_SHARE = 0.85
+
+
 def overload_targets(steps: Sequence[Step]) -> list[Step]:
     """64 and 100 clients: no failure, throughput near the best, latency near the queueing bound."""
     best = best_ok_per_s(steps)
@@ -45,10 +53,14 @@ def overload_targets(steps: Sequence[Step]) -> list[Step]:
         if clients not in (64, 100):
             continue
         found.append(target(f"{clients} clients: failed requests", step["failed"], 0, at_most=True))
-        floor = 0.9 * best if best else None
+        share = OVERLOAD_SHARE[clients]
+        floor = share * best if best else None
         found.append(
             target(
-                f"{clients} clients: ok/s >= 0.9x best step", step["ok_per_s"], floor, at_most=False
+                f"{clients} clients: ok/s >= {share}x best step",
+                step["ok_per_s"],
+                floor,
+                at_most=False,
             )
         )
         rate = step["transactions_per_s"]
@@ -66,9 +78,9 @@ def one_client_targets(dyno_p50: float | None, base_p50: float | None, limit: St
     limit_p50 = limit.get("jpeg", {}).get("batch1_p50_ms")
     return [
         target(
-            "1 client p50 (ms) <= limit batch-1 JPEG p50 + 3 ms",
+            f"1 client p50 (ms) <= limit batch-1 JPEG p50 + {ONE_CLIENT_OVERHEAD_MS} ms",
             dyno_p50,
-            limit_p50 + 3 if limit_p50 is not None else None,
+            limit_p50 + ONE_CLIENT_OVERHEAD_MS if limit_p50 is not None else None,
             at_most=True,
         ),
         target(
@@ -85,9 +97,9 @@ def throughput_targets(dyno: Sequence[Step], base: Sequence[Step], limit: Step) 
     limit32 = limit.get("jpeg", {}).get("batch32_images_per_s")
     return [
         target(
-            "best ok/s >= 0.9x limit batch-32 JPEG images/s",
+            f"best ok/s >= {LIMIT_SHARE}x limit batch-32 JPEG images/s",
             best,
-            0.9 * limit32 if limit32 else None,
+            LIMIT_SHARE * limit32 if limit32 else None,
             at_most=False,
         ),
         target(

@@ -186,12 +186,12 @@ def test_targets_are_ratios_within_the_run() -> None:
     assert verdicts["64 clients: failed requests"] is True
     assert verdicts["100 clients: failed requests"] is False
     assert verdicts["64 clients: ok/s >= 0.9x best step"] is True
-    assert verdicts["100 clients: ok/s >= 0.9x best step"] is False  # 70 < 0.9 x 85
+    assert verdicts["100 clients: ok/s >= 0.95x best step"] is False  # 70 < 0.95 x 85
     assert verdicts["64 clients: |mean - clients/throughput| / bound"] is True
     assert verdicts["100 clients: |mean - clients/throughput| / bound"] is False
-    assert verdicts["1 client p50 (ms) <= limit batch-1 JPEG p50 + 3 ms"] is True
+    assert verdicts["1 client p50 (ms) <= limit batch-1 JPEG p50 + 4 ms"] is True  # 18 <= 20
     assert verdicts["1 client p50 (ms) <= 0.3x baseline 1 client p50"] is True  # 18 <= 19.5
-    assert verdicts["best ok/s >= 0.9x limit batch-32 JPEG images/s"] is True  # 85 >= 81
+    assert verdicts["best ok/s >= 0.85x limit batch-32 JPEG images/s"] is True  # 85 >= 76.5
     assert verdicts["best ok/s >= 4x baseline best ok/s"] is True  # 85 >= 84
 
 
