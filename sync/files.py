@@ -31,6 +31,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+def replace_text_if_changed(path: Path, text: str) -> bool:
+    """Write `text` to `path` atomically unless it already holds exactly that; True if written
+    (a reader polling the file by mtime sees a change only when there is one)."""
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except OSError:
+        pass
+    atomic_write_text(path, text)
+    return True
+
+
 def _fsync_dir(directory: Path) -> None:
     # The rename is only durable once the directory entry is on disk.
     fd = os.open(directory, os.O_RDONLY)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from modelrepo.rollouts import ModelRollout, WeightsError, read_rollouts, render_rollouts
-from sync.files import atomic_write_text
+from sync.files import replace_text_if_changed
 from sync.manifest import weight_problems
 from sync.planner import ModelPlan
 from sync.source import Listing
@@ -61,12 +61,7 @@ def read_previous_rollouts(path: Path) -> dict[str, ModelRollout]:
 
 
 def _store(path: Path, rollouts: Mapping[str, ModelRollout]) -> None:
-    text = render_rollouts(rollouts)
-    try:
-        if path.read_text(encoding="utf-8") == text:
-            return
-    except OSError:
-        pass
-    atomic_write_text(path, text)
+    if not replace_text_if_changed(path, render_rollouts(rollouts)):
+        return
     described = "; ".join(f"{n}: {r.describe()}" for n, r in sorted(rollouts.items()))
     log.info("wrote %s: %s", path, described or "no weights")

@@ -13,7 +13,7 @@ from modelrepo.modelconfig import ServedModel, read_previous, render
 from modelrepo.rollouts import ModelRollout
 from modelrepo.syncstatus import ModelStatus
 from sync.errors import SyncError
-from sync.files import atomic_write_text
+from sync.files import replace_text_if_changed
 from sync.installer import Installer
 from sync.marker import Marker
 from sync.planner import ModelInputs, ModelPlan, plan_model, wanted_versions
@@ -330,14 +330,9 @@ class Syncer:
         return (self.settings.model_base_path / model).resolve()
 
     def _write_config(self, plans: Mapping[str, ModelPlan]) -> None:
-        text = render(plan.served for plan in plans.values())
         path = self.settings.config_file
-        try:
-            if path.read_text(encoding="utf-8") == text:
-                return
-        except OSError:
-            pass
-        atomic_write_text(path, text)
+        if not replace_text_if_changed(path, render(plan.served for plan in plans.values())):
+            return
         self.status.config_writes_total += 1
         served = {n: p.served.versions for n, p in plans.items() if p.served.versions}
         log.info("wrote %s: %s", path, _describe(plans) or "no models")
