@@ -85,7 +85,10 @@ def cache_lines(cache: dict[str, Any], sweep: dict[str, Any] | None) -> list[str
     verdict = (
         "every request after each photo's first was a hit"
         if cache["all_hits"]
-        else f"NOT all hits: {cache['metrics']}"
+        else (
+            f"{cache['metrics']['misses']:.0f} misses for {len(cache['first'])} photos, "
+            f"{cache['metrics']['hits']:.0f} hits (a miss past a photo's first is a Predict more)"
+        )
     )
     lines = [
         f"**answer cache** (a stack of its own, DYNOSERVE_ANSWER_CACHE_BYTES="

@@ -36,7 +36,7 @@ def test_the_report_sets_cached_beside_uncached(tmp_path: Path) -> None:
 
 def test_a_step_that_was_not_all_hits_says_so() -> None:
     lines = cache.cache_lines(cache_result(all_hits=False), None)
-    assert "NOT all hits" in lines[0]
+    assert "20 misses for 8 photos, 9000 hits" in lines[0]
     assert not any("uncached" in line for line in lines)
 
 

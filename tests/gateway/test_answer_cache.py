@@ -157,6 +157,19 @@ def test_a_version_not_seen_served_lately_answers_nothing_until_confirmed() -> N
     assert counter(metrics, "dynoserve_gateway_answer_cache_evictions_total", evictions) == 2
 
 
+def test_a_request_confirms_ahead_so_its_lookup_finds_the_version_live() -> None:
+    clock = Clock()
+    cache = AnswerCache(1 << 20, Metrics(), clock)
+    cache.put(key(1), row(), None)
+    clock.now += answercache.LIVENESS_TTL_S - answercache.CHECK_AHEAD_S / 2
+    # Still live, but too close to the window's end for a request that looks up later.
+    assert cache.needs_check("m", 1)
+    cache.served("m", [1])
+    clock.now += answercache.CHECK_AHEAD_S  # the request's fetch took this long
+    assert not cache.needs_check("m", 1)
+    assert cache.get(key(1)) is not None
+
+
 def test_threads_keep_the_books_straight() -> None:
     cache = AnswerCache(30_000)
     names = ["a", "b", "c"]
