@@ -120,7 +120,7 @@ def _tiny_jpeg() -> bytes:
 
 def _decode_rank(response: Any) -> None:
     from gateway.client import decode_outputs
-    from gateway.results import ItemResult
+    from gateway.interface import ItemResult
     from gateway.topk import rank
 
     rank(decode_outputs(response), [0], [ItemResult()], 5)

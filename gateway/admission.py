@@ -28,8 +28,8 @@ from typing import Any, Protocol, runtime_checkable
 from gateway.client import VersionMetadata
 from gateway.deadline import Deadline
 from gateway.errors import GatewayError, Overloaded, TooManyRequests
+from gateway.interface import ModelInfo, Predictor, PredictRequest, PredictResult, Readiness
 from gateway.metrics import Metrics
-from gateway.results import ModelInfo, Predictor, PredictRequest, PredictResult, Readiness
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.client import PredictOutput
+from gateway.interface import ItemResult
 from gateway.metrics import Metrics
-from gateway.results import ItemResult
 from gateway.topk import top_k
 
 # How long a version seen served may answer from the cache before the model server is asked

@@ -21,11 +21,11 @@ from gateway.errors import BadRequest as GatewayBadRequest
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, Unauthorized
 from gateway.errors import PayloadTooLarge as GatewayPayloadTooLarge
 from gateway.fairness import client_identity
+from gateway.interface import Predictor
 from gateway.logs import request_id_var
 from gateway.membudget import MemoryBudget, body_cost, for_request
 from gateway.metrics import Metrics
 from gateway.predictor import ModelServerPredictor
-from gateway.results import Predictor
 from gateway.rollouts import VERSION_HEADER, offered_api_key
 from gateway.routes import bp
 from gateway.settings import Settings

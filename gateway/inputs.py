@@ -18,8 +18,8 @@ from gateway.errors import BadRequest, DeadlineExceeded, FetchCapacity, GatewayE
 from gateway.fairness import FairShares, Refusal
 from gateway.fetch import ImageFetcher
 from gateway.images import check_image, encoded_for_graph, pixels_for_graph
+from gateway.interface import ImageInput, ItemResult
 from gateway.metrics import Metrics
-from gateway.results import ImageInput, ItemResult
 from gateway.signatures import InputPlan, check_tensor
 
 Outcome = tuple[ItemResult, bytes | None]

@@ -1,6 +1,6 @@
 """The request path: resolve the version, get the images ready, one Predict call, rank the scores.
 
-Implements results.Predictor against a TF-Serving-compatible model server. Knows nothing of
+Implements interface.Predictor against a TF-Serving-compatible model server. Knows nothing of
 Flask; every failure is a GatewayError (per image for batches, so one bad URL spoils nothing).
 The parts live by role: versions.py (which version, or why none), inputs.py (images to tensor),
 topk.py (scores to ranked classes), signatures.py (what a signature takes, its JSON view).
@@ -28,8 +28,7 @@ from gateway.errors import (
 )
 from gateway.fetch import FetchPolicy, ImageFetcher
 from gateway.inputs import ImagePreparer, input_tensor
-from gateway.metrics import Metrics
-from gateway.results import (
+from gateway.interface import (
     ItemResult,
     ModelInfo,
     PredictRequest,
@@ -37,6 +36,7 @@ from gateway.results import (
     Readiness,
     VersionInfo,
 )
+from gateway.metrics import Metrics
 from gateway.rollouts import RolloutTable
 from gateway.settings import Settings
 from gateway.signatures import InputPlan, describe_signature, input_plan

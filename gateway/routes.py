@@ -19,8 +19,7 @@ from gateway.errors import (
     RepeatedParameter,
 )
 from gateway.errors import UnsupportedMediaType as UnsupportedContent
-from gateway.openapi import openapi_spec
-from gateway.results import (
+from gateway.interface import (
     ImageInput,
     ItemResult,
     ModelInfo,
@@ -28,6 +27,7 @@ from gateway.results import (
     PredictRequest,
     PredictResult,
 )
+from gateway.openapi import openapi_spec
 from gateway.rollouts import CLIENT_KEY_PARAM, client_key
 from gateway.settings import Settings
 from gateway.syncstatus import not_ready_reason, sync_summary

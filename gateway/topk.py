@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from gateway.client import PredictOutput
 from gateway.errors import ModelServerError
-from gateway.results import ItemResult, Score
+from gateway.interface import ItemResult, Score
 
 
 def top_k(scores: Sequence[float], classes: Sequence[str] | None, k: int) -> list[Score]:

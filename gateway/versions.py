@@ -23,8 +23,8 @@ from gateway.errors import (
     NotFound,
     VersionNotFound,
 )
+from gateway.interface import LabelMove
 from gateway.metrics import Metrics
-from gateway.results import LabelMove
 from gateway.rollouts import RolloutTable
 from gateway.syncstatus import served_versions
 from modelrepo.rollouts import client_bucket, pick, random_bucket

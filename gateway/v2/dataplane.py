@@ -13,7 +13,7 @@ from gateway import __version__
 from gateway.client import Signature, TensorSpec, VersionMetadata
 from gateway.deadline import Deadline
 from gateway.errors import GatewayError, InvalidParameter, LabelNotFound
-from gateway.results import ImageInput, Predictor, PredictRequest, PredictResult, Score
+from gateway.interface import ImageInput, Predictor, PredictRequest, PredictResult, Score
 from gateway.settings import Settings
 from gateway.signatures import InputPlan, input_plan
 from gateway.v2.codec import (

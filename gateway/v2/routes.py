@@ -8,8 +8,8 @@ from werkzeug.exceptions import HTTPException
 
 from gateway.bodies import read_body
 from gateway.errors import GatewayError, UnsupportedMediaType
+from gateway.interface import Predictor
 from gateway.membudget import PREDICT_COPIES, body_cost, charge_more
-from gateway.results import Predictor
 from gateway.rollouts import client_key
 from gateway.routes import check_model_name, refuse_repeats
 from gateway.settings import Settings

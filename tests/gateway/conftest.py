@@ -17,7 +17,7 @@ from gateway.app import create_app
 from gateway.client import Signature, TensorSpec, VersionMetadata
 from gateway.errors import GatewayError, ModelNotFound, NotFound
 from gateway.images import check_image
-from gateway.results import (
+from gateway.interface import (
     ItemResult,
     ModelInfo,
     PredictRequest,

@@ -161,8 +161,8 @@ def test_top_k_orders_and_breaks_ties_by_class() -> None:
 
 
 def test_a_rollout_between_metadata_and_predict_is_retried_once(fake: Any) -> None:
+    from gateway.interface import ImageInput, PredictRequest
     from gateway.predictor import ModelServerPredictor
-    from gateway.results import ImageInput, PredictRequest
     from gateway.settings import Settings
     from tests.imagehost import image_bytes
 
@@ -185,8 +185,8 @@ def test_a_rollout_between_metadata_and_predict_is_retried_once(fake: Any) -> No
 
 
 def _predict_images(client: ModelServerClient, model: str, count: int) -> Any:
+    from gateway.interface import ImageInput, PredictRequest
     from gateway.predictor import ModelServerPredictor
-    from gateway.results import ImageInput, PredictRequest
     from gateway.settings import Settings
     from tests.imagehost import image_bytes
 

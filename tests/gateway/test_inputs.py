@@ -14,8 +14,8 @@ from gateway.deadline import Deadline
 from gateway.errors import DeadlineExceeded, FetchCapacity, TooManyRequests
 from gateway.fetch import FetchPolicy, ImageFetcher
 from gateway.inputs import ImagePreparer
+from gateway.interface import ImageInput, ItemResult
 from gateway.metrics import Metrics
-from gateway.results import ImageInput, ItemResult
 from gateway.signatures import InputPlan
 from tests.imagehost import ImageServer, image_bytes
 from tests.support import wait_for

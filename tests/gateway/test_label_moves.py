@@ -17,7 +17,7 @@ from gateway.app import create_app
 from gateway.catalog import ModelCatalog
 from gateway.client import VersionMetadata
 from gateway.errors import InvalidArgument
-from gateway.results import LabelMove
+from gateway.interface import LabelMove
 from gateway.settings import Settings
 from gateway.versions import VersionResolver
 from tests.gateway.conftest import Stack

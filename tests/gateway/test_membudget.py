@@ -20,6 +20,7 @@ from gateway.errors import BadRequest as GatewayBadRequest
 from gateway.errors import ConfigError, InvalidParameter, PayloadTooLarge, TooManyRequests
 from gateway.fetch import FetchPolicy, ImageFetcher
 from gateway.images import check_image
+from gateway.interface import PredictRequest, PredictResult
 from gateway.membudget import (
     FETCHED_FACTOR,
     JSON_FACTOR,
@@ -35,7 +36,6 @@ from gateway.membudget import (
     tune_malloc,
 )
 from gateway.netguard import system_resolver
-from gateway.results import PredictRequest, PredictResult
 from gateway.settings import Settings
 from tests.gateway.conftest import FakePredictor
 from tests.imagehost import ImageServer, image_bytes

@@ -13,8 +13,8 @@ import pytest
 
 from gateway.client import VersionStatus
 from gateway.errors import GatewayError, ModelNotFound, ModelNotReady, NotFound, VersionNotFound
+from gateway.interface import ImageInput, PredictRequest
 from gateway.predictor import ModelServerPredictor
-from gateway.results import ImageInput, PredictRequest
 from gateway.settings import Settings
 
 
