@@ -157,15 +157,21 @@ def parse_model_rollout(raw: Any, where: str) -> ModelRollout:
     default = None
     if raw.get("default") is not None:
         default = check_split(raw["default"], f"{where}.default")
-    labels_raw = raw.get("labels") or {}
-    if not isinstance(labels_raw, dict):
-        raise WeightsError(f"{where}.labels must map labels to weights")
+    return ModelRollout(default, check_label_splits(raw.get("labels") or {}, f"{where}.labels"))
+
+
+def check_label_splits(raw: Any, where: str) -> dict[str, dict[int, int]]:
+    """Weights per label (`{"stable": {"1": 90, "2": 10}}`), checked; None is none."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise WeightsError(f"{where} must map labels to weights")
     labels = {}
-    for label, split in labels_raw.items():
+    for label, split in raw.items():
         if not is_label(label):
-            raise WeightsError(f"{where}.labels: bad label {label!r}: {LABEL_RULE}")
-        labels[label] = check_split(split, f"{where}.labels.{label}")
-    return ModelRollout(default, labels)
+            raise WeightsError(f"{where}: bad label {label!r}: {LABEL_RULE}")
+        labels[label] = check_split(split, f"{where}.{label}")
+    return labels
 
 
 def render_rollouts(models: Mapping[str, ModelRollout]) -> str:

@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelrepo import LABEL_RULE, MANIFEST_NAME, is_label
-from modelrepo.rollouts import ModelRollout, WeightsError, check_split, split_json
+from modelrepo.rollouts import (
+    ModelRollout,
+    WeightsError,
+    check_label_splits,
+    check_split,
+    split_json,
+)
 from sync.errors import ManifestError
 
 
@@ -124,15 +130,7 @@ MANIFEST_KEYS = ("model_version_policy", "version_labels", "version_weights", "l
 def _rollout(default: Any, per_label: Any, model: str) -> ModelRollout:
     try:
         split = None if default is None else check_split(default, f"{model}: version_weights")
-        if per_label is None:
-            per_label = {}
-        if not isinstance(per_label, dict):
-            raise WeightsError(f"{model}: label_weights must map labels to weights")
-        labels = {}
-        for label, weights in per_label.items():
-            if not is_label(label):
-                raise WeightsError(f"{model}: label_weights: bad label {label!r}: {LABEL_RULE}")
-            labels[label] = check_split(weights, f"{model}: label_weights.{label}")
+        labels = check_label_splits(per_label, f"{model}: label_weights")
     except WeightsError as exc:
         raise ManifestError(str(exc)) from exc
     return ModelRollout(split, labels)
