@@ -14,9 +14,9 @@ from gateway import __version__
 from gateway.answercache import CACHE_HEADER
 from gateway.errors import DEADLINE_STAGES
 from gateway.fetch import MAX_URL_LENGTH
-from gateway.rollouts import CLIENT_KEY_HEADER, CLIENT_KEY_PARAM, VERSION_HEADER
+from gateway.rollouts import VERSION_HEADER
 from gateway.settings import Settings
-from gateway.v2.openapi import v2_paths, v2_schemas
+from gateway.v2.openapi import CLIENT_KEY_PARAMS, v2_paths, v2_schemas
 from modelrepo.api import (
     MAX_TOP_K,
     MAX_VERSION,
@@ -24,7 +24,6 @@ from modelrepo.api import (
     model_name_pattern,
     number_pattern,
 )
-from modelrepo.rollouts import MAX_CLIENT_KEY_CHARS
 
 _JSON = "application/json"
 
@@ -107,24 +106,7 @@ _SELECTOR_PARAM = {
         **_NOT_BOTH_PINS,
     },
 }
-_SELECTOR_PARAMS = [
-    _SELECTOR_PARAM,
-    {
-        "name": CLIENT_KEY_PARAM,
-        "in": "query",
-        "description": "Weighted rollouts (docs/rollouts.md): the client's key; it picks the "
-        f"same version on every dyno. Wins over the {CLIENT_KEY_HEADER} header, which wins "
-        "over the API key; without any, each request draws at random. A pinned version "
-        "ignores it.",
-        "schema": {"type": "string", "maxLength": MAX_CLIENT_KEY_CHARS},
-    },
-    {
-        "name": CLIENT_KEY_HEADER,
-        "in": "header",
-        "description": f"The client key, when the {CLIENT_KEY_PARAM} query parameter is absent.",
-        "schema": {"type": "string", "maxLength": MAX_CLIENT_KEY_CHARS},
-    },
-]
+_SELECTOR_PARAMS = [_SELECTOR_PARAM, *CLIENT_KEY_PARAMS]
 _SERVED_BY = {
     VERSION_HEADER: {
         "description": "The version that served the answer (as the body's `version`).",

@@ -39,19 +39,22 @@ _VERSION = {
     "schema": {"type": "string", "pattern": version_or_label_pattern()},
 }
 
-# Weighted rollouts (docs/rollouts.md): the key that keeps a client on one version.
-_CLIENT_KEY = [
+# Weighted rollouts (docs/rollouts.md): the key that keeps a client on one version; /v1's
+# predict routes take the same two (gateway/openapi.py).
+CLIENT_KEY_PARAMS = [
     {
         "name": CLIENT_KEY_PARAM,
         "in": "query",
-        "description": f"The client's rollout key; wins over the {CLIENT_KEY_HEADER} header, "
-        "which wins over the API key.",
+        "description": "Weighted rollouts (docs/rollouts.md): the client's key; it picks the "
+        f"same version on every dyno. Wins over the {CLIENT_KEY_HEADER} header, which wins "
+        "over the API key; without any, each request draws at random. A pinned version "
+        "ignores it.",
         "schema": {"type": "string", "maxLength": MAX_CLIENT_KEY_CHARS},
     },
     {
         "name": CLIENT_KEY_HEADER,
         "in": "header",
-        "description": f"The client's rollout key, when {CLIENT_KEY_PARAM} is absent.",
+        "description": f"The client key, when the {CLIENT_KEY_PARAM} query parameter is absent.",
         "schema": {"type": "string", "maxLength": MAX_CLIENT_KEY_CHARS},
     },
 ]
@@ -110,7 +113,7 @@ def _infer(op: str, params: list[dict[str, Any]]) -> dict[str, Any]:
             "summary": "Classify images given as a tensor (encoded BYTES or FP32 pixels)",
             "operationId": op,
             "tags": ["Open Inference Protocol"],
-            "parameters": [*params, header, *_CLIENT_KEY],
+            "parameters": [*params, header, *CLIENT_KEY_PARAMS],
             "requestBody": {
                 "required": True,
                 "content": {_JSON: {"schema": _ref("V2InferRequest")}, _BINARY: binary},
