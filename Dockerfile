@@ -6,7 +6,7 @@
 # registry is reachable, and where none is (the development machines, CI) with two build
 # arguments that swap only what cannot be pulled (deploy/image.py):
 #   BASE_IMAGE    a Debian 12 + Python 3.11 root file system made from Debian's packages;
-#   MODEL_SERVER  `local`: the project's TF-Serving-compatible server (serving/, Python
+#   MODEL_SERVER  `local`: the project's TF-Serving-compatible server (serving/local/, Python
 #                 TensorFlow in /app/.venv) instead of the stock binary; the launcher picks it
 #                 exactly as it does on any machine without the stock binary.
 
@@ -25,9 +25,10 @@ FROM tensorflow/serving:${TF_SERVING_VERSION} AS tfserving
 FROM scratch AS model-server-stock
 COPY --from=tfserving /usr/bin/tensorflow_model_server /usr/local/bin/tensorflow_model_server
 
-# Local: the model side of requirements/ in /app/.venv, where the launcher looks for an
-# interpreter with TensorFlow when the stock binary is missing. Not built by Heroku (an unused
-# stage); 1.65 GB more on disk, and Python TensorFlow's memory (README, Sizing).
+# Local: the local server's code (serving/local/) and the model side of requirements/ in
+# /app/.venv, where the launcher looks for an interpreter with TensorFlow when the stock binary
+# is missing. Not built by Heroku (an unused stage); 1.65 GB more on disk, and Python
+# TensorFlow's memory (README, Sizing).
 FROM ${BASE_IMAGE} AS local-server-venv
 COPY requirements/gateway.txt requirements/model.txt requirements/model-nodeps.txt /tmp/requirements/
 RUN python -m venv /app/.venv \
@@ -35,6 +36,7 @@ RUN python -m venv /app/.venv \
  && /app/.venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps -r /tmp/requirements/model-nodeps.txt
 FROM scratch AS model-server-local
 COPY --from=local-server-venv /app/.venv /app/.venv
+COPY serving/local /app/serving/local
 
 # hadolint ignore=DL3006
 FROM model-server-${MODEL_SERVER} AS model-server
@@ -62,7 +64,8 @@ RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check grpcio-tools==1.85.1
 
 COPY gateway gateway
-COPY serving serving
+# The launcher and its flag and config files, not serving/local/ (the model server stage's).
+COPY serving/*.py serving/*.flags serving/*.config serving/
 COPY sync sync
 COPY dyno dyno
 COPY modelrepo modelrepo

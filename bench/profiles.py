@@ -41,14 +41,14 @@ GATEWAY_STAGES = (
     ("threading.py", "threads (pools, timers)"),
 )
 SERVER_STAGES = (
-    ("serving/servable.py", "TensorFlow (the signature call)"),
+    ("serving/local/servable.py", "TensorFlow (the signature call)"),
     ("tensorflow/", "TensorFlow (the signature call)"),
-    ("serving/batching.py", "batching hand-off"),
-    ("serving/tensors.py", "tensors (proto <-> numpy)"),
-    ("serving/predict.py", "Predict checks and response"),
+    ("serving/local/batching.py", "batching hand-off"),
+    ("serving/local/tensors.py", "tensors (proto <-> numpy)"),
+    ("serving/local/predict.py", "Predict checks and response"),
     ("prometheus_client", "metrics"),
-    ("serving/dataplane.py", "data plane"),
-    ("serving/manager.py", "manager (version lookup)"),
+    ("serving/local/dataplane.py", "data plane"),
+    ("serving/local/manager.py", "manager (version lookup)"),
     ("grpc/", "gRPC server (Python part)"),
     ("threading.py", "threads (pools, waits)"),
 )

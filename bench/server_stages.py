@@ -39,7 +39,7 @@ def per_call_us(call: Callable[[], object], calls: int, clock: Callable[[], floa
 
 def build_plane(base: str) -> Any:
     from serving import flags
-    from serving.server import ModelServer
+    from serving.local.server import ModelServer
     from serving.settings import Settings
 
     argv = [f"--model_name={TINY}", f"--model_base_path={base}", f"--port={free_port()}"]
@@ -54,7 +54,7 @@ def measure(calls: int) -> dict[str, Any]:
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    from serving.predict import make_response, prepare
+    from serving.local.predict import make_response, prepare
 
     base = tiny_model()
     WORK.mkdir(parents=True, exist_ok=True)

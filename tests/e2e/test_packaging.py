@@ -47,9 +47,24 @@ def dockerfile_args() -> dict[str, str]:
     return dict(re.findall(r"^ARG (\w+)=(\S+)$", head, re.M))
 
 
-def dockerfile_copies() -> list[str]:
-    """Sources of the COPY instructions that take files from the repository."""
-    return list(re.findall(r"^COPY (?!--)(\S+) \S+$", DOCKERFILE, re.M))
+def copy_sources(dockerfile: str = DOCKERFILE) -> list[str]:
+    """Sources of the COPY instructions that take files from the repository, as written
+    (paths or globs)."""
+    sources: list[str] = []
+    for line in re.findall(r"^COPY (?!--)(.+) \S+$", dockerfile, re.M):
+        sources += line.split()
+    return sources
+
+
+def copied_name(source: str) -> str:
+    """What a COPY source ships: the project package it lies in, else the path itself."""
+    top = source.split("/", 1)[0]
+    return top if (REPO_ROOT / top / "__init__.py").exists() else source
+
+
+def dockerfile_copies(dockerfile: str = DOCKERFILE) -> list[str]:
+    """The packages and files the COPY instructions take from the repository."""
+    return sorted({copied_name(source) for source in copy_sources(dockerfile)})
 
 
 def dockerfile_cmd() -> list[str]:
@@ -100,9 +115,9 @@ def test_every_variable_the_image_sets_is_read() -> None:
 
 
 def test_every_path_the_image_copies_exists_and_is_used() -> None:
-    copies = dockerfile_copies()
-    for source in copies:
-        assert (REPO_ROOT / source).exists(), f"COPY {source}: no such path"
+    for source in copy_sources(final_stage()):
+        assert list(REPO_ROOT.glob(source)), f"COPY {source}: no such path"
+    copies = dockerfile_copies(final_stage())
     pip_requirements = set(re.findall(r"pip install[^\n]*-r (\S+)", final_stage()))
     cmd_module = dockerfile_cmd()[dockerfile_cmd().index("-m") + 1]
     started = set(supervised_modules()) | {cmd_module}
@@ -111,6 +126,18 @@ def test_every_path_the_image_copies_exists_and_is_used() -> None:
     assert set(copies) == used, (
         f"copied but unused: {set(copies) - used}, used but not copied: {used - set(copies)}"
     )
+
+
+def test_the_image_copies_the_launcher_and_the_local_server_only_in_its_own_stage() -> None:
+    """serving/ ships; serving/local/ (the stand-in for stock TF Serving) comes only from the
+    local model server stage, so an image with the stock binary does not carry it."""
+    final = {path for source in copy_sources(final_stage()) for path in REPO_ROOT.glob(source)}
+    launcher = set((REPO_ROOT / "serving").glob("*.py"))
+    assert launcher <= final
+    local = REPO_ROOT / "serving" / "local"
+    assert not [path for path in final if local in (path, *path.parents)]
+    local_stage = DOCKERFILE.split("AS model-server-local", 1)[1].split("\nFROM ", 1)[0]
+    assert "serving/local" in copy_sources(local_stage)
 
 
 def test_the_copied_packages_import_only_copied_packages() -> None:
@@ -203,10 +230,7 @@ def dockerignore_allowed() -> set[str]:
 
 
 def test_the_build_context_is_exactly_what_the_dockerfile_copies() -> None:
-    sources = set(dockerfile_copies())
-    for line in re.findall(r"^COPY (?!--)(.+) \S+$", DOCKERFILE, re.M):
-        sources |= set(line.split())
-    assert dockerignore_allowed() == sources
+    assert dockerignore_allowed() == set(dockerfile_copies())
     ignored = (REPO_ROOT / ".dockerignore").read_text()
     for secret in (".env*", "__pycache__", "gateway/_proto"):
         assert secret in ignored

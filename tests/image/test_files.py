@@ -32,7 +32,8 @@ for top, dirs, files in os.walk("/"):
             found.append(path)
         if top.startswith("/app") and name in ("tests", "bench", ".git", "exports", "var"):
             found.append(path)
-print(json.dumps({"writable": writable, "found": found, "app": sorted(os.listdir("/app"))}))
+app = {"app": sorted(os.listdir("/app")), "serving": sorted(os.listdir("/app/serving"))}
+print(json.dumps({"writable": writable, "found": found, **app}))
 """
 # Writable by any user in every Debian image: the scratch folders (sticky, so no user can
 # touch another's files). The dyno's own: /models and the run dir, which lives in /tmp.
@@ -78,6 +79,9 @@ def test_the_app_dir_holds_what_the_dockerfile_copies(
     assert app == APP_FILES
     # .venv only where the local model server stands in for the stock binary
     assert (".venv" in files["app"]) == image.endswith(":local")
+    # so is serving/local/, the stand-in's code; the launcher's files in every image
+    assert ("local" in files["serving"]) == image.endswith(":local")
+    assert {"launcher.py", "model_server.flags", "batching.config"} <= set(files["serving"])
     RESULTS.append(
         {"what": "image files", "writable": ",".join(sorted(set(files["writable"]))), "ok": True}
     )

@@ -12,8 +12,8 @@ import grpc
 import numpy as np
 import pytest
 
-from serving.batching import BatchingOptions, BatchScheduler
-from serving.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from serving.local.batching import BatchingOptions, BatchScheduler
+from serving.local.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from tests.serving.helpers import RED, Server, copy_versions, jpeg, predict_request, running_server
 from tests.support import wait_for
 

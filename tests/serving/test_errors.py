@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from grpc import StatusCode
 
-from serving.errors import HTTP_STATUS_FOR_CODE, NotFound, ServingError, Unavailable
+from serving.local.errors import HTTP_STATUS_FOR_CODE, NotFound, ServingError, Unavailable
 
 
 def test_http_mapping_is_tf_servings() -> None:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from serving import config, flags
-from serving.errors import ConfigError, InvalidArgument
+from serving import flags
+from serving.local import config
+from serving.local.errors import ConfigError, InvalidArgument
+from serving.local.source import aspired_versions
 from serving.settings import DEFAULT_FLAGS_FILE, Settings
-from serving.source import aspired_versions
 from tests.support import VENV_PYTHON, python_env
 
 
@@ -101,7 +102,7 @@ def test_batching_and_monitoring_files_use_the_official_messages(tmp_path: Path)
 def test_committed_descriptor_set_matches_the_proto_sources() -> None:
     # In a child process: protoc inside the pytest process (beside TF and grpc) can crash.
     result = subprocess.run(
-        [str(VENV_PYTHON), "-m", "serving.protogen", "--check"],
+        [str(VENV_PYTHON), "-m", "serving.local.protogen", "--check"],
         env=python_env(),
         capture_output=True,
         text=True,

@@ -17,7 +17,7 @@ from tensorflow_serving.apis import (
     prediction_log_pb2,
 )
 
-from serving.config import read_model_server_config
+from serving.local.config import read_model_server_config
 from tests.serving.helpers import (
     RED,
     Server,

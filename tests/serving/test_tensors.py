@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
-from serving.errors import InvalidArgument
-from serving.tensors import MAX_IMPLIED_BYTES, check_proto, dtype_name, format_shape, to_numpy
+from serving.local.errors import InvalidArgument
+from serving.local.tensors import MAX_IMPLIED_BYTES, check_proto, dtype_name, format_shape, to_numpy
 
 
 def _tensor(dtype: int, *dims: int) -> tensor_pb2.TensorProto:

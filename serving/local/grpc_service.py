@@ -14,8 +14,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.dataplane import DataPlane
-from serving.errors import ServingError
+from serving.local.dataplane import DataPlane
+from serving.local.errors import ServingError
 
 log = logging.getLogger("serving.grpc")
 

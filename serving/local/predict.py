@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 from tensorflow_serving.apis import predict_pb2
 
-from serving.errors import InvalidArgument
-from serving.servable import Servable
-from serving.tensors import (
+from serving.local.errors import InvalidArgument
+from serving.local.servable import Servable
+from serving.local.tensors import (
     MAX_TENSOR_BYTES,
     check_proto,
     check_size,

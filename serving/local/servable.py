@@ -12,7 +12,7 @@ from google.protobuf import message, text_format
 from grpc import StatusCode
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from serving.errors import FailedPrecondition, InvalidArgument, ServingError, Unknown
+from serving.local.errors import FailedPrecondition, InvalidArgument, ServingError, Unknown
 
 log = logging.getLogger("serving.servable")
 

@@ -18,9 +18,9 @@ from urllib.parse import unquote, urlsplit
 from grpc import StatusCode
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
-from serving import json_codec
-from serving.dataplane import SIGNATURE_DEF_FIELD, DataPlane
-from serving.errors import Internal, InvalidArgument, ServingError
+from serving.local import json_codec
+from serving.local.dataplane import SIGNATURE_DEF_FIELD, DataPlane
+from serving.local.errors import Internal, InvalidArgument, ServingError
 
 log = logging.getLogger("serving.rest")
 

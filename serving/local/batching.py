@@ -21,7 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import DeadlineExceeded, Internal, InvalidArgument, ServingError, Unavailable
+from serving.local.errors import (
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    ServingError,
+    Unavailable,
+)
 
 log = logging.getLogger("serving.batching")
 

@@ -15,19 +15,19 @@ from typing import Any
 
 import grpc
 
-from serving import config as config_files
-from serving.batching import BatchingOptions
-from serving.dataplane import DataPlane
-from serving.errors import ConfigError, InvalidArgument, ServingError
 from serving.flags import ServerOptions
-from serving.grpc_service import build_grpc_server
-from serving.loaded import LoadedVersion
-from serving.manager import ManagerOptions, ModelManager
-from serving.metrics import Metrics
-from serving.rest import RestApi, RestServer
-from serving.servable import Servable
+from serving.local import config as config_files
+from serving.local.batching import BatchingOptions
+from serving.local.dataplane import DataPlane
+from serving.local.errors import ConfigError, InvalidArgument, ServingError
+from serving.local.grpc_service import build_grpc_server
+from serving.local.loaded import LoadedVersion
+from serving.local.manager import ManagerOptions, ModelManager
+from serving.local.metrics import Metrics
+from serving.local.rest import RestApi, RestServer
+from serving.local.servable import Servable
+from serving.local.warmup import run_warmup
 from serving.settings import Settings
-from serving.warmup import run_warmup
 
 log = logging.getLogger("serving.server")
 

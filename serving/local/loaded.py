@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from serving.batching import BatchingOptions, BatchScheduler
-from serving.metrics import Metrics
-from serving.predict import PreparedPredict
-from serving.servable import Servable
+from serving.local.batching import BatchingOptions, BatchScheduler
+from serving.local.metrics import Metrics
+from serving.local.predict import PreparedPredict
+from serving.local.servable import Servable
 
 
 class LoadedVersion:

@@ -16,10 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.config import validate_model_server_config
-from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ServingError, Unknown
-from serving.loaded import LoadedVersion
-from serving.source import VersionScanner, aspired_versions
+from serving.local.config import validate_model_server_config
+from serving.local.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ServingError,
+    Unknown,
+)
+from serving.local.loaded import LoadedVersion
+from serving.local.source import VersionScanner, aspired_versions
 
 log = logging.getLogger("serving.manager")
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from serving.errors import InvalidArgument
+from serving.local.errors import InvalidArgument
 
 # numpy dtype -> (DataType enum, TensorProto field that holds the values)
 _FIELD_FOR_DTYPE: dict[np.dtype[Any], tuple[int, str]] = {

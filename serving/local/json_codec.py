@@ -13,8 +13,8 @@ from google.protobuf import json_format
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 
-from serving.errors import InvalidArgument
-from serving.tensors import to_numpy, to_proto
+from serving.local.errors import InvalidArgument
+from serving.local.tensors import to_numpy, to_proto
 
 ROW, COLUMNAR = "row", "columnar"
 

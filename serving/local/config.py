@@ -1,7 +1,7 @@
 """Text-format config files read with the official protos, validated as TF Serving's ServerCore.
 
 ModelServerConfig comes from tensorflow-serving-api; BatchingParameters and MonitoringConfig from
-the official .proto sources compiled into serving/protos/descriptors.binpb (see protogen.py).
+the official .proto sources compiled into serving/local/protos/descriptors.binpb (see protogen.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message, message_fa
 from grpc import StatusCode
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.errors import ConfigError, InvalidArgument
+from serving.local.errors import ConfigError, InvalidArgument
 
 log = logging.getLogger("serving.config")
 

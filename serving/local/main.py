@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 from envsettings import exit_on_error
 from serving import flags
-from serving.errors import ServingError
+from serving.local.errors import ServingError
 from serving.settings import Settings
 
 if TYPE_CHECKING:
-    from serving.server import ModelServer
+    from serving.local.server import ModelServer
 
 log = logging.getLogger("serving.local")
 PROGRAM = "python -m serving.local"
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"TensorFlow ModelServer: {VERSION}\nTensorFlow Library: {tf.__version__}")
         return 0
     report_flags(options)
-    from serving.server import ModelServer
+    from serving.local.server import ModelServer
 
     with exit_on_error(PROGRAM):
         settings = Settings.from_env()
@@ -87,7 +87,3 @@ def serve(server: ModelServer) -> int:
     stop.wait()
     server.stop()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

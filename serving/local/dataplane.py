@@ -14,10 +14,10 @@ from tensorflow_serving.apis import (
     model_management_pb2,
 )
 
-from serving.errors import InvalidArgument, ServingError, code_name
-from serving.manager import ModelManager, VersionRecord
-from serving.metrics import Metrics
-from serving.predict import make_response, prepare
+from serving.local.errors import InvalidArgument, ServingError, code_name
+from serving.local.manager import ModelManager, VersionRecord
+from serving.local.metrics import Metrics
+from serving.local.predict import make_response, prepare
 
 log = logging.getLogger("serving.dataplane")
 

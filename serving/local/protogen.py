@@ -2,9 +2,9 @@
 
 `tensorflow-serving-api` ships ModelServerConfig but not BatchingParameters or MonitoringConfig;
 the local server must still parse those files with the official messages, so their .proto
-sources live in serving/protos and are compiled here (dev only: needs grpcio-tools) into
-serving/protos/descriptors.binpb, which the runtime loads without protoc.
-Run: python -m serving.protogen [--check]
+sources live in serving/local/protos and are compiled here (dev only: needs grpcio-tools) into
+serving/local/protos/descriptors.binpb, which the runtime loads without protoc.
+Run: python -m serving.local.protogen [--check]
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         current = DESCRIPTOR_SET.read_bytes() if DESCRIPTOR_SET.exists() else b""
         if current != fresh:
-            print(f"{DESCRIPTOR_SET} is stale: run python -m serving.protogen", file=sys.stderr)
+            stale = f"{DESCRIPTOR_SET} is stale: run python -m serving.local.protogen"
+            print(stale, file=sys.stderr)
             return 1
         return 0
     tmp = DESCRIPTOR_SET.with_suffix(".tmp")

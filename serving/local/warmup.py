@@ -15,10 +15,10 @@ from google.protobuf import message
 from grpc import StatusCode
 from tensorflow_serving.apis import prediction_log_pb2
 
-from serving.errors import InvalidArgument, ServingError
-from serving.loaded import LoadedVersion
-from serving.predict import prepare
-from serving.servable import code_from_tf
+from serving.local.errors import InvalidArgument, ServingError
+from serving.local.loaded import LoadedVersion
+from serving.local.predict import prepare
+from serving.local.servable import code_from_tf
 
 log = logging.getLogger("serving.warmup")
 
