@@ -43,7 +43,7 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 _ERRORS = {
     "400": _error(
         "Malformed request, image URL or parameter; a query or form parameter given more than "
-        "once (repeated_parameter)"
+        "once, or a key given twice in one JSON object at any depth (repeated_parameter)"
     ),
     "401": _error("Missing or wrong API key (only when keys are configured)"),
     "404": _error("Unknown model, version or label"),
@@ -169,6 +169,8 @@ def _body_options(as_text: bool = False) -> dict[str, Any]:
     return {"version": version | same, "label": _LABEL | same, "top_k": top_k | same}
 
 
+# JSON Schema cannot say it (a parser keeps one of the values); bodies.parse_json enforces it.
+_JSON_KEYS_ONCE = "Each key once per object (else 400 repeated_parameter)."
 _ONE_IMAGE = {"oneOf": [{"required": ["image_url"]}, {"required": ["image_b64"]}]}
 
 
@@ -177,11 +179,12 @@ def _request_schemas(settings: Settings) -> dict[str, Any]:
     b64 = {"type": "string", "format": "byte", "description": "Base64 image (data: URL allowed)"}
     options = "version, label and top_k may also be given here (not both version and label); "
     options += "if the query string gives one too, both must agree (else 400 "
-    options += "conflicting_parameter)."
+    options += "conflicting_parameter). "
+    options += _JSON_KEYS_ONCE
     return {
         "Image": {
             "type": "object",
-            "description": "Exactly one of image_url or image_b64.",
+            "description": "Exactly one of image_url or image_b64. " + _JSON_KEYS_ONCE,
             "properties": {"image_url": url, "image_b64": b64},
             **_ONE_IMAGE,
         },
@@ -388,7 +391,7 @@ def _predict_legacy() -> dict[str, Any]:
         "requestBody": {
             "required": True,
             "content": {
-                _JSON: {"schema": body(as_text=False)},
+                _JSON: {"schema": body(as_text=False) | {"description": _JSON_KEYS_ONCE}},
                 "application/x-www-form-urlencoded": {"schema": body(as_text=True)},
             },
         },

@@ -14,7 +14,8 @@ _JSON = "application/json"
 _BINARY = "application/octet-stream"
 
 _ERRORS = {
-    "400": "Malformed request, tensor, shape or parameter",
+    "400": "Malformed request, tensor, shape or parameter; a key given twice in one JSON object, "
+    "at any depth",
     "401": "Missing or wrong API key (only when keys are configured)",
     "404": "Unknown model, version or label",
     "413": "Body or image too large",
@@ -216,6 +217,7 @@ def v2_schemas() -> dict[str, Any]:
         },
         "V2InferRequest": {
             "type": "object",
+            "description": "Each key once per object, at any depth (else 400 naming the key).",
             "required": ["inputs"],
             "properties": {
                 "id": {"type": "string"},

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from gateway.bodies import parse_json
+from gateway.errors import RepeatedParameter
 from tests.gateway.conftest import FakePredictor
 from tests.imagehost import image_bytes
 
@@ -90,6 +92,83 @@ def test_openapi_documents_forms_and_body_options(client: Any) -> None:
     }
     for media in ("multipart/form-data", "application/x-www-form-urlencoded"):
         assert {"version", "label", "top_k"} <= set(content[media]["schema"]["properties"])
+
+
+# --- a JSON key given twice (issue 19, item 5) ----------------------------------------------
+# json.loads keeps the last of a repeated key and drops the others silently; the gateway refuses
+# the body instead, as it refuses a repeated query parameter or form field.
+
+TOP = "the JSON body"
+REPEATED_KEYS = [
+    (PREDICT, b'{"image_url": "http://a", "top_k": 1, "top_k": 5}', "top_k", TOP),
+    (PREDICT, b'{"image_url": "http://a", "label": "stable", "label": "stable"}', "label", TOP),
+    (
+        PREDICT,
+        b'{"images": [{"image_b64": "eA=="}, {"image_url": "http://a", "image_url": "http://b"}]}',
+        "image_url",
+        "images[1] of the JSON body",
+    ),
+    ("/predict", b'{"model": "shapes", "image_url": "http://a", "model": "other"}', "model", TOP),
+    # the query agrees with both: still two values in one object
+    ("/predict?top_k=2", b'{"model": "m", "image_url": "u", "top_k": 2, "top_k": 2}', "top_k", TOP),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "key", "where"), REPEATED_KEYS, ids=range(len(REPEATED_KEYS))
+)
+def test_a_repeated_json_key_is_refused_not_answered_by_the_last(
+    client: Any, fake_predictor: FakePredictor, route: str, body: bytes, key: str, where: str
+) -> None:
+    response = client.post(route, data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"] == {
+        "code": "repeated_parameter",
+        "message": f'repeated key "{key}" in {where}; give it once',
+    }
+    assert not fake_predictor.calls
+
+
+def test_the_same_key_in_different_objects_is_not_a_repeat(
+    client: Any, fake_predictor: FakePredictor
+) -> None:
+    body = b'{"images": [{"image_url": "http://a"}, {"image_url": "http://b"}], "top_k": 1}'
+    response = client.post(PREDICT, data=body, content_type="application/json")
+    assert response.status_code == 200, response.get_json()
+    assert [i.url for i in fake_predictor.calls[-1].images] == ["http://a", "http://b"]
+
+
+def test_a_repeat_in_a_body_that_is_not_json_is_malformed_json(client: Any) -> None:
+    body = b'{"image_url": "http://a", "image_url": "http://b", "images": [{"x": 1, "x": 2}'
+    response = client.post(PREDICT, data=body, content_type="application/json")
+    assert (response.status_code, error_code(response)) == (400, "malformed_json")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[{"a": 1, "a": 1}]]', 'repeated key "a" in [0][0] of the JSON body; give it once'),
+        (
+            '{"a b": {"x": {"k": 1}, "y": {"k": 1, "k": 2}}}',
+            'repeated key "k" in ["a b"].y of the JSON body; give it once',
+        ),
+        # an outer object's repeat is named before one inside it
+        ('{"a": {"k": 1, "k": 2}, "a": 3}', 'repeated key "a" in the JSON body; give it once'),
+        (
+            '{"' + "k" * 100 + '": 1, "' + "k" * 100 + '": 2}',
+            'repeated key "' + "k" * 64 + '"... in the JSON body; give it once',
+        ),
+        (
+            "[" * 500 + '{"k": 1, "k": 2}' + "]" * 500,
+            'repeated key "k" in ...' + "[0]" * 66 + " of the JSON body; give it once",
+        ),
+    ],
+    ids=["in arrays", "in objects", "outer first", "long key", "deep"],
+)
+def test_a_repeated_key_is_named_with_its_place(text: str, message: str) -> None:
+    with pytest.raises(RepeatedParameter) as caught:
+        parse_json(bytearray(text.encode()))
+    assert caught.value.message == message
 
 
 # --- malformed bodies (issue 11, item 9) ------------------------------------------------------

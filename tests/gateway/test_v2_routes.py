@@ -234,3 +234,62 @@ def test_a_compressed_body_is_refused_by_name(client: Any) -> None:
     )
     assert answer.status_code == 415
     assert "Content-Encoding gzip is not supported" in answer.get_json()["error"]
+
+
+# A key given twice in one object, at any depth (issue 19, item 5): json.loads would keep the
+# last value and drop the other silently.
+IMAGE = '"name": "images", "datatype": "BYTES", "shape": [1], "data": ["' + DATA_URL + '"]'
+PROBABILITIES = '"name": "probabilities"'
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "where"),
+    [
+        ('{"id": "1", "inputs": [{' + IMAGE + '}], "id": "2"}', "id", "the JSON body"),
+        (
+            '{"inputs": [{"datatype": "FP32", ' + IMAGE + "}]}",
+            "datatype",
+            "inputs[0] of the JSON body",
+        ),
+        (
+            '{"inputs": [{' + IMAGE + '}], "outputs": [{' + PROBABILITIES + "}, {"
+            + PROBABILITIES + ', "parameters": {"classification": 1, "classification": 2}}]}',
+            "classification",
+            "outputs[1].parameters of the JSON body",
+        ),
+        (
+            '{"inputs": [{' + IMAGE + '}], '
+            '"parameters": {"binary_data_output": true, "binary_data_output": false}}',
+            "binary_data_output",
+            "parameters of the JSON body",
+        ),
+    ],
+)  # fmt: skip
+def test_a_repeated_json_key_is_refused_at_any_depth(
+    client: Any, fake_predictor: FakePredictor, text: str, key: str, where: str
+) -> None:
+    answer = client.post("/v2/models/shapes/infer", data=text, content_type="application/json")
+    assert answer.status_code == 400
+    assert answer.get_json() == {"error": f'repeated key "{key}" in {where}; give it once'}
+    assert not fake_predictor.calls
+
+
+def test_a_repeated_key_in_a_binary_requests_json_is_refused(
+    client: Any, fake_predictor: FakePredictor
+) -> None:
+    raw = struct.pack("<I", len(PNG)) + PNG
+    size = f'"binary_data_size": {len(raw)}'
+    head = (
+        '{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], '
+        f'"parameters": {{{size}, {size}}}}}]}}'
+    ).encode()
+    answer = client.post(
+        "/v2/models/shapes/infer",
+        data=head + raw,
+        headers={"Inference-Header-Content-Length": str(len(head))},
+        content_type="application/octet-stream",
+    )
+    assert answer.status_code == 400
+    message = 'repeated key "binary_data_size" in inputs[0].parameters of the JSON body'
+    assert answer.get_json() == {"error": message + "; give it once"}
+    assert not fake_predictor.calls
