@@ -32,7 +32,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench import procstat
+from bench import procstat, walltime
 from bench.images import write_photos
 from bench.nginx import start_nginx
 from bench.serving_bench import ensure_model
@@ -75,6 +75,7 @@ class Processes:
     """The stack's gateway and model server, found by role, and their CPU snapshots."""
 
     def __init__(self, root: int) -> None:
+        self.root = root  # its environment names the stack's ports
         roles = procstat.roles_under({root: "dynoserve"}, ROLES)()
         self.pids = {
             role: next(p for p, r in roles.items() if r == role)
@@ -181,10 +182,22 @@ def gateway_step(
                 out = profile_dir / f"{role.replace(' ', '-')}-c{clients}.txt"
                 stack.callback(Profiler(pid, out).stop)
         load0 = os.getloadavg()[0]
+        urls = _metrics_urls(procs.root, endpoint)
+        before = walltime.snapshot(*urls)
         latencies, wall, cpu = _measured(procs, clients, count, client)
-    return _record(clients, count, latencies, wall, cpu, load0) | {
-        "failures": dict(client.failures)
-    }
+        after = walltime.snapshot(*urls)
+    record = _record(clients, count, latencies, wall, cpu, load0)
+    client_mean_ms = 1000 * sum(latencies) / len(latencies)
+    record["wall"] = walltime.breakdown(before, after, client_mean_ms)
+    return record | {"failures": dict(client.failures)}
+
+
+def _metrics_urls(root: int, endpoint: str) -> tuple[str, str]:
+    """The gateway's /metrics and the model server's Prometheus page (its REST port)."""
+    gateway = urllib.parse.urlsplit(endpoint)
+    rest = _stack_env(root, "DYNOSERVE_MODEL_SERVER_REST_PORT")
+    server = f"http://127.0.0.1:{rest}/monitoring/prometheus/metrics"
+    return f"{gateway.scheme}://{gateway.netloc}/metrics", server
 
 
 def _measured(
@@ -351,11 +364,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _grpc_port(root: int) -> str:
     """The model server's gRPC port, from the stack's environment (bench/stack.py sets it)."""
+    return _stack_env(root, "DYNOSERVE_MODEL_SERVER_GRPC_PORT")
+
+
+def _stack_env(root: int, name: str) -> str:
+    """One variable of the stack's environment (bench/stack.py sets the ports)."""
     environ = Path(f"/proc/{root}/environ").read_bytes().split(b"\0")
     for entry in environ:
-        if entry.startswith(b"DYNOSERVE_MODEL_SERVER_GRPC_PORT="):
+        if entry.startswith(name.encode() + b"="):
             return entry.split(b"=", 1)[1].decode()
-    raise RuntimeError("the stack's environment names no gRPC port")
+    raise RuntimeError(f"the stack's environment has no {name}")
 
 
 def server_overhead(results: dict[str, Any]) -> dict[str, Any]:
