@@ -81,7 +81,12 @@ class ChecksumMismatch(VersionError):
 
 
 class ManifestError(SyncError):
-    """A model manifest (dynoserve-model.json) is malformed; that model keeps its last state."""
+    """A model manifest (dynoserve-model.json) is malformed, or a `make labels` change to one.
+
+    The schema raises its own modelrepo.manifest.ManifestError (a ValueError): a sync pass notes
+    it as the model's problem and the model keeps its last state; sync/manifest_store.py, which
+    `make labels` and `make publish` read through, raises this in its place, same message.
+    """
 
     exit_code = EX_CONFIG
     code = "manifest"

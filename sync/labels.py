@@ -4,7 +4,8 @@ Writes the model's manifest where sync reads it, with sync's own settings: the b
 BUCKETEER_BUCKET_NAME is set (the same credentials and endpoint), else the export folder that
 `make run` serves. Labels are checked before anything is written: each must name a complete
 version that the policy serves, or sync would ignore it; so must each weighted version
-(docs/rollouts.md).
+(docs/rollouts.md). The file's schema is modelrepo/manifest.py; its command-line forms
+(LABEL=VERSION, the policy, the weights) are parsed here.
 """
 
 from __future__ import annotations
@@ -13,23 +14,21 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from envsettings import SettingsError
 from modelrepo import LABEL_RULE, MODEL_NAME_RULE, is_label, is_model_name
-from modelrepo.rollouts import ModelRollout
-from sync.cli import start_tool
-from sync.errors import EX_USAGE, LabelsError, ManifestError, SyncError
-from sync.manifest import (
+from modelrepo.manifest import (
     DEFAULT_MANIFEST,
     ModelManifest,
     VersionPolicy,
-    parse_label_assignments,
-    parse_weight_assignments,
+    is_manifest_version,
     weight_problems,
 )
-from sync.manifest import parse_policy as parse_policy_text
+from modelrepo.rollouts import ModelRollout, WeightsError, check_split
+from sync.cli import start_tool
+from sync.errors import EX_USAGE, LabelsError, ManifestError, SyncError
 from sync.manifest_store import BucketManifests, FolderManifests, ManifestStore
 from sync.settings import Settings
 
@@ -130,6 +129,61 @@ def _list(versions: set[int]) -> str:
     return ", ".join(str(v) for v in sorted(versions)) or "none"
 
 
+def parse_policy(text: str) -> VersionPolicy:
+    """The command-line form: `all`, `latest` / `latest:N`, `specific:1,2`."""
+    kind, _, rest = text.strip().partition(":")
+    try:
+        if kind == "all" and not rest:
+            return VersionPolicy("all")
+        if kind == "latest":
+            count = int(rest) if rest else 1
+            if count >= 1:
+                return VersionPolicy("latest", num_versions=count)
+        if kind == "specific":
+            versions = frozenset(int(v) for v in rest.split(","))
+            if versions and all(v > 0 for v in versions):
+                return VersionPolicy("specific", versions=versions)
+    except ValueError:
+        pass
+    raise ManifestError(f"policy {text!r}: use all, latest:N or specific:V1,V2")
+
+
+def parse_label_assignments(items: Iterable[str]) -> dict[str, int | None]:
+    """`stable=3` sets a label, `stable=` removes it: label -> version, or None to remove."""
+    changes: dict[str, int | None] = {}
+    for item in items:
+        for word in item.split():  # LABELS="stable=1 canary=2" arrives as one argument
+            name, sign, version = word.partition("=")
+            if not sign or not is_label(name):
+                raise ManifestError(f"{word!r}: write LABEL=VERSION (or LABEL= to remove it)")
+            if version and not is_manifest_version(version):
+                raise ManifestError(f"{word!r}: the version must be a positive integer")
+            changes[name] = int(version) if version else None
+    return changes
+
+
+WEIGHTS_OFF = "none"
+"""`--weights none` removes a split."""
+
+
+def parse_weight_assignments(text: str) -> dict[int, int] | None:
+    """`1=90 2=10` (or `1=90,2=10`) as a checked split; `none` for no split."""
+    if text.strip() == WEIGHTS_OFF:
+        return None
+    raw: dict[str, int] = {}
+    for word in text.replace(",", " ").split():
+        version, sign, weight = word.partition("=")
+        if not sign or not weight.isascii() or not weight.isdigit():
+            raise ManifestError(f"{word!r}: write VERSION=WEIGHT, e.g. 1=90 2=10 (or none)")
+        if version in raw:
+            raise ManifestError(f"{word!r}: version {version} is given twice")
+        raw[version] = int(weight)
+    try:
+        return check_split(raw, "weights")
+    except WeightsError as exc:
+        raise ManifestError(str(exc)) from exc
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m sync.labels",
@@ -161,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not is_model_name(args.name):
             raise ManifestError(f"model name {args.name!r}: use {MODEL_NAME_RULE}")
         changes = parse_label_assignments(args.labels)
-        policy = parse_policy_text(args.policy) if args.policy else None
+        policy = parse_policy(args.policy) if args.policy else None
         weights = _weights_change(args)
     except ManifestError as exc:
         # The code in the message too: through make, make exits 2 and shows it as "Error 64".

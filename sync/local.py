@@ -11,9 +11,9 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from modelrepo import is_model_name, parse_version
-from sync.errors import ManifestError, SourceError
-from sync.manifest import DEFAULT_MANIFEST, MANIFEST_NAME, ModelManifest, parse_manifest
+from modelrepo import MANIFEST_NAME, is_model_name, parse_version
+from modelrepo.manifest import DEFAULT_MANIFEST, ManifestError, ModelManifest, parse_manifest
+from sync.errors import SourceError
 from sync.marker import MARKER_NAME, FileEntry, Marker, build_marker
 from sync.progress import Progress
 from sync.source import Listing

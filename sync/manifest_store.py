@@ -2,7 +2,8 @@
 
 Two stores, like the two sources: the bucket (what dynos serve) and the export folder (what
 `make run` serves without a bucket). `make labels` and `make publish` read and write through
-them with the same settings and credentials sync uses.
+them with the same settings and credentials sync uses. The schema is modelrepo/manifest.py; a
+manifest that breaks it is sync's ManifestError here (exit code 78).
 """
 
 from __future__ import annotations
@@ -10,13 +11,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from modelrepo import parse_version
+from modelrepo import MANIFEST_NAME, parse_version
+from modelrepo.manifest import ManifestError as ManifestSchemaError
+from modelrepo.manifest import ModelManifest, parse_manifest
 from sync.errors import ManifestError
 from sync.files import atomic_write_text
-from sync.manifest import MANIFEST_NAME, ModelManifest, parse_manifest
 from sync.marker import MARKER_NAME
 from sync.s3 import make_client, s3_errors
 from sync.settings import S3Settings
+
+
+def parse(body: bytes, model: str) -> ModelManifest:
+    """parse_manifest, with its error as sync's (the message unchanged)."""
+    try:
+        return parse_manifest(body, model)
+    except ManifestSchemaError as exc:
+        raise ManifestError(str(exc)) from exc
 
 
 class ManifestStore(Protocol):
@@ -54,7 +64,7 @@ class BucketManifests:
             return None
         with s3_errors(self.settings, f"reading {key} from"):
             body = self.client.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read()
-        return parse_manifest(body, model)
+        return parse(body, model)
 
     def write(self, model: str, manifest: ModelManifest) -> None:
         key = f"{self._root}{model}/{MANIFEST_NAME}"
@@ -105,7 +115,7 @@ class FolderManifests:
             return None
         except OSError as exc:
             raise ManifestError(f"{model}: cannot read {path}: {exc}") from exc
-        return parse_manifest(text, model)
+        return parse(text, model)
 
     def write(self, model: str, manifest: ModelManifest) -> None:
         atomic_write_text(self.root / model / MANIFEST_NAME, manifest.render())

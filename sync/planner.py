@@ -18,8 +18,8 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelrepo.manifest import ModelManifest
 from modelrepo.modelconfig import ServedModel
-from sync.manifest import ModelManifest
 from sync.server_status import HOLDING_STATES
 
 

@@ -26,11 +26,11 @@ from boto3.s3.transfer import create_transfer_manager
 from botocore.exceptions import ClientError
 
 from envsettings import SettingsError
-from modelrepo import MODEL_NAME_RULE, is_model_name, parse_version
+from modelrepo import MANIFEST_NAME, MODEL_NAME_RULE, is_model_name, parse_version
 from modelrepo.exportrecord import RECORD_NAME, describe_folder, read_record
+from modelrepo.manifest import ModelManifest
 from sync.cli import start_tool
 from sync.errors import ConfigError, PublishError, SyncError
-from sync.manifest import MANIFEST_NAME, ModelManifest
 from sync.manifest_store import BucketManifests, FolderManifests
 from sync.marker import MARKER_NAME, Marker, build_marker, check_layout
 from sync.progress import Progress

@@ -7,9 +7,9 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+from modelrepo.manifest import weight_problems
 from modelrepo.rollouts import ModelRollout, WeightsError, read_rollouts, render_rollouts
 from sync.files import replace_text_if_changed
-from sync.manifest import weight_problems
 from sync.planner import ModelPlan
 from sync.source import Listing
 

@@ -23,16 +23,15 @@ from botocore.exceptions import (
 from s3transfer.exceptions import RetriesExceededError, S3UploadFailedError
 from s3transfer.subscribers import BaseSubscriber
 
-from modelrepo import is_model_name, parse_version
+from modelrepo import MANIFEST_NAME, is_model_name, parse_version
+from modelrepo.manifest import DEFAULT_MANIFEST, ManifestError, ModelManifest, parse_manifest
 from sync.errors import (
     BucketNotFound,
     CredentialsError,
-    ManifestError,
     SourceError,
     SourceUnavailable,
     VersionError,
 )
-from sync.manifest import DEFAULT_MANIFEST, MANIFEST_NAME, ModelManifest, parse_manifest
 from sync.marker import MARKER_NAME, FileEntry, Marker, parse_marker
 from sync.progress import Progress
 from sync.settings import S3Settings

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from sync.manifest import ModelManifest
+from modelrepo.manifest import ModelManifest
 from sync.marker import FileEntry, Marker
 from sync.progress import Progress
 

@@ -72,7 +72,7 @@ def test_existing_versions_are_kept(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_demo_manifest_serves_both_versions_with_labels_as_sync_reads_it(tmp_path: Path) -> None:
     from export.demo import write_manifest
-    from sync.manifest import parse_manifest
+    from modelrepo.manifest import parse_manifest
 
     write_manifest(tmp_path)
     manifest = parse_manifest((tmp_path / "dynoserve-model.json").read_bytes(), "shapes")

@@ -15,7 +15,7 @@ import boto3
 import pytest
 
 from devtools.dynostack import Dyno, Router, run_env
-from sync.manifest import MANIFEST_NAME
+from modelrepo import MANIFEST_NAME
 from tests.scaleout.load import LABEL, MODEL
 from tests.support import GATEWAY_PYTHON, REPO_ROOT, python_env
 

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from modelrepo import MANIFEST_NAME
 from modelrepo.exportrecord import write_record
 from modelrepo.modelconfig import read_previous
-from sync.manifest import MANIFEST_NAME
 from sync.marker import MARKER_NAME, Marker
 from sync.publish import Publisher, PublishRequest
 from sync.settings import Settings

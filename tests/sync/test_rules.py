@@ -1,54 +1,18 @@
-"""The pure parts: manifest parsing, policy selection, label and removal rules, config text."""
+"""The pure parts: markers, label and removal rules, config text. The manifest's schema (parsing,
+policy selection) is tested in tests/modelrepo/test_manifest.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from modelrepo.manifest import ModelManifest, VersionPolicy
 from modelrepo.modelconfig import ServedModel, read_previous, render
-from sync.errors import ManifestError, VersionError
-from sync.manifest import ModelManifest, VersionPolicy, parse_manifest
+from sync.errors import VersionError
 from sync.marker import build_marker, parse_marker
 from sync.planner import ModelInputs, plan_model
 from tests.sync.helpers import make_version
-
-
-@pytest.mark.parametrize(
-    ("policy", "expected"),
-    [
-        ({"latest": {}}, {5}),
-        ({"latest": {"num_versions": 2}}, {4, 5}),
-        ({"all": {}}, {1, 4, 5}),
-        ({"specific": {"versions": [1, "4", 9]}}, {1, 4}),
-    ],
-)
-def test_policies_select_like_tf_serving(policy: dict, expected: set[int]) -> None:
-    manifest = parse_manifest(f'{{"model_version_policy": {_json(policy)}}}', "m")
-    assert manifest.policy.select({1, 4, 5}) == expected
-
-
-def _json(value: object) -> str:
-    return json.dumps(value)
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("[]", "JSON object"),
-        ("{", "not JSON"),
-        ('{"model_version_policy": {"latest": {"num_versions": 0}}}', "positive"),
-        ('{"model_version_policy": {"specific": {"versions": []}}}', "non-empty"),
-        ('{"model_version_policy": {"all": {}, "latest": {}}}', "one of"),
-        ('{"version_labels": {"stable": -1}}', "positive version"),
-        ('{"version_labels": {"bad label": 1}}', "bad label"),
-        ('{"labels": {}}', "unknown keys"),
-    ],
-)
-def test_bad_manifests_say_what_is_wrong(text: str, message: str) -> None:
-    with pytest.raises(ManifestError, match=message):
-        parse_manifest(text, "m")
 
 
 def test_marker_round_trip_and_unsafe_paths(tmp_path: Path) -> None:

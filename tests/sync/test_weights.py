@@ -1,5 +1,6 @@
-"""Weights in the manifest: parsing, `make labels WEIGHTS=...`, and sync handing them to the
-gateway in rollouts.json (keeping the previous weights when new ones cannot be applied)."""
+"""Weights in the manifest: `make labels WEIGHTS=...`, and sync handing them to the gateway in
+rollouts.json (keeping the previous weights when new ones cannot be applied). Parsing them is
+the schema's: tests/modelrepo/test_manifest.py."""
 
 from __future__ import annotations
 
@@ -10,52 +11,15 @@ from pathlib import Path
 import pytest
 
 from devtools.fakeserver import FakeRestStatusServer
+from modelrepo import MANIFEST_NAME
 from modelrepo.rollouts import ModelRollout, read_rollouts
 from sync import labels
 from sync.errors import ManifestError
+from sync.labels import parse_weight_assignments
 from sync.local import LocalSource
-from sync.manifest import MANIFEST_NAME, parse_manifest, parse_weight_assignments
 from sync.settings import Settings
 from sync.syncer import Syncer
 from tests.sync.helpers import make_version
-
-
-def test_the_manifest_carries_weights_and_renders_them_back() -> None:
-    text = json.dumps(
-        {
-            "model_version_policy": {"all": {}},
-            "version_labels": {"stable": 1},
-            "version_weights": {"1": 90, "2": 10},
-            "label_weights": {"stable": {"1": 100, "2": 0}},
-        }
-    )
-    manifest = parse_manifest(text, "cats")
-    assert manifest.rollout == ModelRollout({1: 90, 2: 10}, {"stable": {1: 100, 2: 0}})
-    assert parse_manifest(manifest.render(), "cats") == manifest
-    assert "weights 1=90 2=10; stable: 1=100 2=0" in manifest.describe()
-    # Without weights, the manifest renders as before (no new keys).
-    plain = parse_manifest('{"version_labels": {"stable": 1}}', "cats")
-    assert "weights" not in plain.render()
-
-
-@pytest.mark.parametrize(
-    ("body", "says"),
-    [
-        ({"version_weights": {"1": 90, "2": 20}}, "cats: version_weights: the weights add up"),
-        ({"version_weights": {"1": -1, "2": 101}}, "must be an integer from 0 to 100, got -1"),
-        ({"version_weights": [1, 2]}, "must map versions to weights"),
-        ({"label_weights": {"stable": {"1": 100}}}, "'stable', which version_labels lacks"),
-        (
-            {"version_labels": {"9x": 1}, "label_weights": {"9x": {"1": 100}}},
-            "bad label name '9x'",
-        ),
-        ({"weights": {"1": 100}}, "unknown keys ['weights']"),
-    ],
-)
-def test_bad_weights_make_a_bad_manifest(body: dict[str, object], says: str) -> None:
-    with pytest.raises(ManifestError) as info:
-        parse_manifest(json.dumps(body), "cats")
-    assert says in str(info.value)
 
 
 def test_weights_on_the_command_line() -> None:
@@ -118,6 +82,18 @@ def test_make_labels_sets_checks_and_removes_weights(
     assert "version_weights" not in manifest_of(exports)
     assert make_labels(exports, monkeypatch, "stable=") == 0  # removing a label drops its weights
     assert "label_weights" not in manifest_of(exports)
+
+
+def test_make_labels_on_a_manifest_that_does_not_parse_exits_78_and_says_why(
+    exports: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The schema's own error (modelrepo.manifest) is sync's at the store: exit 78, same words.
+    bad = '{"version_weights": {"1": 50, "2": 51}}'
+    (exports / "cats" / MANIFEST_NAME).write_text(bad)
+    assert make_labels(exports, monkeypatch, "stable=2") == 78
+    assert "(exit 78): cats: version_weights: the weights add up to 101" in caplog.text
+    assert make_labels(exports, monkeypatch) == 78  # showing it too
+    assert (exports / "cats" / MANIFEST_NAME).read_text() == bad  # nothing written
 
 
 def sync_pass(tmp_path: Path, exports: Path) -> Syncer:

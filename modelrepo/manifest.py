@@ -14,6 +14,14 @@ modelrepo.rollouts): `version_weights` splits requests that name no version or l
 that is where TF Serving's clients and a fallback go):
 
     {"version_weights": {"1": 90, "2": 10}, "label_weights": {"stable": {"1": 50, "2": 50}}}
+
+The schema, its parser (`parse_manifest`) and its serialiser (`ModelManifest.render`) live here,
+standard library only like the rest of `modelrepo`: `make publish` and `make labels` write the
+file with `render` through sync/manifest_store.py, `export/demo.py` writes the demo's (a literal
+this parser reads back in its test), and sync reads it on every pass. A manifest that breaks the
+schema raises this module's ManifestError: a sync pass records it as the model's problem (the
+model keeps its state); `make labels` and `make publish` turn it into sync's own error
+(sync.errors.ManifestError, exit code 78).
 """
 
 from __future__ import annotations
@@ -31,7 +39,10 @@ from modelrepo.rollouts import (
     check_split,
     split_json,
 )
-from sync.errors import ManifestError
+
+
+class ManifestError(ValueError):
+    """A manifest that breaks the schema; the message names the model and what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -173,7 +184,7 @@ def _policy(raw: Any, model: str) -> VersionPolicy:
         return VersionPolicy("latest", num_versions=count)
     if kind == "specific" and isinstance(body, dict):
         versions = body.get("versions")
-        valid = isinstance(versions, list) and all(_is_version(v) for v in versions)
+        valid = isinstance(versions, list) and all(is_manifest_version(v) for v in versions)
         if not valid or not versions:
             raise ManifestError(f"{model}: specific.versions must be a non-empty list of versions")
         return VersionPolicy("specific", versions=frozenset(int(v) for v in versions))
@@ -189,71 +200,17 @@ def _labels(raw: Any, model: str) -> dict[str, int]:
     for name, version in raw.items():
         if not is_label(name):
             raise ManifestError(f"{model}: bad label name {name!r}: {LABEL_RULE}")
-        if not _is_version(version):
+        if not is_manifest_version(version):
             raise ManifestError(f"{model}: label {name!r} must map to a positive version")
         labels[name] = int(version)
     return labels
 
 
-def _is_version(value: Any) -> bool:
+def is_manifest_version(value: Any) -> bool:
+    """A version as the manifest may spell it: a positive integer or its decimal string."""
     # proto3 JSON writes int64 as strings; accept both spellings.
     if isinstance(value, bool):
         return False
     if isinstance(value, str):
         return value.isdigit() and int(value) > 0
     return isinstance(value, int) and value > 0
-
-
-def parse_policy(text: str) -> VersionPolicy:
-    """The command-line form: `all`, `latest` / `latest:N`, `specific:1,2`."""
-    kind, _, rest = text.strip().partition(":")
-    try:
-        if kind == "all" and not rest:
-            return VersionPolicy("all")
-        if kind == "latest":
-            count = int(rest) if rest else 1
-            if count >= 1:
-                return VersionPolicy("latest", num_versions=count)
-        if kind == "specific":
-            versions = frozenset(int(v) for v in rest.split(","))
-            if versions and all(v > 0 for v in versions):
-                return VersionPolicy("specific", versions=versions)
-    except ValueError:
-        pass
-    raise ManifestError(f"policy {text!r}: use all, latest:N or specific:V1,V2")
-
-
-def parse_label_assignments(items: Iterable[str]) -> dict[str, int | None]:
-    """`stable=3` sets a label, `stable=` removes it: label -> version, or None to remove."""
-    changes: dict[str, int | None] = {}
-    for item in items:
-        for word in item.split():  # LABELS="stable=1 canary=2" arrives as one argument
-            name, sign, version = word.partition("=")
-            if not sign or not is_label(name):
-                raise ManifestError(f"{word!r}: write LABEL=VERSION (or LABEL= to remove it)")
-            if version and not _is_version(version):
-                raise ManifestError(f"{word!r}: the version must be a positive integer")
-            changes[name] = int(version) if version else None
-    return changes
-
-
-WEIGHTS_OFF = "none"
-"""`--weights none` removes a split."""
-
-
-def parse_weight_assignments(text: str) -> dict[int, int] | None:
-    """`1=90 2=10` (or `1=90,2=10`) as a checked split; `none` for no split."""
-    if text.strip() == WEIGHTS_OFF:
-        return None
-    raw: dict[str, int] = {}
-    for word in text.replace(",", " ").split():
-        version, sign, weight = word.partition("=")
-        if not sign or not weight.isascii() or not weight.isdigit():
-            raise ManifestError(f"{word!r}: write VERSION=WEIGHT, e.g. 1=90 2=10 (or none)")
-        if version in raw:
-            raise ManifestError(f"{word!r}: version {version} is given twice")
-        raw[version] = int(weight)
-    try:
-        return check_split(raw, "weights")
-    except WeightsError as exc:
-        raise ManifestError(str(exc)) from exc
