@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -23,10 +22,11 @@ from export.errors import ExportError
 from export.settings import ExportSettings
 from export.tfimport import import_tensorflow
 from modelrepo import MANIFEST_NAME
+from modelrepo.manifest import ModelManifest, VersionPolicy
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "docs" / "samples"
-# The sync manifest (docs/sync.md), in TF Serving's ModelConfig field names.
-MANIFEST = {"model_version_policy": {"all": {}}, "version_labels": {"stable": 1, "canary": 2}}
+# The sync manifest (docs/sync.md): every version served, two labels.
+MANIFEST = ModelManifest(VersionPolicy(kind="all"), {"stable": 1, "canary": 2})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,9 +63,9 @@ def write_manifest(model_dir: Path) -> None:
     if target.exists():
         return
     staging = target.with_name(f".{MANIFEST_NAME}.tmp")
-    staging.write_text(json.dumps(MANIFEST, indent=2) + "\n")
+    staging.write_text(MANIFEST.render())
     staging.replace(target)
-    print(f"wrote {target}: every version served, labels {MANIFEST['version_labels']}")
+    print(f"wrote {target}: every version served, labels {dict(MANIFEST.labels)}")
 
 
 if __name__ == "__main__":
