@@ -119,18 +119,18 @@ def flood(
     addresses = [loadclient.client_address(FLOODER + 1 + i) for i in range(plan.uploaders)]
     waited = settle()
     calm = loadclient.run_for(
-        loadclient.ClosedLoop(endpoint, upload, plan.uploaders, addresses), plan.calm_s
+        loadclient.KeepAliveLoad.posting(endpoint, upload, plan.uploaders, addresses), plan.calm_s
     )
-    flooder = loadclient.ClosedLoop(
+    flooder = loadclient.KeepAliveLoad.posting(
         endpoint, slow.encode(), plan.requests, [loadclient.client_address(FLOODER)]
     )
     runner, sampler = steps.RunnerCpu(), sampling().start()
     flooder.start()
     time.sleep(plan.head_start_s)
     during = loadclient.run_for(
-        loadclient.ClosedLoop(endpoint, upload, plan.uploaders, addresses), plan.seconds
+        loadclient.KeepAliveLoad.posting(endpoint, upload, plan.uploaders, addresses), plan.seconds
     )
-    flooded = flooder.stop()
+    flooded = flooder.finish()
     usage = sampler.stop()
     return {
         "plan": plan.__dict__,

@@ -1,10 +1,11 @@
 """A small closed-loop HTTP client for the steps siege cannot run: one logical client keeping
 many requests in flight, clients with their own address, multi-megabyte bodies.
 
-Each worker thread owns one keep-alive connection and posts one fixed body back to back until
-the group is stopped; every answer's status and latency is tallied (a socket error or timeout
-is a status too). Bounded: a fixed number of threads, a per-request timeout, and `stop()` waits
-for the requests in flight (at most one per thread) before returning.
+The threads are devtools.load's `ClosedLoop` (the dyno and scale-out tests' load): each owns one
+keep-alive connection and posts one fixed body back to back until the group is stopped; every
+answer's status and latency is tallied (a socket error or timeout is a status too). Bounded: a
+fixed number of threads, a per-request timeout, and `finish()` waits for the requests in flight
+(at most one per thread), at most the request timeout + 5 s in all, before returning.
 
 A logical client says who it is the way Heroku's router does, with an `X-Forwarded-For` entry
 (documentation addresses, 203.0.113.0/24): on loopback every connection comes from 127.0.0.1,
@@ -21,9 +22,10 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from bench.steps import latency_stats_ms
+from devtools.load import ClosedLoop
 
 REQUEST_TIMEOUT_S = 60.0
 
@@ -69,51 +71,55 @@ class Tally:
         }
 
 
-class ClosedLoop:
-    """`workers` threads posting `body` to `endpoint` back to back until `stop()`; worker i
-    speaks for the logical client at addresses[i % len(addresses)]."""
+@dataclass
+class KeepAliveLoad(ClosedLoop):
+    """devtools.load's closed loop with the bench's client: each of `clients` threads keeps one
+    connection to `host`:`port` and posts `body` to `path` back to back until finish(), as the
+    logical client at addresses[i % len(addresses)]. Build it with `posting`."""
 
-    def __init__(
-        self,
+    body: bytes = field(kw_only=True)
+    path: str = field(kw_only=True)
+    addresses: Sequence[str] = field(kw_only=True)
+    host: str = field(default="127.0.0.1", kw_only=True)
+    timeout_s: float = field(default=REQUEST_TIMEOUT_S, kw_only=True)
+    tally: Tally = field(default_factory=Tally, kw_only=True)
+    _started: float = field(default=0.0, kw_only=True, repr=False)
+
+    @classmethod
+    def posting(
+        cls,
         endpoint: str,
         body: bytes,
-        workers: int,
+        clients: int,
         addresses: Sequence[str],
         timeout_s: float = REQUEST_TIMEOUT_S,
-    ) -> None:
-        self.parts = urllib.parse.urlsplit(endpoint)
-        self.body = body
-        self.timeout_s = timeout_s
-        self.tally = Tally()
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(
-                target=self._worker, args=(addresses[i % len(addresses)],), daemon=True
-            )
-            for i in range(workers)
-        ]
-        self._started = 0.0
+    ) -> KeepAliveLoad:
+        """`clients` threads posting `body` to the URL `endpoint`; stopping waits for the
+        requests in flight at most `timeout_s` + 5 s in all."""
+        parts = urllib.parse.urlsplit(endpoint)
+        return cls(
+            parts.port or 80,
+            clients,
+            body=body,
+            path=parts.path,
+            addresses=addresses,
+            host=parts.hostname or "127.0.0.1",
+            timeout_s=timeout_s,
+            stop_timeout_s=timeout_s + 5,
+        )
 
-    def start(self) -> ClosedLoop:
+    def start(self) -> Self:
         self._started = time.monotonic()
-        for thread in self._threads:
-            thread.start()
-        return self
+        return super().start()
 
-    def stop(self) -> dict[str, Any]:
+    def finish(self) -> dict[str, Any]:
         """Stop sending, wait for the answers in flight, return the group's record (rates over
-        the time until the last answer)."""
-        self._stop.set()
-        deadline = time.monotonic() + self.timeout_s + 5  # one bound for all: threads are daemons
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        the time until the last answer). A client still waiting then is not counted."""
+        self.halt()
         return self.tally.record(time.monotonic() - self._started)
 
-    def _connect(self) -> http.client.HTTPConnection:
-        host, port = self.parts.hostname or "127.0.0.1", self.parts.port
-        return http.client.HTTPConnection(host, port, timeout=self.timeout_s)
-
-    def _worker(self, address: str) -> None:
+    def client(self, index: int) -> None:
+        address = self.addresses[index % len(self.addresses)]
         headers = {"Content-Type": "application/json", "X-Forwarded-For": address}
         conn = self._connect()
         try:
@@ -127,12 +133,15 @@ class ClosedLoop:
         finally:
             conn.close()
 
+    def _connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+
     def _post(
         self, conn: http.client.HTTPConnection, headers: dict[str, str]
     ) -> tuple[str, bool, str | None]:
         """One request: (status, whether the connection may be reused, the error's code)."""
         try:
-            conn.request("POST", self.parts.path, body=self.body, headers=headers)
+            conn.request("POST", self.path, body=self.body, headers=headers)
             response = conn.getresponse()
             payload = response.read()
             code = error_code(payload) if response.status != 200 else None
@@ -152,8 +161,8 @@ def error_code(payload: bytes) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def run_for(loop: ClosedLoop, seconds: float) -> dict[str, Any]:
+def run_for(loop: KeepAliveLoad, seconds: float) -> dict[str, Any]:
     """Start `loop`, let it run `seconds`, stop it; its record."""
     loop.start()
     time.sleep(seconds)
-    return loop.stop()
+    return loop.finish()

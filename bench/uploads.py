@@ -76,7 +76,7 @@ def uploads(
     runner = steps.RunnerCpu()
     sampler = procstat.Sampler(roles, interval=RSS_INTERVAL_S).start()
     record = loadclient.run_for(
-        loadclient.ClosedLoop(endpoint, body, plan.clients, addresses), plan.seconds
+        loadclient.KeepAliveLoad.posting(endpoint, body, plan.clients, addresses), plan.seconds
     )
     usage = sampler.stop()
     return {

@@ -1,5 +1,5 @@
-"""Bounded closed-loop load on a dyno (`ClosedLoop`, which tests/scaleout's load shares too),
-every request classified.
+"""Bounded closed-loop load on a dyno (`ClosedLoop`, which tests/scaleout's load and the bench's
+keep-alive client, bench/loadclient.py, share too), every request classified.
 
 Each client opens a new connection per request (as Heroku's router does), or with
 `keep_alive` keeps one HTTP/1.1 connection for as long as the dyno does (as a router or proxy
@@ -42,7 +42,8 @@ class Outcome:
 @dataclass
 class ClosedLoop:
     """`clients` threads on `port`, each running `client(index)` until stop() (or until it
-    returns): the closed loop every load of the tests shares. A subclass records the answers."""
+    returns): the closed loop every load of the tests and the bench shares. A subclass records
+    the answers."""
 
     port: int
     clients: int = 4
@@ -62,17 +63,26 @@ class ClosedLoop:
         return self
 
     def stop(self, timeout: float | None = None) -> None:
+        """As halt(); a client still running after that is an error."""
+        stopped = self.halt(timeout)
+        assert stopped, "a load client hung"
+
+    def halt(self, timeout: float | None = None) -> bool:
+        """Stop sending and wait for the requests in flight, `timeout` (else stop_timeout_s) in
+        all, not per client; whether every client has ended (they are daemon threads)."""
         self._stop.set()
-        for thread in self._threads:
-            thread.join(self.stop_timeout_s if timeout is None else timeout)
-        assert not any(t.is_alive() for t in self._threads), "a load client hung"
+        return self._join(self.stop_timeout_s if timeout is None else timeout)
 
     def wait_done(self, timeout: float) -> None:
         """Until every client has stopped by itself, at most `timeout`."""
+        self._join(timeout)
+        self.stop()
+
+    def _join(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self.stop()
+        return not any(t.is_alive() for t in self._threads)
 
 
 @dataclass
