@@ -1,7 +1,9 @@
 """CPU time and memory of the processes under test, read from /proc, and what else used the CPU.
 
-Processes are grouped by role (gateway, model server, nginx, ...) from their command lines; a
-step's CPU per role is the difference of two snapshots, RSS the largest sum seen while sampling.
+Processes are the trees below given roots (devtools.dynostack's `descendants`), grouped by role
+(gateway, model server, nginx, ...) from their command lines by rules such as devtools.dynostack's
+`ROLES`; a step's CPU per role is the difference of two snapshots, RSS the largest sum seen while
+sampling.
 """
 
 from __future__ import annotations
@@ -13,32 +15,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devtools.dynostack import descendants
+
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PROC = Path("/proc")
 
 Roles = Callable[[], dict[int, str]]
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of `pid` (Linux 3.5+ task children lists)."""
-    found: list[int] = []
-    for task in (PROC / str(pid) / "task").glob("*/children"):
-        try:
-            found += [int(p) for p in task.read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
-def tree(root: int) -> list[int]:
-    """`root` and all its descendants alive now."""
-    pids, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        pids.append(pid)
-        todo += children(pid)
-    return pids
 
 
 def cmdline(pid: int) -> str:
@@ -90,7 +73,7 @@ def roles_under(roots: dict[int, str], rules: Iterable[tuple[str, str]]) -> Role
     def current() -> dict[int, str]:
         found: dict[int, str] = {}
         for root, default in roots.items():
-            for pid in tree(root):
+            for pid in [root, *descendants(root)]:
                 role = role_of(pid, rules)
                 found[pid] = role if any(role == r for _, r in rules) else default
         return found
