@@ -38,7 +38,8 @@ from bench.overhead import (
     tiny_jpeg,
     tiny_model,
 )
-from devtools.net import free_port, http_ok, port_open
+from bench.stack import start_stack
+from devtools.net import free_port, port_open
 from devtools.processes import REPO_ROOT, ManagedProcess, python_env
 
 Step = Callable[[], dict[str, float]]
@@ -62,30 +63,6 @@ def start_server(root: Path, log: Path) -> tuple[ManagedProcess, int]:
     return server, port
 
 
-def start_stack(root: Path, work: Path) -> tuple[ManagedProcess, str]:
-    """`root`'s stack as bench.stack starts it, serving the tiny model, the cache off."""
-    work.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = {
-        "PORT": str(port),
-        "DYNOSERVE_RUNTIME_PYTHON": str(root / ".venv-gateway" / "bin" / "python"),
-        "DYNOSERVE_MODEL_PYTHON": str(root / ".venv" / "bin" / "python"),
-        "DYNOSERVE_MODEL_BASE_PATH": str(work / "models"),
-        "DYNOSERVE_RUN_DIR": str(work),
-        "DYNOSERVE_MODEL_SERVER_GRPC_PORT": str(free_port()),
-        "DYNOSERVE_MODEL_SERVER_REST_PORT": str(free_port()),
-        "DYNOSERVE_EXPORT_DIR": str(tiny_model().parent),
-        "DYNOSERVE_FETCH_ALLOW_PRIVATE": "true",
-        "DYNOSERVE_BIND_HOST": "127.0.0.1",
-        **NO_CACHE,
-    }
-    argv = [str(root / ".venv-gateway" / "bin" / "python"), "-m", "dyno"]
-    proc = ManagedProcess(argv, work / "dynoserve.log", env=checkout_env(root, env), cwd=root)
-    base = f"http://127.0.0.1:{port}"
-    proc.start_ready(lambda: http_ok(base + "/readyz"), timeout=300, stop_timeout=30)
-    return proc, base
-
-
 def server_steps(roots: Sequence[Path], stack: ExitStack, args: argparse.Namespace) -> list[Step]:
     image = tiny_jpeg(WORK).read_bytes()
     steps = []
@@ -107,10 +84,11 @@ def stack_steps(roots: Sequence[Path], stack: ExitStack, args: argparse.Namespac
     urls = [f"{image_base}/{p.name}" for p in photos]
     steps = []
     for n, root in enumerate(roots):
-        proc, base = start_stack(root, WORK / f"ab-stack-{n}")
-        stack.callback(proc.stop, 40)
+        # `root`'s stack as the bench starts it, serving the tiny model, the cache off.
+        dyno, base = start_stack(tiny_model().parent, WORK / f"ab-stack-{n}", NO_CACHE, root)
+        stack.callback(dyno.stop, 40)
         client = HttpClients(f"{base}/v1/models/{TINY}:predict", urls)
-        steps.append(_step(Processes(proc.pid), args.clients, args.requests, client))
+        steps.append(_step(Processes(dyno.pid), args.clients, args.requests, client))
     return steps
 
 

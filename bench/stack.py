@@ -11,16 +11,21 @@ from pathlib import Path
 
 from devtools.dynostack import ROLES, Dyno, run_env
 from devtools.net import free_port
-from devtools.processes import wait_for
+from devtools.processes import REPO_ROOT, wait_for
 
 MODEL = "mobilenet"
 __all__ = ["MODEL", "ROLES", "gateway_busy", "stack_env", "start_stack", "wait_idle"]
 
 
 def stack_env(
-    export_dir: Path, work: Path, port: int, extra: dict[str, str] | None = None
+    export_dir: Path,
+    work: Path,
+    port: int,
+    extra: dict[str, str] | None = None,
+    root: Path = REPO_ROOT,
 ) -> dict[str, str]:
-    """The variables `make run` sets, plus the two a loopback benchmark needs, plus `extra`."""
+    """The variables `make run` sets, plus the two a loopback benchmark needs, plus `extra`;
+    `root`: the checkout to run (bench/ab.py runs two)."""
     return run_env(
         work,
         {
@@ -34,17 +39,19 @@ def stack_env(
             "DYNOSERVE_ANSWER_CACHE_BYTES": "0",
             **(extra or {}),
         },
+        root,
     )
 
 
 def start_stack(
-    export_dir: Path, work: Path, extra: dict[str, str] | None = None
+    export_dir: Path, work: Path, extra: dict[str, str] | None = None, root: Path = REPO_ROOT
 ) -> tuple[Dyno, str]:
     """The dyno's process tree as `make run` starts it (devtools.dynostack), ready (/readyz);
     the dyno (its log in `work`) and its base URL; stopped if it never gets ready.
-    `extra`: more environment variables (settings to change for a measurement)."""
-    env = stack_env(export_dir, work, free_port(), extra)
-    dyno = Dyno(env, name="dynoserve", work=work).start()
+    `extra`: more environment variables (settings to change for a measurement); `root`: the
+    checkout to run, from its own folder as `make run` does."""
+    env = stack_env(export_dir, work, free_port(), extra, root)
+    dyno = Dyno(env, name="dynoserve", work=work, cwd=root).start()
     try:
         dyno.wait_ready(timeout=300)
     except BaseException:

@@ -36,21 +36,23 @@ DYNO_MODULE = "dyno"  # the image's CMD is `<runtime python> -m dyno` (tests/e2e
 ENTRYPOINT = [str(GATEWAY_PYTHON), "-m", DYNO_MODULE]  # what `make run` runs
 
 
-def makefile_run_variables() -> set[str]:
+def makefile_run_variables(root: Path = REPO_ROOT) -> set[str]:
     """Names of the variables the Makefile's `run` recipe sets before `python -m dyno`."""
-    text = (REPO_ROOT / "Makefile").read_text()
+    text = (root / "Makefile").read_text()
     recipe = re.search(r"^run:.*?\n((?:\t.*\n)+)", text, re.M)
     assert recipe is not None, "the Makefile has no run recipe"
     return set(re.findall(r"^\t\s*([A-Z][A-Z0-9_]*)=", recipe.group(1), re.M))
 
 
-def run_env(work: Path, extra: dict[str, str]) -> dict[str, str]:
-    """`make run`'s environment for a dyno working in `work`, plus `extra` (bucket, interval)."""
+def run_env(work: Path, extra: dict[str, str], root: Path = REPO_ROOT) -> dict[str, str]:
+    """`make run`'s environment for a dyno working in `work`, plus `extra` (bucket, interval);
+    `root`: the checkout whose code and virtualenvs it runs (another one for bench/ab.py)."""
     env = python_env(
         {
+            "PYTHONPATH": str(root),
             "PORT": str(free_port()),
-            "DYNOSERVE_RUNTIME_PYTHON": str(GATEWAY_PYTHON),
-            "DYNOSERVE_MODEL_PYTHON": str(VENV_PYTHON),
+            "DYNOSERVE_RUNTIME_PYTHON": str(root / GATEWAY_PYTHON.relative_to(REPO_ROOT)),
+            "DYNOSERVE_MODEL_PYTHON": str(root / VENV_PYTHON.relative_to(REPO_ROOT)),
             "DYNOSERVE_MODEL_BASE_PATH": str(work / "models"),
             "DYNOSERVE_RUN_DIR": str(work / "run"),
             # Two dynos on one machine: the sidecar ports must differ (on Heroku each has its own).
@@ -62,7 +64,7 @@ def run_env(work: Path, extra: dict[str, str]) -> dict[str, str]:
             **extra,
         }
     )
-    missing = makefile_run_variables() - set(env)
+    missing = makefile_run_variables(root) - set(env)
     assert not missing, f"the Makefile's run recipe sets {sorted(missing)}; so must the test"
     return env
 

@@ -110,6 +110,26 @@ def test_stack_sets_every_variable_supervisord_conf_needs(tmp_path: Path) -> Non
     assert not missing, f"bench/stack.py does not set {sorted(missing)} for supervisord.conf"
 
 
+def test_the_stack_of_another_checkout_runs_that_checkouts_code(tmp_path: Path) -> None:
+    """bench/ab.py's other checkout: its interpreters, its code on the path, and its own
+    Makefile's run recipe is the one the environment must cover."""
+    from bench.stack import stack_env
+    from devtools.processes import REPO_ROOT
+
+    other = tmp_path / "other"
+    other.mkdir()
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    (other / "Makefile").write_text(makefile)
+    env = stack_env(tmp_path / "exports", tmp_path / "work", 8080, root=other)
+    assert env["PYTHONPATH"] == str(other)
+    assert env["DYNOSERVE_RUNTIME_PYTHON"] == str(other / ".venv-gateway" / "bin" / "python")
+    assert env["DYNOSERVE_MODEL_PYTHON"] == str(other / ".venv" / "bin" / "python")
+    newer = makefile.replace("\tPORT=", "\tDYNOSERVE_NEWER_SETTING=1 \\\n\tPORT=", 1)
+    (other / "Makefile").write_text(newer)
+    with pytest.raises(AssertionError, match="DYNOSERVE_NEWER_SETTING"):
+        stack_env(tmp_path / "exports", tmp_path / "work", 8080, root=other)
+
+
 def test_url_file_posts_json_bodies(tmp_path: Path) -> None:
     path = siege.url_file(tmp_path / "u.txt", "http://h:1/predict", ["http://i/a.jpg"])
     assert path.read_text() == 'http://h:1/predict POST {"image_url": "http://i/a.jpg"}\n'
