@@ -139,9 +139,19 @@ def test_the_shipped_flags_and_config_files_parse_with_the_official_messages() -
     assert options.unknown == ()
     assert options.enable_batching
     batching = config.read_batching_parameters(options.batching_parameters_file)
-    assert batching.max_batch_size.value == 32
+    assert batching.max_batch_size.value == 16  # serving/batching.config says why
     monitoring = config.read_monitoring_config(options.monitoring_config_file)
     assert config.prometheus_path(monitoring) == "/monitoring/prometheus/metrics"
+
+
+def test_the_gateway_sends_no_batch_larger_than_the_shipped_model_server_takes() -> None:
+    """A Predict of more images than max_batch_size is refused (no large-batch splitting), so
+    the gateway's largest batch request must fit the shipped batching.config."""
+    from gateway.settings import Settings as GatewaySettings
+
+    options = flags.parse(flags.read_flags_file(str(DEFAULT_FLAGS_FILE)))
+    batching = config.read_batching_parameters(options.batching_parameters_file)
+    assert GatewaySettings.from_env({}).max_batch <= batching.max_batch_size.value
 
 
 def test_command_line_flags_win_over_defaults() -> None:
