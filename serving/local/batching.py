@@ -3,6 +3,9 @@
 Mirrors TF Serving's BatchingSession over a BasicBatchScheduler: tasks queue up; a batch thread
 takes queued tasks up to max_batch_size as soon as the batch is full or the oldest task has
 waited batch_timeout_micros, pads to the next allowed_batch_sizes entry, runs once and splits.
+With enable_large_batch_splitting, max_batch_size bounds a request and max_execution_batch_size
+a batch: a request that does not fit the batch being formed fills it and its other rows go on
+in the next batches (the queue's split_input_task_func), answered once every piece has run.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ class BatchingOptions:
     num_batch_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     allowed_batch_sizes: tuple[int, ...] = ()
     thread_pool_name: str = "batch_threads"
+    enable_large_batch_splitting: bool = False
+    max_execution_batch_size: int | None = None
+    """The largest batch run when splitting; max_batch_size when unset (GetQueueOptions)."""
 
     @classmethod
     def from_proto(cls, proto: Any | None) -> BatchingOptions:
@@ -60,19 +66,49 @@ class BatchingOptions:
             values["num_batch_threads"] = proto.num_batch_threads.value
         if proto.HasField("thread_pool_name"):
             values["thread_pool_name"] = proto.thread_pool_name.value
+        if proto.HasField("enable_large_batch_splitting"):
+            values["enable_large_batch_splitting"] = proto.enable_large_batch_splitting.value
+        if proto.HasField("max_execution_batch_size"):  # read only when splitting
+            values["max_execution_batch_size"] = proto.max_execution_batch_size.value
         values["allowed_batch_sizes"] = tuple(proto.allowed_batch_sizes)
         options = cls(**values)
         options.validate()
         return options
 
+    @property
+    def execution_batch_size(self) -> int:
+        """The largest batch the model runs: max_execution_batch_size when splitting."""
+        if self.enable_large_batch_splitting and self.max_execution_batch_size is not None:
+            return self.max_execution_batch_size
+        return self.max_batch_size
+
     def validate(self) -> None:
+        """As CreateBasicBatchingSession and the queue check the options (batching_session.cc)."""
         sizes = self.allowed_batch_sizes
         if self.max_batch_size <= 0 or self.num_batch_threads <= 0:
             raise ValueError("max_batch_size and num_batch_threads must be positive")
         if any(b <= a for a, b in itertools.pairwise(sizes)):
             raise ValueError("allowed_batch_sizes entries must be monotonically increasing")
-        if sizes and sizes[-1] != self.max_batch_size:
-            raise ValueError("final entry in allowed_batch_sizes must equal max_batch_size")
+        if not self.enable_large_batch_splitting:
+            if sizes and sizes[-1] != self.max_batch_size:
+                raise ValueError("final entry in allowed_batch_sizes must equal max_batch_size")
+            return
+        execution = self.execution_batch_size
+        if not 0 < execution <= self.max_batch_size:
+            raise ValueError(
+                f"max_execution_batch_size ({execution}) must be positive and at most "
+                f"max_batch_size ({self.max_batch_size})"
+            )
+        if sizes and sizes[-1] > self.max_batch_size:
+            raise ValueError(
+                "Last entry in allowed_batch_sizes must be less than or equal to max_batch_size; "
+                f"last entry was {sizes[-1]}; expected {self.max_batch_size}"
+            )
+        if sizes and sizes[-1] != execution:
+            raise ValueError(
+                "Last entry in allowed_batch_sizes must be equal to max_execution_batch_size; "
+                f"last entry was {sizes[-1]}; expected {execution}"
+            )
 
     def padded_size(self, size: int) -> int:
         if not self.allowed_batch_sizes:
@@ -89,6 +125,32 @@ class _Task:
     outputs: Arrays | None = None
     error: ServingError | None = None
     abandoned: bool = False
+    whole: _Task | None = None
+    """The request this task is a piece of (large-batch splitting); None for a whole request."""
+    offset: int = 0
+    """Where this piece's rows start in its request."""
+    pending: int = 0
+    """On a split request: rows whose piece has not answered yet."""
+    answers: list[tuple[int, _Task]] = field(default_factory=list)
+    """On a split request: its pieces once they answered, with their offsets."""
+
+    def split_off(self, rows: int) -> tuple[_Task, _Task]:
+        """(the first `rows` rows, the rest) as pieces of this task's request."""
+        whole = self.whole or self
+        if self.whole is None:
+            whole.pending = self.size
+        pieces = []
+        for start, end in ((0, rows), (rows, self.size)):
+            inputs = {key: array[start:end] for key, array in self.inputs.items()}
+            piece = _Task(inputs, end - start, self.enqueued_at, whole=whole)
+            piece.offset = self.offset + start
+            pieces.append(piece)
+        return pieces[0], pieces[1]
+
+    @property
+    def gone(self) -> bool:
+        """Its caller stopped waiting (deadline): not worth running."""
+        return self.abandoned or (self.whole is not None and self.whole.abandoned)
 
 
 def task_size(inputs: Arrays) -> int:
@@ -116,6 +178,7 @@ class BatchScheduler:
         self._queued = 0
         self._running = 0  # batches being run, by batch threads or inline by callers
         self._cond = threading.Condition()
+        self._pieces = threading.Lock()  # split requests' answers, from any batch thread
         self._closed = False
         self._threads = [
             threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
@@ -127,11 +190,12 @@ class BatchScheduler:
     def submit(self, inputs: Arrays, timeout: float | None) -> Arrays:
         """Queue one request and wait for its slice of a batch's outputs."""
         task = _Task(inputs, task_size(inputs))
-        limit = self.options.max_batch_size
-        if task.size > limit:
+        if task.size > self.options.max_batch_size:
             raise InvalidArgument(
-                f"Task size {task.size} is larger than maximum input batch size {limit}"
+                f"Task size {task.size} is larger than maximum input batch size "
+                f"{self.options.max_batch_size}"
             )
+        limit = self.options.execution_batch_size
         with self._cond:
             if self._closed:
                 raise Unavailable("The batch scheduler is shutting down")
@@ -207,7 +271,7 @@ class BatchScheduler:
 
     def _next_batch(self) -> list[_Task] | None:
         timeout = self.options.batch_timeout_micros / 1e6
-        limit = self.options.max_batch_size
+        limit = self.options.execution_batch_size
         threads = self.options.num_batch_threads
         with self._cond:
             while not self._closed and (not self._tasks or self._running >= threads):
@@ -225,10 +289,18 @@ class BatchScheduler:
     def _take(self, limit: int) -> list[_Task]:
         batch: list[_Task] = []
         size = 0
-        while self._tasks and size + self._tasks[0].size <= limit:
-            task = self._tasks.popleft()
+        while self._tasks:
+            task = self._tasks[0]
+            room = limit - size
+            if task.size > room:
+                if not self.options.enable_large_batch_splitting or room == 0:
+                    break
+                # The request fills this batch; its other rows wait at the head of the queue.
+                task, self._tasks[0] = task.split_off(room)
+            else:
+                self._tasks.popleft()
             self._queued -= task.size
-            if task.abandoned:
+            if task.gone:
                 continue
             batch.append(task)
             size += task.size
@@ -253,7 +325,27 @@ class BatchScheduler:
                 task.error = Internal(f"Batch failed: {exc}")
         finally:
             for task in batch:
-                task.done.set()
+                if task.whole is None:
+                    task.done.set()
+                else:
+                    self._piece_answered(task)
+
+    def _piece_answered(self, piece: _Task) -> None:
+        """A split request answers when its last piece has: its rows in order, or the first
+        error any piece met (BatchingSession's shared status for split tasks)."""
+        whole = piece.whole
+        assert whole is not None
+        with self._pieces:
+            whole.answers.append((piece.offset, piece))
+            whole.pending -= piece.size
+            if whole.pending:
+                return
+        pieces = [p for _, p in sorted(whole.answers, key=lambda answer: answer[0])]
+        whole.error = next((p.error for p in pieces if p.error is not None), None)
+        if whole.error is None:
+            outputs = [p.outputs for p in pieces if p.outputs is not None]
+            whole.outputs = {key: np.concatenate([o[key] for o in outputs]) for key in outputs[0]}
+        whole.done.set()
 
     def _run_batch(self, batch: list[_Task]) -> None:
         merged, size, padded = self._merge(batch)

@@ -1,8 +1,9 @@
 """Memory inside the container's limit under the original experiment's load: siege with 1, 10,
 50 and 100 clients posting image URLs, then two clients sending 16-image requests at once (the
-batcher's largest batch, 32). No process OOM-killed, no failed request, anonymous memory at most
-90 % of the limit; the cgroup's peak (memory.max_usage_in_bytes: RSS + the page cache charged to
-it) and each process's peak RSS are reported.
+gateway's largest; the batcher runs them in batches of up to 8, serving/batching.config). No
+process OOM-killed, no failed request, anonymous memory at most 90 % of the limit; the cgroup's
+peak (memory.max_usage_in_bytes: RSS + the page cache charged to it) and each process's peak
+RSS are reported.
 
 The demo model runs in the dyno size the README names for it; the benchmark model (MobileNet)
 and a ResNet-50-size classifier beside the demo model in theirs (tests/image/sizes.py)."""

@@ -14,7 +14,15 @@ import pytest
 
 from serving.local.batching import BatchingOptions, BatchScheduler
 from serving.local.errors import DeadlineExceeded, InvalidArgument, Unavailable
-from tests.serving.helpers import RED, Server, copy_versions, jpeg, predict_request, running_server
+from tests.serving.helpers import (
+    GREEN,
+    RED,
+    Server,
+    copy_versions,
+    jpeg,
+    predict_request,
+    running_server,
+)
 from tests.support import wait_for
 
 
@@ -150,12 +158,113 @@ def test_a_lone_task_runs_on_its_callers_thread_and_batches_stay_within_the_thre
         scheduler.close()
 
 
+def _splitting(
+    max_execution_batch_size: int | None = None, allowed_batch_sizes: tuple[int, ...] = ()
+) -> BatchingOptions:
+    return BatchingOptions(
+        max_batch_size=16,
+        enable_large_batch_splitting=True,
+        max_execution_batch_size=max_execution_batch_size,
+        allowed_batch_sizes=allowed_batch_sizes,
+    )
+
+
 def test_options_are_validated_like_tf_serving() -> None:
     with pytest.raises(ValueError, match="monotonically increasing"):
         BatchingOptions(max_batch_size=8, allowed_batch_sizes=(4, 2, 8)).validate()
     with pytest.raises(ValueError, match="must equal max_batch_size"):
         BatchingOptions(max_batch_size=8, allowed_batch_sizes=(2, 4)).validate()
     assert BatchingOptions(max_batch_size=8, allowed_batch_sizes=(2, 4, 8)).padded_size(3) == 4
+    with pytest.raises(ValueError, match="at most max_batch_size"):
+        _splitting(max_execution_batch_size=32).validate()
+    with pytest.raises(ValueError, match="must be equal to max_execution_batch_size"):
+        _splitting(max_execution_batch_size=8, allowed_batch_sizes=(4,)).validate()
+    with pytest.raises(ValueError, match="less than or equal to max_batch_size"):
+        _splitting(max_execution_batch_size=8, allowed_batch_sizes=(8, 32)).validate()
+    _splitting(max_execution_batch_size=8, allowed_batch_sizes=(4, 8)).validate()
+    assert _splitting().execution_batch_size == 16  # GetQueueOptions: max_batch_size if unset
+    off = BatchingOptions(max_batch_size=16, max_execution_batch_size=8)
+    assert off.execution_batch_size == 16  # read only when splitting is on
+
+
+def _rows(start: int, count: int) -> dict[str, np.ndarray]:
+    return {"x": np.arange(start, start + count, dtype=np.float32).reshape(count, 1)}
+
+
+def test_large_batch_splitting_runs_a_request_in_pieces_and_answers_it_whole() -> None:
+    """A 20-row request queued behind a 5-row one runs in batches of at most 8: 3 of its rows
+    fill the 5-row batch, the other 17 go on in the next batches (8, 8, 1), and
+    it gets its 20 rows back in order (as the queue's split_input_task_func does)."""
+    gate = threading.Event()
+    recorder = _Recorder(gate=gate)
+    scheduler = _scheduler(
+        recorder,
+        max_batch_size=32,
+        enable_large_batch_splitting=True,
+        max_execution_batch_size=8,
+        num_batch_threads=1,
+    )
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            blocker = pool.submit(scheduler.submit, _rows(100, 1), 10)
+            assert recorder.running.wait(10)  # the lone first request holds the batch turn
+            small = pool.submit(scheduler.submit, _rows(200, 5), 10)
+            wait_for(lambda: scheduler.queued == 5, timeout=10)
+            large = pool.submit(scheduler.submit, _rows(0, 20), 10)
+            wait_for(lambda: scheduler.queued == 25, timeout=10)
+            gate.set()
+            answers = [f.result()["y"][:, 0].tolist() for f in (blocker, small, large)]
+    finally:
+        scheduler.close()
+    assert answers[0] == [200.0]
+    assert answers[1] == [2.0 * v for v in range(200, 205)]
+    assert answers[2] == [2.0 * v for v in range(20)]
+    assert [size for size, _ in recorder.batches] == [1, 8, 8, 8, 1]
+    assert max(padded for _, padded in recorder.batches) <= 8
+
+
+def test_a_split_request_fails_whole_when_a_piece_fails_and_the_others_are_answered() -> None:
+    """One bad row among a split request's pieces fails that request (its first error), not
+    the request that shared a batch with it."""
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if (inputs["x"] < 0).any():
+            raise InvalidArgument("negative input")
+        return {"y": inputs["x"] * 2}
+
+    scheduler = BatchScheduler(
+        BatchingOptions(
+            max_batch_size=16,
+            enable_large_batch_splitting=True,
+            max_execution_batch_size=4,
+            num_batch_threads=1,
+        ),
+        run,
+        lambda size, padded: None,
+        name="test",
+    )
+    bad = _rows(0, 10)
+    bad["x"][7, 0] = -1
+    try:
+        with pytest.raises(InvalidArgument, match="negative input"):
+            scheduler.submit(bad, 10)
+        assert scheduler.submit(_rows(0, 10), 10)["y"][:, 0].tolist() == [
+            2.0 * v for v in range(10)
+        ]
+    finally:
+        scheduler.close()
+
+
+def test_without_splitting_a_request_larger_than_max_batch_size_is_refused() -> None:
+    recorder = _Recorder()
+    scheduler = _scheduler(recorder, max_batch_size=8, max_execution_batch_size=4)
+    try:
+        with pytest.raises(InvalidArgument, match="Task size 9 is larger than maximum input"):
+            scheduler.submit(_rows(0, 9), 10)
+        assert scheduler.submit(_rows(0, 8), 10)["y"].shape == (8, 1)
+    finally:
+        scheduler.close()
+    assert recorder.batches == [(8, 8)]
 
 
 def _batch_metric(server: Server) -> tuple[float, float]:
@@ -181,6 +290,49 @@ def _throughput(server: Server, callers: int, per_caller: int) -> float:
     with ThreadPoolExecutor(callers) as pool:
         list(pool.map(work, range(callers)))
     return callers * per_caller / (time.perf_counter() - started)
+
+
+@pytest.mark.slow
+def test_the_shipped_batching_file_splits_a_large_request_into_batches_of_8(
+    tmp_path: Path, tiny_repo: Path
+) -> None:
+    """serving/batching.config as shipped: a 12-image Predict is accepted (max_batch_size 16)
+    and runs as batches of at most 8 (max_execution_batch_size), each image answered as it is
+    alone."""
+    import tensorflow as tf
+
+    base = copy_versions(tiny_repo, tmp_path / "tiny", [1])
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text("prometheus_config { enable: true }")
+    shipped = Path(__file__).resolve().parents[2] / "serving" / "batching.config"
+    args = [
+        "--model_name=tiny",
+        f"--model_base_path={base}",
+        f"--monitoring_config_file={monitoring}",
+        "--enable_batching",
+        f"--batching_parameters_file={shipped}",
+    ]
+    images = [jpeg(RED if i % 3 else GREEN) for i in range(12)]
+    with running_server(tmp_path / "server.log", args) as server:
+        alone = [
+            tf.make_ndarray(
+                server.predict.Predict(predict_request("tiny", image), timeout=60).outputs[
+                    "probabilities"
+                ]
+            )[0]
+            for image in images[:2]
+        ]
+        before = _batch_metric(server)
+        request = predict_request("tiny", images[0])
+        request.inputs["images"].tensor_shape.dim[0].size = 12
+        request.inputs["images"].string_val[:] = images
+        response = server.predict.Predict(request, timeout=60)
+        count, total = (a - b for a, b in zip(_batch_metric(server), before, strict=True))
+    probabilities = tf.make_ndarray(response.outputs["probabilities"])
+    assert probabilities.shape[0] == 12
+    for i, row in enumerate(probabilities):
+        np.testing.assert_allclose(row, alone[0 if i % 3 == 0 else 1], rtol=1e-5, atol=1e-6)
+    assert (count, total) == (2, 12)  # 8 + 4
 
 
 @pytest.mark.slow

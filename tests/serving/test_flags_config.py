@@ -140,6 +140,8 @@ def test_the_shipped_flags_and_config_files_parse_with_the_official_messages() -
     assert options.enable_batching
     batching = config.read_batching_parameters(options.batching_parameters_file)
     assert batching.max_batch_size.value == 16  # serving/batching.config says why
+    assert batching.enable_large_batch_splitting.value
+    assert batching.max_execution_batch_size.value == 8
     monitoring = config.read_monitoring_config(options.monitoring_config_file)
     assert config.prometheus_path(monitoring) == "/monitoring/prometheus/metrics"
 
