@@ -60,7 +60,12 @@ def test_sigterm_to_every_process_under_load_loses_nothing(
     log = dyno.logs()
     for kind, load in loads.items():
         counts = load.counts()
-        in_flight = [o for o in load.outcomes if o.started < signalled_at < o.ended]
+        # Accepted before the signal and not answered yet. A connect still on its way when the
+        # gateway closed its listener is refused, never accepted (a race any client of a
+        # stopping server meets; CI saw one 13 ms after the signal): not a request in flight.
+        in_flight = [
+            o for o in load.outcomes if o.started < signalled_at < o.ended and o.kind != "refused"
+        ]
         RESULTS.append(
             {
                 "what": f"SIGTERM to all {len(pids)} processes, {kind} clients",
@@ -71,6 +76,8 @@ def test_sigterm_to_every_process_under_load_loses_nothing(
         )
         assert (counts["failed"], counts["lost"]) == (0, 0), (load.problems()[:5], log[-3000:])
         assert all(o.kind == "ok" for o in in_flight), [o for o in in_flight if o.kind != "ok"]
+        # ... and nothing is refused before the signal
+        assert all(o.ended > signalled_at for o in load.outcomes if o.kind == "refused")
     assert code == 0, log[-3000:]
     assert exit_s < HEROKU_KILL_AFTER_S
     assert not left, left
