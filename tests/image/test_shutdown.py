@@ -62,7 +62,8 @@ def test_sigterm_to_every_process_under_load_loses_nothing(
         counts = load.counts()
         # Accepted before the signal and not answered yet. A connect still on its way when the
         # gateway closed its listener is refused, never accepted (a race any client of a
-        # stopping server meets; CI saw one 13 ms after the signal): not a request in flight.
+        # stopping server meets; CI saw a connect started just before the signal refused 13 ms
+        # after it started): not a request in flight.
         in_flight = [
             o for o in load.outcomes if o.started < signalled_at < o.ended and o.kind != "refused"
         ]
