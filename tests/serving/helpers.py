@@ -133,7 +133,9 @@ def predict_request(model: str, image: bytes, **spec: Any) -> predict_pb2.Predic
 def running_server(
     log_path: Path, args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 120
 ) -> Iterator[Server]:
-    """Start `python -m serving.local` with args plus free ports; yield once gRPC answers."""
+    """Start `python -m serving.local` with args plus free ports; yield once both ports accept
+    connections (the server opens gRPC before REST, as stock does: a test reading the REST
+    metrics right after gRPC came up was refused once in CI)."""
     grpc_port, rest_port = free_port(), free_port()
     argv = [
         str(VENV_PYTHON),
@@ -145,7 +147,7 @@ def running_server(
     ]
     process = ManagedProcess(argv, log_path, env=python_env(env))
     with process:
-        process.wait_ready(lambda: port_open(grpc_port), timeout=timeout)
+        process.wait_ready(lambda: port_open(grpc_port) and port_open(rest_port), timeout=timeout)
         channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
         try:
             yield Server(process, grpc_port, rest_port, channel)
