@@ -74,10 +74,11 @@ class Tally:
 @dataclass
 class KeepAliveLoad(ClosedLoop):
     """devtools.load's closed loop with the bench's client: each of `clients` threads keeps one
-    connection to `host`:`port` and posts `body` to `path` back to back until finish(), as the
-    logical client at addresses[i % len(addresses)]. Build it with `posting`."""
+    connection to `host`:`port` and posts bodies[i % len(bodies)] to `path` back to back until
+    finish(), as the logical client at addresses[i % len(addresses)] (as devtools.load.Load
+    spreads its bodies). Build it with `posting`."""
 
-    body: bytes = field(kw_only=True)
+    bodies: tuple[bytes, ...] = field(kw_only=True)
     path: str = field(kw_only=True)
     addresses: Sequence[str] = field(kw_only=True)
     host: str = field(default="127.0.0.1", kw_only=True)
@@ -89,18 +90,19 @@ class KeepAliveLoad(ClosedLoop):
     def posting(
         cls,
         endpoint: str,
-        body: bytes,
+        body: bytes | Sequence[bytes],
         clients: int,
         addresses: Sequence[str],
         timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> KeepAliveLoad:
-        """`clients` threads posting `body` to the URL `endpoint`; stopping waits for the
-        requests in flight at most `timeout_s` + 5 s in all."""
+        """`clients` threads posting `body` (one for all, or client i posts body[i % len]) to the
+        URL `endpoint`; stopping waits for the requests in flight at most `timeout_s` + 5 s in
+        all."""
         parts = urllib.parse.urlsplit(endpoint)
         return cls(
             parts.port or 80,
             clients,
-            body=body,
+            bodies=(body,) if isinstance(body, bytes) else tuple(body),
             path=parts.path,
             addresses=addresses,
             host=parts.hostname or "127.0.0.1",
@@ -120,12 +122,13 @@ class KeepAliveLoad(ClosedLoop):
 
     def client(self, index: int) -> None:
         address = self.addresses[index % len(self.addresses)]
+        body = self.bodies[index % len(self.bodies)]
         headers = {"Content-Type": "application/json", "X-Forwarded-For": address}
         conn = self._connect()
         try:
             while not self._stop.is_set():
                 started = time.perf_counter()
-                status, keep, code = self._post(conn, headers)
+                status, keep, code = self._post(conn, body, headers)
                 self.tally.add(status, time.perf_counter() - started, code)
                 if not keep:
                     conn.close()
@@ -137,11 +140,11 @@ class KeepAliveLoad(ClosedLoop):
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
 
     def _post(
-        self, conn: http.client.HTTPConnection, headers: dict[str, str]
+        self, conn: http.client.HTTPConnection, body: bytes, headers: dict[str, str]
     ) -> tuple[str, bool, str | None]:
         """One request: (status, whether the connection may be reused, the error's code)."""
         try:
-            conn.request("POST", self.path, body=self.body, headers=headers)
+            conn.request("POST", self.path, body=body, headers=headers)
             response = conn.getresponse()
             payload = response.read()
             code = error_code(payload) if response.status != 200 else None

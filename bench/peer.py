@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 from bench import procstat, steps
 from bench.__main__ import machine, measure_limit
 from bench.images import write_photos
-from bench.loadclient import KeepAliveLoad, Tally, client_address
+from bench.loadclient import KeepAliveLoad, client_address, run_for
 from bench.nginx import start_nginx
 from bench.peer_report import SYSTEMS, render_table, step_line, summarize
 from bench.serving_bench import ensure_model
@@ -205,37 +205,18 @@ class System:
     settle: Callable[[], float]
 
 
-def keep_alive_groups(
-    endpoint: str, image_urls: Sequence[str], clients: int
-) -> list[KeepAliveLoad]:
+def keep_alive_load(endpoint: str, image_urls: Sequence[str], clients: int) -> KeepAliveLoad:
     """`clients` keep-alive clients spread over the photos (client i posts photo i mod n), each
-    with its own client address, all counted in one tally."""
-    tally = Tally()
-    groups = []
-    for first, url in enumerate(image_urls[:clients]):
-        members = range(first, clients, len(image_urls))
-        addresses = [client_address(i) for i in members]
-        group = KeepAliveLoad.posting(
-            endpoint, url_body(url), len(members), addresses, timeout_s=STEP_TIMEOUT_S
-        )
-        group.tally = tally
-        groups.append(group)
-    return groups
+    with its own client address."""
+    bodies = [url_body(url) for url in image_urls]
+    addresses = [client_address(i) for i in range(clients)]
+    return KeepAliveLoad.posting(endpoint, bodies, clients, addresses, timeout_s=STEP_TIMEOUT_S)
 
 
-def run_groups(groups: Sequence[KeepAliveLoad], seconds: float) -> dict[str, Any]:
-    """Start every group, stop them all after `seconds`, wait for their answers in flight (one
-    deadline for all); the shared tally's record over the time until the last answer."""
-    started = time.monotonic()
-    for group in groups:
-        group.start()
-    time.sleep(seconds)
-    for group in groups:
-        group.halt(0)  # every group stops sending before any is waited for
-    deadline = time.monotonic() + STEP_TIMEOUT_S + 5
-    ended = [group.halt(max(0.0, deadline - time.monotonic())) for group in groups]
-    record = groups[0].tally.record(time.monotonic() - started)
-    if not all(ended):
+def run_load(load: KeepAliveLoad, seconds: float) -> dict[str, Any]:
+    """run_for, and a warning in the record when clients still waited at the step's end."""
+    record = run_for(load, seconds)
+    if not load.ended:
         record["warning"] = "clients still waiting at the step's end were not counted"
     return record
 
@@ -252,7 +233,7 @@ def run_step(
     load0 = os.getloadavg()[0]
     runner = steps.RunnerCpu()
     sampler = procstat.Sampler(roles).start()
-    record = run_groups(keep_alive_groups(system.endpoint, image_urls, clients), seconds)
+    record = run_load(keep_alive_load(system.endpoint, image_urls, clients), seconds)
     usage = sampler.stop()
     busy = runner.finish(usage)
     warnings = [w for w in (record.pop("warning", None), busy.pop("warning", None)) if w]
@@ -284,7 +265,7 @@ def warm_up(system: System, image_urls: Sequence[str], clients: int, seconds: fl
     """First-call costs out of the steps, not recorded: at 1 client the first runs and
     BentoML's dispatcher training (before the lone-client steps, which load would spoil);
     at WARM_CLIENTS the first batches of each size (before the load steps)."""
-    run_groups(keep_alive_groups(system.endpoint, image_urls, clients), seconds)
+    run_load(keep_alive_load(system.endpoint, image_urls, clients), seconds)
 
 
 def same_answer(dyno: System, peer: System, image_url: str) -> dict[str, Any]:

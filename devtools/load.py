@@ -73,6 +73,11 @@ class ClosedLoop:
         self._stop.set()
         return self._join(self.stop_timeout_s if timeout is None else timeout)
 
+    @property
+    def ended(self) -> bool:
+        """Every client thread has returned."""
+        return not any(t.is_alive() for t in self._threads)
+
     def wait_done(self, timeout: float) -> None:
         """Until every client has stopped by itself, at most `timeout`."""
         self._join(timeout)
@@ -82,7 +87,7 @@ class ClosedLoop:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self._threads)
+        return self.ended
 
 
 @dataclass

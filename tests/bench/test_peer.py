@@ -58,14 +58,12 @@ def test_lone_clients_first_then_the_load_then_a_lone_client_again() -> None:
 
 def test_clients_are_spread_over_the_photos_with_addresses_of_their_own() -> None:
     urls = [f"http://127.0.0.1:9/photo-{i}.jpg" for i in range(8)]
-    groups = peer.keep_alive_groups("http://127.0.0.1:9999/classify", urls, 10)
-    assert [g.clients for g in groups] == [2, 2, 1, 1, 1, 1, 1, 1]
-    assert [json.loads(g.body)["image_url"] for g in groups] == urls
-    addresses = [a for g in groups for a in g.addresses]
-    assert sorted(addresses) == sorted(client_address(i) for i in range(10))
-    assert all(g.tally is groups[0].tally for g in groups)
-    assert {(g.port, g.path) for g in groups} == {(9999, "/classify")}
-    assert len(peer.keep_alive_groups("http://127.0.0.1:9999/p", urls, 1)) == 1
+    load = peer.keep_alive_load("http://127.0.0.1:9999/classify", urls, 10)
+    posted = [json.loads(load.bodies[i % len(load.bodies)])["image_url"] for i in range(10)]
+    assert posted == [urls[i % 8] for i in range(10)]
+    used = [load.addresses[i % len(load.addresses)] for i in range(10)]
+    assert used == [client_address(i) for i in range(10)]
+    assert (load.clients, load.port, load.path) == (10, 9999, "/classify")
 
 
 def test_cpu_of_a_system_counts_its_own_processes_only() -> None:
