@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import walltime
 from bench.images import encode, photo
 from bench.limit import timed
 from devtools.net import free_port, port_open
@@ -139,24 +140,11 @@ def load(port: int, image: bytes, callers: int, seconds: float) -> dict[str, Any
 
 def server_histograms(rest: int) -> dict[str, tuple[float, float]]:
     """(sum, count) of the server's request and runtime latency histograms, in microseconds."""
-    import re
-    import urllib.request
-
-    url = f"http://127.0.0.1:{rest}/monitoring/prometheus/metrics"
-    with urllib.request.urlopen(url, timeout=30) as response:
-        page = response.read().decode()
-    found = {}
-    for name in ("request_latency", "runtime_latency"):
-        total = count = 0.0
-        for kind, value in re.findall(
-            rf":tensorflow:serving:{name}_(sum|count)\{{[^}}]*\}} (\S+)", page
-        ):
-            if kind == "sum":
-                total += float(value)
-            else:
-                count += float(value)
-        found[name] = (total, count)
-    return found
+    page = walltime.page(f"http://127.0.0.1:{rest}/monitoring/prometheus/metrics")
+    return {
+        name: walltime.sums(page, f":tensorflow:serving:{name}", "")
+        for name in ("request_latency", "runtime_latency")
+    }
 
 
 def server_means_ms(

@@ -40,7 +40,7 @@ _SCALE = {"gateway": 1000.0, "server": 1e-3}  # seconds -> ms; microseconds -> m
 Snapshot = dict[str, tuple[float, float]]
 
 
-def _page(url: str) -> str:
+def page(url: str) -> str:
     with urllib.request.urlopen(url, timeout=30) as response:
         return str(response.read().decode())
 
@@ -66,9 +66,9 @@ def snapshot(gateway_metrics_url: str, server_metrics_url: str) -> Snapshot:
         ("gateway", gateway_metrics_url, GATEWAY),
         ("server", server_metrics_url, SERVER),
     ):
-        page = _page(url)
+        text = page(url)
         for name, metric, label in stages:
-            total, count = sums(page, metric, label)
+            total, count = sums(text, metric, label)
             found[name] = (total * _SCALE[side], count)
     return found
 
