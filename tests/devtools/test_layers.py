@@ -5,6 +5,7 @@ run the project's own contract file over a tiny tree with the project's package 
 from __future__ import annotations
 
 import configparser
+import functools
 import os
 import shutil
 import subprocess
@@ -20,22 +21,24 @@ CONTRACT = ROOT / ".importlinter"
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
-def _root_packages() -> list[str]:
+@functools.cache
+def _contract() -> configparser.ConfigParser:
     parser = configparser.ConfigParser()
     parser.read(CONTRACT)
-    return parser["importlinter"]["root_packages"].split()
+    return parser
+
+
+def _root_packages() -> list[str]:
+    return _contract()["importlinter"]["root_packages"].split()
 
 
 def _contract_count() -> int:
-    parser = configparser.ConfigParser()
-    parser.read(CONTRACT)
-    return sum(section.startswith("importlinter:contract:") for section in parser.sections())
+    return sum(section.startswith("importlinter:contract:") for section in _contract().sections())
 
 
 def _forbidden_contract_modules() -> list[str]:
     """The modules a forbidden contract names (source or forbidden), e.g. serving.launcher."""
-    parser = configparser.ConfigParser()
-    parser.read(CONTRACT)
+    parser = _contract()
     modules: list[str] = []
     for section in parser.sections():
         if parser[section].get("type") == "forbidden":
