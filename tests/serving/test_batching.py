@@ -23,7 +23,7 @@ from tests.serving.helpers import (
     predict_request,
     running_server,
 )
-from tests.support import wait_for
+from tests.support import REPO_ROOT, wait_for
 
 
 class _Recorder:
@@ -304,7 +304,7 @@ def test_the_shipped_batching_file_splits_a_large_request_into_batches_of_8(
     base = copy_versions(tiny_repo, tmp_path / "tiny", [1])
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text("prometheus_config { enable: true }")
-    shipped = Path(__file__).resolve().parents[2] / "serving" / "batching.config"
+    shipped = REPO_ROOT / "serving" / "batching.config"
     args = [
         "--model_name=tiny",
         f"--model_base_path={base}",
