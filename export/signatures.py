@@ -21,6 +21,9 @@ IMAGES_INPUT = "images"
 PIXELS_INPUT = "pixels"
 PROBABILITIES = "probabilities"
 CLASSES = "classes"
+# serving_default's per-image flag: false where the image could not be decoded. Such a row's
+# scores are those of a black image and mean nothing; the gateway answers it with an error.
+DECODED = "decoded"
 
 # Decoding is independent per image; letting several run at once keeps batches fast on 2 cores.
 _DECODE_PARALLELISM = 8
@@ -121,24 +124,50 @@ class ServingModule(tf.Module):
         classes = tf.tile(self._labels[tf.newaxis, :], tf.stack([rows, 1]))
         return {PROBABILITIES: probabilities, CLASSES: classes}
 
-    def decode_images(self, images: tf.Tensor) -> tf.Tensor:
-        """Encoded JPEG/PNG/BMP/GIF strings [N] to float32 RGB [N, H, W, 3] in 0..255."""
-        height, width = self._size
-        return tf.map_fn(
-            self._decode_one,
-            images,
-            fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32),
-            parallel_iterations=_DECODE_PARALLELISM,
-        )
-
-    def _decode_one(self, data: tf.Tensor) -> tf.Tensor:
-        return decode_and_resize(data, self._size, self._jpeg_decode)
+    def decode_images(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Encoded JPEG/PNG/BMP/GIF strings [N] to float32 RGB [N, H, W, 3] in 0..255, and
+        bool [N]: whether each decoded (an image that did not is all zeros)."""
+        return decode_tolerantly(images, self._size, self._jpeg_decode)
 
     def serve_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._classify(self.decode_images(images))
+        pixels, decoded = self.decode_images(images)
+        return {**self._classify(pixels), DECODED: decoded}
 
     def serve_pixels(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._classify(pixels)
+
+
+def decode_tolerantly(
+    images: tf.Tensor, size: tuple[int, int], jpeg_decode: str
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Decode a batch so that an image failing to decode fails only its own row.
+
+    A decode op that fails fails the whole graph run, and with server-side batching that is
+    every request in the batch (stock TF Serving runs one batch as one Session::Run). A graph
+    has one way to survive an op's error: tf.data's ignore_errors, which drops the element. So
+    each image is decoded as a dataset element tagged with its row, the survivors are batched
+    (with one sentinel so the batch is never empty) and put back in their rows; a dropped row
+    stays zeros and `decoded` false. Cost measured against tf.map_fn: +0.2-0.7 ms a batch.
+    """
+    height, width = size
+    count = tf.shape(images)[0]
+    rows = tf.data.Dataset.from_tensor_slices((tf.range(count), images))
+    rows = rows.map(
+        lambda row, data: (row, decode_and_resize(data, size, jpeg_decode)),
+        num_parallel_calls=tf.cast(tf.clip_by_value(count, 1, _DECODE_PARALLELISM), tf.int64),
+        deterministic=True,
+    ).ignore_errors()
+    sentinel = tf.data.Dataset.from_tensors((tf.constant(-1), tf.zeros([height, width, 3])))
+    batch = rows.concatenate(sentinel).batch(tf.cast(count + 1, tf.int64))
+    found, pixels = batch.get_single_element()
+    found, pixels = found[:-1], pixels[:-1]
+    decoded = tf.scatter_nd(found[:, tf.newaxis], tf.ones_like(found, tf.bool), [count])
+    pixels = tf.cond(
+        tf.shape(found)[0] == count,
+        lambda: pixels,
+        lambda: tf.scatter_nd(found[:, tf.newaxis], pixels, tf.stack([count, height, width, 3])),
+    )
+    return tf.ensure_shape(pixels, [None, height, width, 3]), decoded
 
 
 def decode_and_resize(data: tf.Tensor, size: tuple[int, int], jpeg_decode: str) -> tf.Tensor:

@@ -1,4 +1,5 @@
-"""Check a written SavedModel against its source: same probabilities, same labels, both signatures.
+"""Check a written SavedModel against its source: same probabilities, same labels, both signatures,
+and a corrupt image failing only its own row.
 
 The source model is probed once, before anything is written (its answers on sample images); the
 export is reloaded from disk (not the in-memory module), so what is checked is exactly what
@@ -21,6 +22,7 @@ from export.errors import BadClassifierOutput, VerificationFailed, tf_errors
 from export.preprocessing import Preprocessing
 from export.signatures import (
     CLASSES,
+    DECODED,
     IMAGES_INPUT,
     PIXELS_INPUT,
     PREDICT_PIXELS,
@@ -81,7 +83,8 @@ def verify_saved_model(
         by_pixels = loaded.signatures[PREDICT_PIXELS](
             **{PIXELS_INPUT: tf.constant(sample.pixels, dtype=tf.float32)}
         )
-        by_images = serve(**{IMAGES_INPUT: tf.constant(sample.encoded, dtype=tf.string)})
+        by_images = serve(**{IMAGES_INPUT: tf.constant(with_corrupt(sample), dtype=tf.string)})
+    by_images = _without_corrupt(SERVING_DEFAULT, by_images, len(sample.encoded))
     worst = 0.0
     for signature, outputs in ((PREDICT_PIXELS, by_pixels), (SERVING_DEFAULT, by_images)):
         worst = max(worst, _compare(signature, outputs, sample.expected, labels, tolerance))
@@ -98,13 +101,37 @@ def _verify_graph_mode(
     TF2 loader restores objects another way: Keras 3 exports once passed it and failed every
     TF Serving request with "Could not find variable" (tensorflow/serving#2226).
     """
-    feeds = {PREDICT_PIXELS: sample.pixels, SERVING_DEFAULT: np.array(sample.encoded, object)}
+    feeds = {
+        PREDICT_PIXELS: sample.pixels,
+        SERVING_DEFAULT: np.array(with_corrupt(sample), object),
+    }
     with tf_errors(VerificationFailed, "the export fails in TF Serving's graph-mode loader"):
         outputs = run_graph_mode(path, feeds)
+    outputs[SERVING_DEFAULT] = _without_corrupt(
+        f"{SERVING_DEFAULT} (graph-mode loader)", outputs[SERVING_DEFAULT], len(sample.encoded)
+    )
     return max(
         _compare(f"{signature} (graph-mode loader)", out, sample.expected, labels, tolerance)
         for signature, out in outputs.items()
     )
+
+
+def with_corrupt(sample: Sample) -> list[bytes]:
+    """The sample's images and, last, the first one cut in half: a body that cannot decode."""
+    first = sample.encoded[0]
+    return [*sample.encoded, first[: len(first) // 2]]
+
+
+def _without_corrupt(signature: str, outputs: dict[str, Any], count: int) -> dict[str, Any]:
+    """Check that only the corrupt last image failed to decode; the other rows' outputs."""
+    if DECODED not in outputs:
+        raise VerificationFailed(f"{signature}: no {DECODED!r} output")
+    decoded = np.asarray(outputs[DECODED]).tolist()
+    if decoded != [True] * count + [False]:
+        raise VerificationFailed(
+            f"{signature}: {DECODED!r} is {decoded} for {count} good images and a corrupt one"
+        )
+    return {key: np.asarray(value)[:count] for key, value in outputs.items()}
 
 
 def run_graph_mode(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:

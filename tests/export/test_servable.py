@@ -63,9 +63,12 @@ def test_layout_matches_tf_serving(tiny_version: Path) -> None:
 def test_signature_defs(tiny_version: Path) -> None:
     defs = _signature_defs(tiny_version)
     images, pixels = defs["serving_default"], defs["predict_pixels"]
+    assert set(images.outputs) == {"probabilities", "classes", "decoded"}
+    assert set(pixels.outputs) == {"probabilities", "classes"}
+    assert images.outputs["decoded"].dtype == tf.bool.as_datatype_enum
+    assert [d.size for d in images.outputs["decoded"].tensor_shape.dim] == [-1]
     for sig in (images, pixels):
         assert sig.method_name == "tensorflow/serving/predict"
-        assert set(sig.outputs) == {"probabilities", "classes"}
         assert sig.outputs["probabilities"].dtype == tf.float32.as_datatype_enum
         assert sig.outputs["classes"].dtype == tf.string.as_datatype_enum
         assert [d.size for d in sig.outputs["probabilities"].tensor_shape.dim] == [-1, 3]
@@ -156,9 +159,11 @@ def test_empty_batch(tiny_loaded: Any) -> None:
     assert pixels["probabilities"].dtype == tf.float32
 
 
-def test_garbage_is_an_invalid_argument(tiny_loaded: Any) -> None:
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        _classify(tiny_loaded, [b"this is not an image"])
+def test_garbage_is_reported_as_not_decoded(tiny_loaded: Any) -> None:
+    serve = tiny_loaded.signatures["serving_default"]
+    outputs = serve(images=tf.constant([b"this is not an image"]))
+    assert outputs["decoded"].numpy().tolist() == [False]
+    assert outputs["probabilities"].shape == (1, 3)
 
 
 def test_labels_mismatch_writes_nothing(tmp_path: Path) -> None:

@@ -125,9 +125,18 @@ def test_predict_input_errors_are_invalid_argument(shared_server: Server) -> Non
     assert error.details().startswith("output tensor alias not found in signature: logits")
 
 
-def test_undecodable_image_is_invalid_argument(shared_server: Server) -> None:
-    error = _error(lambda: shared_server.predict.Predict(predict_request("tiny", b"not an image")))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+def test_an_undecodable_image_is_reported_in_its_row(shared_server: Server) -> None:
+    """The export's graph flags an image it cannot decode (`decoded`) instead of failing the
+    run, so the request, and any batch it shares, still answers."""
+    response = shared_server.predict.Predict(predict_request("tiny", b"not an image"), timeout=30)
+    assert tf.make_ndarray(response.outputs["decoded"]).tolist() == [False]
+    request = predict_request("tiny", jpeg(RED))
+    request.inputs["images"].CopyFrom(
+        tf.make_tensor_proto([jpeg(RED), b"not an image", jpeg(RED)[:100]], dtype=tf.string)
+    )
+    response = shared_server.predict.Predict(request, timeout=30)
+    assert tf.make_ndarray(response.outputs["decoded"]).tolist() == [True, False, False]
+    assert tf.make_ndarray(response.outputs["classes"])[0][0] == b"cat"
 
 
 def test_get_model_metadata_returns_signature_defs(shared_server: Server) -> None:
@@ -142,7 +151,7 @@ def test_get_model_metadata_returns_signature_defs(shared_server: Server) -> Non
     serving_default = signatures.signature_def["serving_default"]
     assert serving_default.method_name == "tensorflow/serving/predict"
     assert serving_default.inputs["images"].dtype == tf.string.as_datatype_enum
-    assert set(serving_default.outputs) == {"classes", "probabilities"}
+    assert set(serving_default.outputs) == {"classes", "decoded", "probabilities"}
     assert "predict_pixels" in signatures.signature_def
 
     request.ClearField("metadata_field")
