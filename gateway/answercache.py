@@ -246,11 +246,13 @@ class Recall:
     def keep(
         self, items: Sequence[ItemResult], indices: Sequence[int], output: PredictOutput
     ) -> None:
-        """Store row n of `output` for items[indices[n]], under the version that answered."""
+        """Store row n of `output` for items[indices[n]], under the version that answered; never
+        a row of an image the model server could not decode (its scores are meaningless)."""
         version = output.version or self.version
         for row, index in enumerate(indices):
             image = items[index].digest
-            if image is not None and row < len(output.scores):
+            failed = output.decoded is not None and not output.decoded[row]
+            if image is not None and row < len(output.scores) and not failed:
                 classes = output.classes[row] if output.classes else None
                 key = (image, self.model, version, self.signature)
                 self.cache.put(key, output.scores[row], classes)

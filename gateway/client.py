@@ -32,6 +32,9 @@ _PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 # PredictRequest's `inputs` (field 2, a map) and a map entry's key (1) and value (2), each
 # length-delimited: (field number << 3) | 2.
 _INPUTS_TAG, _KEY_TAG, _VALUE_TAG = b"\x12", b"\x0a", b"\x12"
+# The DT_BOOL [N] output of a graph that decodes each image on its own (export/signatures.py):
+# false where that image's decode failed, its row of scores then meaningless.
+DECODED_OUTPUT = "decoded"
 _T = TypeVar("_T")
 
 
@@ -73,11 +76,13 @@ class VersionStatus:
 
 @dataclass(frozen=True)
 class PredictOutput:
-    """Predict's answer, decoded: per image, the scores and (if the model names them) classes."""
+    """Predict's answer, decoded: per image, the scores and (if the model names them) classes,
+    and (if the model reports it, DECODED_OUTPUT) whether the image decoded at all."""
 
     version: int
     scores: list[list[float]]
     classes: list[list[str]] | None
+    decoded: list[bool] | None = None
 
 
 def service_config(max_attempts: int) -> str:
@@ -253,7 +258,8 @@ def float_tensor(pixels: Sequence[bytes], height: int, width: int) -> tensor_pb2
 
 
 def decode_outputs(response: predict_pb2.PredictResponse) -> PredictOutput:
-    """Scores from `probabilities` (else the first float output), names from `classes`."""
+    """Scores from `probabilities` (else the first float output), names from `classes`, and
+    DECODED_OUTPUT when it is DT_BOOL (one value per row of scores, else ModelServerError)."""
     outputs = response.outputs
     scores_key = "probabilities" if "probabilities" in outputs else _first_float(outputs)
     if scores_key is None:
@@ -263,7 +269,14 @@ def decode_outputs(response: predict_pb2.PredictResponse) -> PredictOutput:
     if "classes" in outputs and outputs["classes"].dtype == types_pb2.DT_STRING:
         names = [v.decode("utf-8", "replace") for v in outputs["classes"].string_val]
         classes = _rows(names, outputs["classes"])
-    return PredictOutput(int(response.model_spec.version.value), scores, classes)
+    decoded = None
+    if DECODED_OUTPUT in outputs and outputs[DECODED_OUTPUT].dtype == types_pb2.DT_BOOL:
+        decoded = _bools(outputs[DECODED_OUTPUT])
+        if len(decoded) != len(scores):
+            raise ModelServerError(
+                f"model answered {len(decoded)} {DECODED_OUTPUT!r} values for {len(scores)} rows"
+            )
+    return PredictOutput(int(response.model_spec.version.value), scores, classes, decoded)
 
 
 def _first_float(outputs: object) -> str | None:
@@ -277,6 +290,12 @@ def _floats(tensor: tensor_pb2.TensorProto) -> list[float]:
         values.frombytes(tensor.tensor_content)
         return values.tolist()
     return list(tensor.float_val)
+
+
+def _bools(tensor: tensor_pb2.TensorProto) -> list[bool]:
+    if tensor.tensor_content:
+        return [byte != 0 for byte in tensor.tensor_content]  # one byte per DT_BOOL value
+    return list(tensor.bool_val)
 
 
 def _rows(values: list[_T], tensor: tensor_pb2.TensorProto) -> list[list[_T]]:

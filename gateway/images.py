@@ -58,8 +58,13 @@ def sniff_format(data: bytes) -> str:
     raise UnsupportedMediaType("not an image in a supported format (JPEG, PNG, GIF, WebP, BMP)")
 
 
-def check_image(data: bytes, max_pixels: int) -> CheckedImage:
-    """Sniff, read the header only, enforce the pixel cap, then prove the first frame decodes."""
+def check_image(data: bytes, max_pixels: int, tolerant: bool = False) -> CheckedImage:
+    """Sniff, read the header only, enforce the pixel cap, then prove the first frame decodes.
+
+    `tolerant`: the model reports each image's failed decode (InputPlan.tolerant), so an image
+    sent as is (`sent_as_is`) is not decoded here: the model server's decode is the proof, and
+    a failure spoils only its own row. What the gateway decodes itself is always proven first.
+    """
     fmt = sniff_format(data)
     with _open(data, fmt) as img:
         width, height = img.size
@@ -71,13 +76,24 @@ def check_image(data: bytes, max_pixels: int) -> CheckedImage:
             )
         animated = bool(getattr(img, "is_animated", False))
         mode = img.mode
-        if fmt == "jpeg":
-            # Decoding at 1/8 scale still parses every byte, so truncation is caught cheaply.
-            img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
-        else:
-            charge_pixels(width, height)  # decoded whole: the request's memory budget counts it
-        _load_first_frame(img)
+        if not (tolerant and sent_as_is(fmt, mode, animated)):
+            _prove_first_frame(img, fmt)
     return CheckedImage(data, fmt, width, height, mode, animated)
+
+
+def sent_as_is(fmt: str, mode: str, animated: bool) -> bool:
+    """Whether a string-input signature gets the bytes as received (else a PNG of frame one)."""
+    return mode in GRAPH_SAFE.get(fmt, ()) and not animated
+
+
+def _prove_first_frame(img: Image.Image, fmt: str) -> None:
+    width, height = img.size
+    if fmt == "jpeg":
+        # Decoding at 1/8 scale still parses every byte, so truncation is caught cheaply.
+        img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
+    else:
+        charge_pixels(width, height)  # decoded whole: the request's memory budget counts it
+    _load_first_frame(img)
 
 
 def _open(data: bytes, fmt: str) -> Image.Image:
@@ -102,7 +118,7 @@ def _load_first_frame(img: Image.Image) -> None:
 
 def encoded_for_graph(image: CheckedImage) -> bytes:
     """Bytes a string-input signature can decode: as sent, or the first frame as PNG."""
-    if image.mode in GRAPH_SAFE.get(image.format, ()) and not image.animated:
+    if sent_as_is(image.format, image.mode, image.animated):
         return image.data
     with _open(image.data, image.format) as img:
         img.seek(0)

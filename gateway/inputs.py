@@ -131,7 +131,7 @@ class ImagePreparer:
                 item.digest = digest(data)
                 if recall(item.digest):
                     return item, None
-            checked = check_image(data, self.max_pixels)
+            checked = check_image(data, self.max_pixels, plan.tolerant)
             if plan.kind == "encoded":
                 return item, encoded_for_graph(checked)
             return item, pixels_for_graph(checked, plan.height, plan.width)

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 
 from gateway.answercache import AnswerCache, Recall, cache_state
 from gateway.catalog import ModelCatalog
-from gateway.client import ModelServerClient, PredictOutput, Signature, VersionMetadata
+from gateway.client import (
+    DECODED_OUTPUT,
+    ModelServerClient,
+    PredictOutput,
+    Signature,
+    VersionMetadata,
+)
 from gateway.deadline import Deadline
 from gateway.errors import (
     DeadlineExceeded,
@@ -247,6 +253,13 @@ class ModelServerPredictor:
             raise VersionUnloaded(
                 f"model {meta.model!r} version {meta.version} was unloaded"
             ) from exc
+        if plan.tolerant and output.decoded is None:
+            # Its images were sent unproven (images.check_image): no row can be trusted.
+            self._count_version(meta, ModelServerError.code, output.version)
+            raise ModelServerError(
+                f"signature {signature!r} declares a {DECODED_OUTPUT!r} output but the model "
+                "server answered without it"
+            )
         if self.metrics is not None:
             self.metrics.inference.labels(meta.model).observe(elapsed)
             version = str(output.version or meta.version)

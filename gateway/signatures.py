@@ -11,18 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway._proto.dynoserve.tensorflow import tensor_pb2, types_pb2
-from gateway.client import Signature, TensorSpec
+from gateway.client import DECODED_OUTPUT, Signature, TensorSpec
 from gateway.errors import BadRequest, ModelServerError
 
 
 @dataclass(frozen=True)
 class InputPlan:
-    """How to feed a signature: encoded bytes to a string input, or resized float pixels."""
+    """How to feed a signature: encoded bytes to a string input, or resized float pixels.
+    `tolerant`: the encoded-input graph reports each image's failed decode in its row of
+    DECODED_OUTPUT instead of failing the batch, so the gateway need not decode to vet."""
 
     key: str
     kind: str  # "encoded" or "pixels"
     height: int = 0
     width: int = 0
+    tolerant: bool = False
 
 
 def input_plan(signature: Signature) -> InputPlan:
@@ -36,7 +39,7 @@ def input_plan(signature: Signature) -> InputPlan:
     key, spec = next(iter(signature.inputs.items()))
     shape = spec.shape
     if spec.dtype == "DT_STRING" and (shape is None or len(shape) == 1):
-        return InputPlan(key, "encoded")
+        return InputPlan(key, "encoded", tolerant=reports_decode_failures(signature))
     shape = shape or ()
     if spec.dtype == "DT_FLOAT" and len(shape) == 4 and shape[3] == 3 and min(shape[1:3]) > 0:
         return InputPlan(key, "pixels", height=shape[1], width=shape[2])
@@ -45,6 +48,14 @@ def input_plan(signature: Signature) -> InputPlan:
         "expected DT_STRING [-1] images or DT_FLOAT [-1, H, W, 3] pixels",
         code="unsupported_model",
     )
+
+
+def reports_decode_failures(signature: Signature) -> bool:
+    """Whether the signature answers DT_BOOL DECODED_OUTPUT, one value per image (rank 1)."""
+    spec = signature.outputs.get(DECODED_OUTPUT)
+    if spec is None or spec.dtype != "DT_BOOL":
+        return False
+    return spec.shape is not None and len(spec.shape) == 1
 
 
 def check_tensor(key: str, spec: TensorSpec, tensor: tensor_pb2.TensorProto) -> None:
@@ -106,4 +117,6 @@ def describe_signature(signature: Signature) -> tuple[dict[str, object], int | N
     }
     if plan.kind == "pixels":
         view["input_size"] = [plan.height, plan.width]
+    # Who proves an image's data decodes: the model (its `decoded` output) or the gateway.
+    view["decode_check"] = "model" if plan.tolerant else "gateway"
     return view, num_classes

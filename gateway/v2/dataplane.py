@@ -126,13 +126,16 @@ class DataPlane:
         info = self.predictor.describe(model, caller.request_id)
         available = [str(v.version) for v in info.versions if v.state == "AVAILABLE"]
         inputs = image_inputs(meta, self.settings.signature_name)
-        outputs = _output_signature(meta, inputs, self.settings.signature_name).outputs
+        signature = _output_signature(meta, inputs, self.settings.signature_name)
+        # Only the outputs infer answers with (not e.g. `decoded`, which the gateway consumes).
+        served = {_scores_name(signature), _classes_name(signature)}
+        outputs = sorted((n, s) for n, s in signature.outputs.items() if n in served)
         return {
             "name": model,
             "versions": available,
             "platform": PLATFORM,
             "inputs": [_tensor_view(name, choice.spec) for name, choice in inputs.items()],
-            "outputs": [_tensor_view(name, spec) for name, spec in sorted(outputs.items())],
+            "outputs": [_tensor_view(name, spec) for name, spec in outputs],
         }
 
     def infer(

@@ -9,10 +9,11 @@ from typing import Any
 import grpc
 import pytest
 
+from gateway._proto.dynoserve.tensorflow import types_pb2
 from gateway._proto.dynoserve.tf_serving import (
     predict_pb2,
 )
-from gateway.client import ModelServerClient, decode_outputs, string_tensor
+from gateway.client import DECODED_OUTPUT, ModelServerClient, decode_outputs, string_tensor
 from gateway.errors import (
     GRPC_TO_ERROR,
     DeadlineExceeded,
@@ -147,6 +148,48 @@ def test_decode_outputs_with_classes_and_batches() -> None:
     output = decode_outputs(response)
     assert output.scores == [pytest.approx([0.9, 0.1]), pytest.approx([0.4, 0.6])]
     assert output.classes == [["a", "b"], ["a", "b"]]
+
+
+def scores_response(rows: int) -> predict_pb2.PredictResponse:
+    response = predict_pb2.PredictResponse()
+    probs = response.outputs["probabilities"]
+    probs.dtype = types_pb2.DT_FLOAT
+    probs.tensor_shape.dim.add(size=rows)
+    probs.tensor_shape.dim.add(size=2)
+    probs.float_val.extend([0.9, 0.1] * rows)
+    return response
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_decode_outputs_reads_decoded_in_both_encodings(packed: bool) -> None:
+    response = scores_response(3)
+    decoded = response.outputs[DECODED_OUTPUT]
+    decoded.dtype = types_pb2.DT_BOOL
+    decoded.tensor_shape.dim.add(size=3)
+    if packed:
+        decoded.tensor_content = bytes([1, 0, 1])  # one byte per DT_BOOL, as TF packs it
+    else:
+        decoded.bool_val.extend([True, False, True])
+    assert decode_outputs(response).decoded == [True, False, True]
+
+
+def test_decode_outputs_without_decoded_or_of_another_dtype() -> None:
+    response = scores_response(2)
+    assert decode_outputs(response).decoded is None
+    other = response.outputs[DECODED_OUTPUT]
+    other.dtype = types_pb2.DT_INT32
+    other.int_val.extend([1, 0])
+    assert decode_outputs(response).decoded is None
+
+
+@pytest.mark.parametrize("values", [[True], [True, False, True]])
+def test_decoded_must_have_a_value_per_row(values: list[bool]) -> None:
+    response = scores_response(2)
+    decoded = response.outputs[DECODED_OUTPUT]
+    decoded.dtype = types_pb2.DT_BOOL
+    decoded.bool_val.extend(values)
+    with pytest.raises(ModelServerError, match=f"{len(values)} 'decoded' values for 2 rows"):
+        decode_outputs(response)
 
 
 def test_decode_outputs_without_scores() -> None:

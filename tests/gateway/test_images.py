@@ -1,4 +1,5 @@
-"""Image vetting and preparation: formats from the bytes, caps from the header, first frames."""
+"""Image vetting and preparation: formats from the bytes, caps from the header, first frames;
+header-only vetting for models that report each image's failed decode themselves."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from PIL import Image
 
 from gateway.errors import PayloadTooLarge, UndecodableImage, UnsupportedMediaType
 from gateway.images import check_image, encoded_for_graph, pixels_for_graph, sniff_format
+from gateway.membudget import PIXEL_BYTES, MemoryBudget, for_request
 from tests.gateway.conftest import animated_gif
 from tests.imagehost import image_bytes
 
@@ -94,3 +96,58 @@ def test_transparency_is_composited_on_white() -> None:
     Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(out, format="PNG")
     raw = pixels_for_graph(check_image(out.getvalue(), 100), 2, 2)
     assert struct.unpack("<3f", raw[:12]) == (255.0, 255.0, 255.0)
+
+
+# --- header-only vetting for models that report failed decodes (InputPlan.tolerant) ----------
+
+
+def noisy(fmt: str, mode: str = "RGB", size: tuple[int, int] = (64, 64)) -> bytes:
+    """Noise compresses badly: half the bytes is well inside the image data."""
+    out = io.BytesIO()
+    Image.effect_noise(size, 80).convert(mode).save(out, format=fmt)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("fmt", "mode"), [("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGBA")])
+def test_a_tolerant_model_gets_a_truncated_body_it_will_judge_itself(fmt: str, mode: str) -> None:
+    data = noisy(fmt, mode)
+    cut = data[: len(data) // 2]
+    with pytest.raises(UndecodableImage):
+        check_image(cut, 1_000_000)
+    checked = check_image(cut, 1_000_000, tolerant=True)
+    assert (checked.width, checked.height, checked.mode) == (64, 64, mode)
+    assert encoded_for_graph(checked) is cut  # sent as received: nothing decoded here
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"GIF90a not a gif", UnsupportedMediaType),
+        (b"\xff\xd8\xff" + b"\x00" * 64, UndecodableImage),  # JPEG magic, no header after it
+        (image_bytes("PNG")[:20], UndecodableImage),  # cut inside the header
+        (with_claimed_size(image_bytes("PNG"), 10_000, 5_000), PayloadTooLarge),
+    ],
+)
+def test_header_only_still_refuses_what_the_header_gives_away(
+    data: bytes, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        check_image(data, 40_000_000, tolerant=True)
+
+
+@pytest.mark.parametrize("data", [noisy("BMP"), noisy("JPEG", "CMYK")])
+def test_what_the_gateway_re_encodes_is_still_decoded_to_vet(data: bytes) -> None:
+    """BMP and CMYK JPEG become a PNG made here (encoded_for_graph): a tolerant model cannot
+    judge bytes it never sees, so their truncation is the gateway's 422 as before."""
+    with pytest.raises(UndecodableImage, match="corrupt or truncated"):
+        check_image(data[: len(data) // 2], 1_000_000, tolerant=True)
+
+
+def test_header_only_charges_no_pixels_to_the_request() -> None:
+    png = image_bytes("PNG", size=(500, 400))
+    budget = MemoryBudget(8 * 1024 * 1024)
+    with for_request(budget.reserve("a", 0)) as reservation:
+        check_image(png, 40_000_000, tolerant=True)
+        assert reservation.held == 0
+        check_image(png, 40_000_000)
+        assert reservation.held == 500 * 400 * PIXEL_BYTES

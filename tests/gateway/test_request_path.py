@@ -5,6 +5,7 @@ from a real loopback HTTP server. Slow: it starts a model server and gateway pro
 from __future__ import annotations
 
 import base64
+import io
 import json
 import signal
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from PIL import Image
 
 from envsettings import EX_CONFIG
 from gateway.app import create_app
@@ -239,6 +241,37 @@ def test_batch_mixes_results_and_errors(gateway: GatewayProcess, image_server: I
         assert len(converted["predictions"]) == 3
     _, _, single = call(gateway, "/v1/models/shapes:predict", {"image_b64": b64(JPEG)})
     assert results[0]["predictions"] == single["predictions"]
+
+
+def test_the_model_server_judges_corrupt_images_of_a_tolerant_model(
+    gateway: GatewayProcess,
+) -> None:
+    """The tiny models' serving_default reports each image's decode (`decoded`): the gateway
+    vets JPEG and PNG by their header alone, and the rows that did not decode are their 422
+    while the batch's good image is answered as alone."""
+    _, _, detail = call(gateway, "/v1/models/shapes")
+    assert detail["signature"]["decode_check"] == "model"
+    noisy = Image.effect_noise((64, 64), 80).convert("RGB")
+    cut = {}
+    for fmt in ("JPEG", "PNG"):
+        out = io.BytesIO()
+        noisy.save(out, format=fmt)
+        cut[fmt] = out.getvalue()[: len(out.getvalue()) // 2]
+    images = [
+        {"image_b64": b64(cut["JPEG"])},
+        {"image_b64": b64(JPEG)},
+        {"image_b64": b64(cut["PNG"])},
+    ]
+    status, _, body = call(gateway, "/v1/models/shapes:predict", {"images": images})
+    assert status == 200, body
+    broken, good, broken_png = body["results"]
+    for failed in (broken, broken_png):
+        assert (failed["status"], failed["error"]["code"]) == (422, "undecodable_image"), failed
+        assert "model server could not decode" in failed["error"]["message"]
+    _, _, single = call(gateway, "/v1/models/shapes:predict", {"image_b64": b64(JPEG)})
+    assert good["predictions"] == single["predictions"]
+    status, _, alone = call(gateway, "/v1/models/shapes:predict", {"image_b64": b64(cut["PNG"])})
+    assert (status, alone["error"]["code"]) == (422, "undecodable_image"), alone
 
 
 def test_gateway_matches_a_direct_official_grpc_call(
