@@ -63,7 +63,10 @@ def create_app(
     """Build the gateway app; tests pass their own settings and (fake) predictor."""
     settings = settings or Settings()
     metrics = metrics or Metrics(settings.sync_status_file)
-    predictor = predictor or ModelServerPredictor(settings, metrics=metrics)
+    if predictor is None:
+        model_predictor = ModelServerPredictor(settings, metrics=metrics)
+        metrics.count_fetch_connections(model_predictor.fetcher.connection_counts)
+        predictor = model_predictor
     # Predictions wait their turn here; the rest of the Predictor passes straight through.
     admission = AdmissionControl.from_settings(settings, metrics)
     predictor = AdmittedPredictor(predictor, admission, client_gone=_client_gone)

@@ -4,20 +4,18 @@ Per hop: parse and vet the URL, resolve the name once, vet every address, connec
 the vetted address (TLS still verifies the certificate against the name), read at most the byte
 cap, and vet redirects the same way. One time budget covers the whole fetch: every phase of
 every hop (DNS, connect, TLS, response headers, body) ends when it runs out. Proxy variables are
-never read.
+never read. A connection whose answer was read whole is kept for the next request to the same
+name at the same freshly vetted address (fetchpool.py), so far hosts cost no new handshakes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import heapq
 import http.client
-import itertools
 import socket
 import ssl
-import threading
 import time
+import weakref
 import zlib
 from dataclasses import dataclass
 from urllib.parse import SplitResult, quote, urljoin, urlsplit
@@ -32,10 +30,12 @@ from gateway.errors import (
     PayloadTooLarge,
     TooManyRedirects,
 )
+from gateway.fetchpool import ConnectionPool, Key, hung_up
 from gateway.membudget import charge_fetched
 from gateway.netguard import IPAddress, Resolver, host_allowed, pick_address, system_resolver
 from gateway.resolve import DnsResolver
 from gateway.settings import Settings
+from gateway.watchdog import Watchdog
 
 MAX_URL_LENGTH = 2048
 _REDIRECTS = {301, 302, 303, 307, 308}
@@ -43,6 +43,10 @@ _CHUNK = 64 * 1024
 _URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
 # A timeout this close to the request's deadline counts as that deadline running out.
 _SLACK_S = 0.05
+# A redirect's body is read (so its connection can carry the next hop) only if it is this
+# short and arrives this soon; otherwise the connection is closed, as it always was.
+_DRAIN_BYTES = 64 * 1024
+_DRAIN_WAIT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class FetchPolicy:
     max_redirects: int
     allow_hosts: tuple[str, ...]
     allow_private: bool
+    keepalive: int = Settings.fetch_keepalive
+    """Idle connections kept for reuse, all hosts together (0: a new connection per request)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FetchPolicy:
@@ -67,6 +73,7 @@ class FetchPolicy:
             max_redirects=settings.fetch_max_redirects,
             allow_hosts=settings.fetch_allow_hosts,
             allow_private=settings.fetch_allow_private,
+            keepalive=settings.fetch_keepalive,
         )
 
 
@@ -132,103 +139,20 @@ def _ascii_host(parts: SplitResult) -> str:
         raise InvalidImageUrl("image_url has an invalid host name") from exc
 
 
-class _Alarms:
-    """One thread for every fetch's time budget: it runs each watchdog whose deadline came.
-
-    A threading.Timer per hop cost a thread start and ~0.2 ms of CPU per fetch. Cancelled
-    watchdogs stay queued until their deadline and are dropped then (a cancel is one flag).
-    """
-
-    def __init__(self) -> None:
-        self._queue: list[tuple[float, int, _Watchdog]] = []
-        self._cond = threading.Condition()
-        self._order = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    def add(self, deadline: float, watchdog: _Watchdog) -> None:
-        with self._cond:
-            heapq.heappush(self._queue, (deadline, next(self._order), watchdog))
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="fetch-watchdog", daemon=True
-                )
-                self._thread.start()
-            elif self._queue[0][2] is watchdog:
-                self._cond.notify()  # earlier than what the thread sleeps for
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue or self._queue[0][0] > time.monotonic():
-                    wait = self._queue[0][0] - time.monotonic() if self._queue else None
-                    self._cond.wait(wait)
-                _, _, due = heapq.heappop(self._queue)
-            due.expire()
-
-
-_ALARMS = _Alarms()
-
-
-class _Watchdog:
-    """Shuts a hop's socket down when the fetch's budget runs out, whatever phase it is in.
-
-    Socket timeouts bound each read, not a phase: a host that sends one header line per second
-    would never trip them. Shutting the socket down wakes any blocked read at once.
-    """
-
-    def __init__(self, deadline: float) -> None:
-        self.fired = False
-        self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
-        self._done = False
-        _ALARMS.add(deadline, self)
-
-    def watch(self, sock: socket.socket) -> None:
-        """Guard `sock` from now on (TLS replaces the TCP socket with a wrapped one)."""
-        with self._lock:
-            self._sock = sock
-            if self.fired:
-                _shutdown(sock)
-
-    def expire(self) -> None:
-        """The budget ran out (the alarm thread calls this; a no-op once cancelled)."""
-        with self._lock:
-            if self._done:
-                return
-            self.fired = True
-            if self._sock is not None:
-                _shutdown(self._sock)
-
-    def cancel(self) -> None:
-        """Stop guarding; after this returns the watchdog never touches the socket again."""
-        with self._lock:
-            self._done = True
-            self._sock = None  # the alarm queue keeps this object until its deadline
-
-
-def _shutdown(sock: socket.socket) -> None:
-    # Already closed or never connected: nothing left to wake.
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-
-
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     """An HTTP connection to a pre-vetted address, whatever the Host header says."""
 
     def __init__(
-        self,
-        address: IPAddress,
-        target: Target,
-        timeout: float,
-        tls: ssl.SSLContext,
-        watchdog: _Watchdog,
+        self, address: IPAddress, target: Target, timeout: float, tls: ssl.SSLContext
     ) -> None:
         super().__init__(target.host, target.port, timeout=timeout)
         self.address = address
         self.tls = tls
-        self.watchdog = watchdog
+        # The current request's watchdog; each request on a kept connection arms a fresh one.
+        self.watchdog: Watchdog | None = None
 
     def connect(self) -> None:
+        assert self.watchdog is not None
         sock = socket.create_connection((str(self.address), self.port), self.timeout)
         self.watchdog.watch(sock)
         self.sock = sock
@@ -245,6 +169,7 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection):
         wrapped = self.tls.wrap_socket(
             self.sock, server_hostname=self.host, do_handshake_on_connect=False
         )
+        assert self.watchdog is not None
         self.watchdog.watch(wrapped)
         self.sock = wrapped
         wrapped.do_handshake()
@@ -258,6 +183,7 @@ class ImageFetcher:
         policy: FetchPolicy,
         resolver: Resolver | DnsResolver = system_resolver,
         tls: ssl.SSLContext | None = None,
+        pool: ConnectionPool[_PinnedHTTPConnection] | None = None,
     ) -> None:
         self.policy = policy
         # getaddrinfo has no timeout and cannot be cancelled: DnsResolver gives each look-up a
@@ -265,9 +191,17 @@ class ImageFetcher:
         # A plain function is wrapped; the fetcher owns (and closes) its resolver either way.
         self.dns = resolver if isinstance(resolver, DnsResolver) else DnsResolver(resolver)
         self.tls = tls or ssl.create_default_context()
+        self.pool = pool if pool is not None else ConnectionPool(policy.keepalive)
+        # A fetcher dropped without close() (a script, a test) still closes its idle sockets.
+        weakref.finalize(self, self.pool.close)
 
     def close(self) -> None:
         self.dns.close()
+        self.pool.close()
+
+    def connection_counts(self) -> dict[str, int]:
+        """Connections to image hosts so far: new (opened), reused, stale (see fetchpool)."""
+        return self.pool.counts()
 
     def fetch(self, url: str, deadline: float | None = None) -> Fetched:
         """The image bytes at `url`, or a GatewayError saying why not. `deadline` (monotonic) is
@@ -304,48 +238,107 @@ class ImageFetcher:
         """One request: the body, or the Location of a redirect."""
         resolver = functools.partial(self._resolve, deadline=deadline)
         address = pick_address(target.host, target.port, resolver, self.policy.allow_private)
-        watchdog = _Watchdog(deadline)
-        conn = self._connection(address, target, deadline, watchdog)
+        # Only now, with this request's address vetted, may a connection kept for it serve.
+        key: Key = (target.scheme, target.host, target.port, address)
+        idle = self.pool.take(key)
+        if idle is not None:
+            try:
+                return self._exchange(idle, key, target, deadline, reused=True)
+            except _HungUp:
+                self.pool.note("stale")  # closed by the host while idle: the GET goes again
+        conn = self._connection(address, target, deadline)
+        return self._exchange(conn, key, target, deadline, reused=False)
+
+    def _exchange(
+        self, conn: _PinnedHTTPConnection, key: Key, target: Target, deadline: float, reused: bool
+    ) -> bytes | str:
+        """The request on `conn` under a fresh watchdog; `conn` goes back to the pool only if
+        its answer was read whole, in time, and the host keeps the connection open."""
+        watchdog = Watchdog(deadline)
+        conn.watchdog = watchdog
         response: http.client.HTTPResponse | None = None
+        clean = False
         try:
+            if reused:
+                self._rearm(conn, watchdog, deadline)
             response, sock = self._request(conn, target)
-            result = self._handle(response, sock, deadline)
+            if reused:
+                self.pool.note("reused")
+            result, clean = self._handle(response, sock, deadline)
         except Exception as exc:
+            if reused and response is None and hung_up(exc) and not watchdog.fired:
+                raise _HungUp from exc
             translated = _translate(exc, watchdog.fired)
             if translated is exc:
                 raise
             raise translated from exc
         finally:
-            watchdog.cancel()
-            if response is not None:
-                response.close()
-            conn.close()
+            watchdog.cancel()  # from here on, nothing else touches the socket
+            self._release(conn, key, response, clean and not watchdog.fired)
         if watchdog.fired:  # a cut body can look complete when the host sent no length
             raise _out_of_time()
         return result
 
+    def _rearm(self, conn: _PinnedHTTPConnection, watchdog: Watchdog, deadline: float) -> None:
+        """A kept connection's socket under this request's watchdog and timeouts."""
+        assert conn.sock is not None
+        watchdog.watch(conn.sock)
+        conn.sock.settimeout(min(self.policy.read_timeout_s, _remaining(deadline)))
+
+    def _release(
+        self,
+        conn: _PinnedHTTPConnection,
+        key: Key,
+        response: http.client.HTTPResponse | None,
+        reusable: bool,
+    ) -> None:
+        if response is not None:
+            response.close()
+        if reusable:
+            conn.watchdog = None
+            self.pool.give(key, conn)
+        else:
+            conn.close()
+
     def _handle(
         self, response: http.client.HTTPResponse, sock: socket.socket, deadline: float
-    ) -> bytes | str:
+    ) -> tuple[bytes | str, bool]:
+        """The body or a redirect's Location, and whether the connection can carry another."""
         if response.status in _REDIRECTS:
             location = response.getheader("Location")
             if not location:
                 raise ImageHostError("image host sent a redirect without a Location")
-            return location
+            return location, self._drain(response, sock, deadline)
         if response.status != 200:
             raise ImageHostError(f"image host answered HTTP {response.status}")
-        return self._read_body(sock, response, deadline)
+        body = self._read_body(sock, response, deadline)
+        return body, _read_whole(response) and not response.will_close
+
+    def _drain(
+        self, response: http.client.HTTPResponse, sock: socket.socket, deadline: float
+    ) -> bool:
+        """Read a redirect's short body so its connection can carry the next hop; False (the
+        connection is closed, the redirect followed all the same) if it is long or slow."""
+        if response.will_close or (response.length or 0) > _DRAIN_BYTES:
+            return False
+        try:
+            sock.settimeout(min(self.policy.read_timeout_s, _DRAIN_WAIT_S, _remaining(deadline)))
+            extra = response.read(_DRAIN_BYTES + 1)
+        except (OSError, http.client.HTTPException, GatewayError):
+            return False
+        return len(extra) <= _DRAIN_BYTES and _read_whole(response)
 
     def _resolve(self, host: str, port: int, deadline: float) -> list[str]:
         timeout = min(self.policy.connect_timeout_s, _remaining(deadline))
         return self.dns.resolve(host, port, timeout)
 
     def _connection(
-        self, address: IPAddress, target: Target, deadline: float, watchdog: _Watchdog
+        self, address: IPAddress, target: Target, deadline: float
     ) -> _PinnedHTTPConnection:
         timeout = min(self.policy.connect_timeout_s, _remaining(deadline))
         cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
-        return cls(address, target, timeout, self.tls, watchdog)
+        self.pool.note("new")
+        return cls(address, target, timeout, self.tls)
 
     def _request(
         self, conn: _PinnedHTTPConnection, target: Target
@@ -384,6 +377,15 @@ class ImageFetcher:
             if len(body) > cap or (decoder is not None and decoder.unconsumed_tail):
                 raise PayloadTooLarge(f"image is larger than {cap} bytes")
         return bytes(body)
+
+
+def _read_whole(response: http.client.HTTPResponse) -> bool:
+    """True once the body was read to its end: its Content-Length, or the last chunk."""
+    return response.length == 0 if response.length is not None else response.isclosed()
+
+
+class _HungUp(Exception):
+    """A kept connection the host had closed: nothing of an answer came, so GET again."""
 
 
 def _decoder(encoding: str | None) -> zlib._Decompress | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -201,6 +201,30 @@ class Metrics:
 
     def refused(self, pool: str, reason: str) -> None:
         self.refusals.labels(pool, reason).inc()
+
+    def count_fetch_connections(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Export the image fetcher's connection counts (ImageFetcher.connection_counts)."""
+        self.registry.register(FetchConnectionsCollector(counts))
+
+
+class FetchConnectionsCollector(Collector):
+    """Connections to image hosts by what became of them, read from the fetcher at scrape time
+    (its pool counts them: a Counter here would need the fetcher to know the app's metrics)."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "dynoserve_gateway_fetch_connections",
+            "Connections used to fetch images, by connection: new (opened), reused (kept "
+            "alive from an earlier fetch of the same host and vetted address), stale (kept, "
+            "but the host had closed it; replaced by a new one).",
+            labels=["connection"],
+        )
+        for kind, value in self.counts().items():
+            family.add_metric([kind], value)
+        yield family
 
 
 class SyncStatusCollector(Collector):

@@ -83,6 +83,10 @@ class Settings(EnvSettings):
     ("https://images.example.com:8443": scheme, host and port must all match) may be fetched."""
     fetch_allow_private: bool = env("DYNOSERVE_FETCH_ALLOW_PRIVATE", False)
     """Allow loopback and private addresses (tests, benchmarks, private networks only)."""
+    fetch_keepalive: int = env("DYNOSERVE_FETCH_KEEPALIVE", 32)
+    """Idle connections to image hosts kept for reuse, all hosts together (at most 4 per host
+    and address, each for at most 20 s); every request is still resolved and vetted first.
+    0 opens a new connection for every request."""
     api_keys: tuple[str, ...] = env("DYNOSERVE_API_KEYS", (), secret=True)
     """If set, API requests need one of these keys (Bearer token or X-API-Key)."""
     trust_x_forwarded_for: bool = env("DYNOSERVE_TRUST_X_FORWARDED_FOR", True)
@@ -165,6 +169,9 @@ class Settings(EnvSettings):
         self._validate_memory_budget()
         if self.max_queue < 0:
             raise ConfigError(f"DYNOSERVE_MAX_QUEUE must be 0 or more, got {self.max_queue}")
+        if self.fetch_keepalive < 0:
+            kept = self.fetch_keepalive
+            raise ConfigError(f"DYNOSERVE_FETCH_KEEPALIVE must be 0 (off) or more, got {kept}")
         if self.answer_cache_bytes < 0:
             size = self.answer_cache_bytes
             raise ConfigError(f"DYNOSERVE_ANSWER_CACHE_BYTES must be 0 (off) or more, got {size}")

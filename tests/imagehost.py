@@ -34,6 +34,8 @@ class ImageServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.routes: dict[str, Route] = {}
         self.hits: list[tuple[str, dict[str, str]]] = []
+        # The paths asked on each accepted connection, in order: a kept-alive one asks several.
+        self.connections: list[list[str]] = []
         # Set when the server shuts down, so slow routes end at once instead of sleeping on.
         self.closing = threading.Event()
 
@@ -135,12 +137,24 @@ def _send(h: BaseHTTPRequestHandler, body: bytes, content_type: str) -> None:
     h.wfile.write(body)
 
 
+def requests_on_connection(h: BaseHTTPRequestHandler) -> int:
+    """How many requests the connection `h` answers has carried, the current one included."""
+    return len(h.asked)  # type: ignore[attr-defined]
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.asked: list[str] = []
+        server: ImageServer = self.server  # type: ignore[assignment]
+        server.connections.append(self.asked)
 
     def do_GET(self) -> None:
         server: ImageServer = self.server  # type: ignore[assignment]
         server.hits.append((self.path, dict(self.headers.items())))
+        self.asked.append(self.path)
         route = server.routes.get(self.path.split("?", 1)[0])
         if route is None:
             self.send_error(404)

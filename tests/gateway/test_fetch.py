@@ -148,9 +148,11 @@ def test_redirect_to_forbidden_place_is_refused(
 
 def test_too_many_redirects(image_server: ImageServer, internet: FakeInternet) -> None:
     image_server.add_redirect("/loop", "/loop")
+    before = len(image_server.hits)
     with pytest.raises(TooManyRedirects, match="redirected"):
         fetcher(max_redirects=2).fetch("http://images.test/loop")
-    assert len(internet.attempts) == 3
+    assert [path for path, _ in image_server.hits[before:]] == ["/loop"] * 3
+    assert internet.attempts == [(PUBLIC, 80)]  # the hops shared one kept-alive connection
 
 
 def test_content_length_over_the_cap_is_refused_before_reading(
@@ -445,9 +447,11 @@ def test_redirect_chain_ending_at_loopback_is_forbidden(
     image_server: ImageServer, internet: FakeInternet
 ) -> None:
     start = _chain(image_server, "toloop", 3, "http://127.0.0.1:8500/")
+    before = len(image_server.hits)
     with pytest.raises(ForbiddenImageUrl, match="loopback"):
         fetcher().fetch("http://images.test" + start)
-    assert internet.attempts == [(PUBLIC, 80)] * 3
+    assert [path for path, _ in image_server.hits[before:]] == [f"/toloop-{n}" for n in (1, 2, 3)]
+    assert internet.attempts == [(PUBLIC, 80)]  # one kept-alive connection, never loopback
 
 
 # --- allow-list entries may be origins (item 11) ----------------------------------------------
