@@ -2,8 +2,10 @@
 call of each stage the request path runs, for docs/performance.md.
 
 Stages: fetch a benchmark photo (640x480 JPEG, ~145 KB) from nginx with the SSRF-safe fetcher
-(address checks, pinned connection, watchdog); vet it (images.check_image: sniff, header,
-pixel cap, decode at 1/8 scale to prove the body is whole); the answer cache's SHA-256; the
+(address checks, pinned connection, watchdog), on a kept-alive connection and on a new one per
+fetch (DYNOSERVE_FETCH_KEEPALIVE=0; bench.fetch_keepalive compares the two over HTTPS too);
+vet it (images.check_image: sniff, header, pixel cap, decode at 1/8 scale to prove the body is
+whole); the answer cache's SHA-256; the
 input tensor and the request's bytes (client.string_tensor, encode_predict_request); the gRPC
 Predict call's client side (the tiny model on a local server: this process's CPU per call,
 gRPC's own threads included); the answer decoded and ranked (client.decode_outputs,
@@ -25,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import replace
 from typing import Any
 
 from bench.images import write_photos
@@ -76,8 +79,10 @@ def measure(calls: int) -> dict[str, Any]:
     with ExitStack() as stack:
         nginx, image_base = start_nginx(photo.parent, WORK / "stages-nginx")
         stack.callback(nginx.stop)
-        fetcher = ImageFetcher(policy)
+        fetcher = ImageFetcher(policy)  # keeps its connection to nginx alive between fetches
         stack.callback(fetcher.close)
+        fresh = ImageFetcher(replace(policy, keepalive=0))
+        stack.callback(fresh.close)
         client = ModelServerClient(tiny_server(stack), 30, 1)
         stack.callback(client.close)
         spec = model_spec(TINY, None, signature_name="serving_default")
@@ -89,7 +94,8 @@ def measure(calls: int) -> dict[str, Any]:
         response = predict_small()
         url = f"{image_base}/{photo.name}"
         stages = {
-            "fetch (nginx, loopback)": (lambda: fetcher.fetch(url), thread),
+            "fetch (nginx, loopback, kept-alive connection)": (lambda: fetcher.fetch(url), thread),
+            "fetch (nginx, loopback, new connection)": (lambda: fresh.fetch(url), thread),
             "image check (Pillow)": (lambda: check_image(data, 50_000_000), thread),
             "SHA-256 (answer cache key)": (lambda: hashlib.sha256(data).digest(), thread),
             "input tensor + request bytes": (
