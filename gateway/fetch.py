@@ -376,6 +376,11 @@ class ImageFetcher:
             body += data
             if len(body) > cap or (decoder is not None and decoder.unconsumed_tail):
                 raise PayloadTooLarge(f"image is larger than {cap} bytes")
+        if response.length:  # http.client's read1 ends quietly when the host hangs up early
+            raise ImageHostError(
+                f"image host closed the connection {response.length} bytes before the end "
+                "of the image it announced (Content-Length)"
+            )
         return bytes(body)
 
 
