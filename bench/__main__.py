@@ -25,7 +25,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +124,14 @@ def warm_up(endpoint: str, image_urls: Sequence[str]) -> None:
         steps.sequential_latency(endpoint, url, 0, at_least=1)
 
 
+def answered_once(endpoint: str, url: str) -> float:
+    """Settle a system without a busy gauge: seconds until one request, queued behind whatever
+    the previous step left, is answered."""
+    started = time.monotonic()
+    steps.sequential_latency(endpoint, url, 0, at_least=1)
+    return round(time.monotonic() - started, 1)
+
+
 def warm_batches(endpoint: str, image_urls: Sequence[str], work: Path) -> None:
     """32 clients for a few seconds, not recorded: the model server's first large batches
     (new shapes) are slow, and without the sweep nothing else has run them yet."""
@@ -141,8 +149,10 @@ def run_system(
     roots: dict[int, str],
     rules: Sequence[tuple[str, str]],
     work: Path,
+    settle: Callable[[], float],
 ) -> dict[str, Any]:
-    """Warm-up, the 1-client keep-alive latency, then one siege step per client count."""
+    """Warm-up, the 1-client keep-alive latency, then one siege step per client count, each
+    after `settle` (the system has finished what the previous step's clients left behind)."""
     warm_up(endpoint, image_urls)
     one = steps.sequential_latency(endpoint, image_urls[0], min(args.seconds, 10.0))
     print(f"{name}: 1 keep-alive client p50 {one['p50_ms']} ms ({one['requests']} requests)")
@@ -150,7 +160,11 @@ def run_system(
     roles = procstat.roles_under({proc.pid: name, **roots}, rules)
     results = []
     for clients in args.clients:
+        # siege abandons one request per client at a step's end; the system still answers the
+        # ones it has admitted, and that work would otherwise fall into the next step.
+        settled_s = settle()
         record = steps.run_step(urls, clients, args.seconds, procstat.Sampler(roles), work)
+        record["settled_s"] = settled_s
         results.append(record)
         print(
             f"{name}: {clients:3d} clients  {record['ok_per_s']:7.1f} ok/s  "
@@ -195,7 +209,15 @@ def measure_systems(
                 if "sweep" in args.parts:
                     with timed(results, "sweep"):
                         results["dynoserve"] = run_system(
-                            "dynoserve", dyno, endpoint, image_urls, args, roots, ROLES, work
+                            "dynoserve",
+                            dyno,
+                            endpoint,
+                            image_urls,
+                            args,
+                            roots,
+                            ROLES,
+                            work,
+                            functools.partial(wait_idle, base),
                         )
                 else:
                     warm_up(endpoint, image_urls)
@@ -214,8 +236,17 @@ def measure_systems(
         try:
             rules = [("gunicorn", "baseline (gunicorn)")]
             with timed(results, "baseline"):
+                endpoint = f"{base}/predict"
                 results["baseline"] = run_system(
-                    "baseline", baseline, f"{base}/predict", image_urls, args, roots, rules, work
+                    "baseline",
+                    baseline,
+                    endpoint,
+                    image_urls,
+                    args,
+                    roots,
+                    rules,
+                    work,
+                    functools.partial(answered_once, endpoint, image_urls[0]),
                 )
         finally:
             baseline.stop(timeout=30)
