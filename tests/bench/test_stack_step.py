@@ -11,7 +11,7 @@ import pytest
 from bench.__main__ import run_system
 from bench.images import write_photos
 from bench.nginx import start_nginx
-from bench.stack import ROLES, start_stack
+from bench.stack import ROLES, start_stack, wait_idle
 
 pytestmark = pytest.mark.slow
 
@@ -25,17 +25,27 @@ def test_one_step_against_the_real_stack(tmp_path: Path) -> None:
     try:
         stack, base = start_stack(tmp_path / "exports", tmp_path / "stack")
         try:
-            args = argparse.Namespace(seconds=1.0, clients=[2])
+            args = argparse.Namespace(seconds=1.0, clients=[2, 4])
             urls = [f"{image_base}/{p.name}" for p in photos]
             endpoint = f"{base}/v1/models/tiny:predict"
+            settled: list[float] = []
+
+            def settle() -> float:
+                settled.append(wait_idle(base))
+                return settled[-1]
+
+            roots = {nginx.pid: "nginx"}
             result = run_system(
-                "dynoserve", stack, endpoint, urls, args, {nginx.pid: "nginx"}, ROLES, tmp_path
+                "dynoserve", stack, endpoint, urls, args, roots, ROLES, tmp_path, settle
             )
         finally:
             stack.stop(timeout=40)
     finally:
         nginx.stop()
-    (step,) = result["steps"]
+    assert [step["clients"] for step in result["steps"]] == [2, 4]
+    # Each step began once the stack had answered what the one before left behind.
+    assert [step["settled_s"] for step in result["steps"]] == settled
+    step = result["steps"][0]
     assert result["one_client"]["p50_ms"] > 0
     assert step["failed"] == 0, step["failures"]
     assert step["ok"] > 0
