@@ -13,8 +13,6 @@ Run: .venv/bin/python -m bench.fetch_keepalive [--calls 200] [--rounds 5]   (JSO
 from __future__ import annotations
 
 import argparse
-import datetime
-import ipaddress
 import json
 import os
 import ssl
@@ -32,6 +30,7 @@ from bench.nginx import BACKLOG, KEEPALIVE_REQUESTS, KEEPALIVE_TIMEOUT_S
 from devtools import nginx
 from devtools.net import free_port, port_open
 from devtools.processes import REPO_ROOT
+from devtools.tls import self_signed
 from gateway.fetch import FetchPolicy, ImageFetcher
 
 WORK = REPO_ROOT / "var" / "bench" / "fetch-keepalive"
@@ -53,46 +52,10 @@ _HTTP = """\
     }}"""
 
 
-def self_signed(folder: Path) -> tuple[Path, Path, bytes]:
-    """A certificate for 127.0.0.1 and its key, made here (no system trust involved)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=2))
-        .add_extension(san, critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    cert_file.write_bytes(pem)
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file, pem
-
-
 def start_host(stack: ExitStack, root: Path) -> tuple[str, str, ssl.SSLContext]:
     """nginx serving `root` over HTTP and HTTPS; the two base URLs and a context trusting it."""
     WORK.mkdir(parents=True, exist_ok=True)
-    cert, key, pem = self_signed(WORK)
+    cert, key, pem = self_signed(WORK, "127.0.0.1")
     port, tls_port = free_port(), free_port()
     http = _HTTP.format(
         keepalive=KEEPALIVE_TIMEOUT_S,

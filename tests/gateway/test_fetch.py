@@ -7,7 +7,6 @@ that let something through is caught without a packet leaving the machine.
 
 from __future__ import annotations
 
-import datetime
 import gzip
 import socket
 import ssl
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from devtools.tls import self_signed
 from gateway.errors import (
     DeadlineExceeded,
     ForbiddenImageUrl,
@@ -301,41 +301,6 @@ def test_slow_dns_is_bounded(internet: FakeInternet) -> None:
     assert info.value.code == "image_host_timeout"
     assert time.monotonic() - start < 2
     assert internet.attempts == []
-
-
-def self_signed(tmp_path: Path, host: str) -> tuple[Path, Path, bytes]:
-    """A certificate for `host` (and its key), made here: no network, no system trust."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(pem)
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file, pem
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
+from devtools.tls import self_signed
 from gateway.app import create_app
 from gateway.errors import DeadlineExceeded, ForbiddenImageUrl, ImageHostError, PayloadTooLarge
 from gateway.fetch import FetchPolicy, ImageFetcher
@@ -35,7 +36,6 @@ from tests.gateway.test_fetch import (
     FakeInternet,
     StubResolver,
     policy,
-    self_signed,
 )
 from tests.imagehost import ImageServer, requests_on_connection, serving_images
 from tests.support import wait_for
