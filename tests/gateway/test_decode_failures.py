@@ -18,14 +18,13 @@ from PIL import Image
 from gateway._proto.dynoserve.tensorflow import types_pb2
 from gateway._proto.dynoserve.tf_serving import get_model_metadata_pb2
 from gateway.answercache import AnswerCache, Recall, digest
-from gateway.app import create_app
 from gateway.client import DECODED_OUTPUT, PredictOutput
 from gateway.errors import UndecodableImage
 from gateway.interface import ItemResult
 from gateway.metrics import Metrics
-from gateway.settings import Settings
 from gateway.topk import rank
 from tests.gateway.grpcfake import FakeGrpcModelServer, serve_fake
+from tests.gateway.test_answer_cache import make_app
 from tests.imagehost import ImageServer, image_bytes
 
 # --- ranking and the answer cache alone -------------------------------------------------------
@@ -138,21 +137,6 @@ def _decodes(data: bytes) -> bool:
 def fake() -> Iterator[tuple[DecodingFake, str]]:
     with serve_fake(DecodingFake()) as running:
         yield running
-
-
-def make_app(target: str, tmp_path: Path) -> tuple[Any, Metrics]:
-    config = tmp_path / "models.config"
-    config.write_text('model_config_list { config { name: "m" base_path: "/x/m" } }\n')
-    settings = Settings(
-        model_server=target,
-        model_config_file=config,
-        sync_status_file=tmp_path / "no-status.json",
-        fetch_allow_private=True,
-        grpc_max_attempts=1,
-        grpc_deadline_s=2.0,
-    )
-    metrics = Metrics()
-    return create_app(settings, metrics=metrics).test_client(), metrics
 
 
 def b64(data: bytes) -> str:
