@@ -165,7 +165,13 @@ def _no_deprecation_notice() -> Iterator[None]:
 def _check_warmup(serve: Any, image: bytes) -> None:
     doing = "the warmup image cannot be classified (TF Serving would refuse the version)"
     with tf_errors(VerificationFailed, doing):
-        serve(**{IMAGES_INPUT: tf.constant([image], dtype=tf.string)})
+        outputs = serve(**{IMAGES_INPUT: tf.constant([image], dtype=tf.string)})
+    if not bool(np.asarray(outputs[DECODED]).all()):
+        # TF Serving would load the version, but its warmup would classify a blank image and
+        # leave the decode cold: a file that is not an image is a mistake worth stopping for.
+        raise VerificationFailed(
+            "the warmup image cannot be classified: the serving graph cannot decode it"
+        )
 
 
 def _compare(

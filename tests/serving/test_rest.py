@@ -58,7 +58,8 @@ def test_predict_row_format(shared_server: Server, keyed: bool) -> None:
     assert status == 200, answer
     rows = answer["predictions"]
     assert len(rows) == 2
-    assert set(rows[0]) == {"classes", "probabilities"}
+    assert set(rows[0]) == {"classes", "decoded", "probabilities"}
+    assert [row["decoded"] for row in rows] == [True, True]
     best = [r["classes"][r["probabilities"].index(max(r["probabilities"]))] for r in rows]
     assert best == ["cat", "dog"]
 
