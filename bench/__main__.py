@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import cache, internet, procstat, report, siege, steps, targets, uploads
+from bench import cache, internet, paired, procstat, report, siege, steps, targets, uploads
 from bench.baseline import start_baseline
 from bench.images import SIZE, write_photos
 from bench.nginx import start_nginx
@@ -219,6 +219,15 @@ def measure_systems(
                             work,
                             functools.partial(wait_idle, base),
                         )
+                    if "limit" in args.parts:
+                        with timed(results, "paired"):
+                            results["paired"] = paired.measure(
+                                paired.Stack(dyno.pid, base, roots, image_urls, work),
+                                MODEL_DIR / MODEL / "1",
+                                photos[0],
+                                results["dynoserve"]["steps"],
+                                paired.QUICK_PLAN if args.quick else paired.Plan(args.seconds),
+                            )
                 else:
                     warm_up(endpoint, image_urls)
                     warm_batches(endpoint, image_urls, work)

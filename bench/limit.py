@@ -4,6 +4,10 @@ Batch 1 and batch 32 through both signatures: `serving_default` from JPEG bytes 
 graph) and `predict_pixels` from float pixels already at the input size. Run in its own process
 (`python -m bench.limit MODEL_DIR IMAGE --seconds S`, JSON on stdout) so the benchmark runner
 never holds the TensorFlow runtime while the servers are measured.
+
+`--serve` keeps the model loaded for measurements in turns with a system (bench/paired.py):
+each line of seconds on stdin is answered, once that long has been spent calling
+`serving_default` at batch 1 back to back, by a line of JSON (p50, mean, calls).
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 BATCH = 32
 
@@ -71,12 +75,36 @@ def interleaved(inputs: dict[str, Any], seconds: float, rounds: int = 3) -> dict
     }
 
 
+def serve(model_dir: Path, image: bytes, lines: Iterable[str], out: TextIO) -> None:
+    """Batch-1 JPEG p50 for each requested number of seconds, the model loaded once."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    one = tf.constant([image])
+    timed(lambda: signature(images=one), 1.0)  # warm-up: kernels and thread pools
+    print(json.dumps({"ready": True}), file=out, flush=True)
+    for line in lines:
+        if not line.strip():
+            break
+        samples = timed(lambda: signature(images=one), float(line))
+        record = {
+            "p50_ms": round(statistics.median(samples), 2),
+            "mean_ms": round(statistics.fmean(samples), 2),
+            "calls": len(samples),
+        }
+        print(json.dumps(record), file=out, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.limit", description=__doc__)
     parser.add_argument("model_dir", type=Path, help="a version folder (…/mobilenet/1)")
     parser.add_argument("image", type=Path, help="a JPEG")
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--serve", action="store_true", help="batch 1 on request (stdin)")
     args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.model_dir, args.image.read_bytes(), sys.stdin, sys.stdout)
+        return 0
     print(json.dumps(measure(args.model_dir, args.image.read_bytes(), args.seconds)))
     return 0
 

@@ -57,6 +57,43 @@ def limit_lines(limit: dict[str, Any]) -> list[str]:
     return lines
 
 
+def paired_lines(found: dict[str, Any]) -> list[str]:
+    """Each round of bench/paired.py's comparisons, measured in turns."""
+    one, over = found["one_client"], found["overload"]
+    lines = [
+        "**paired rounds** (after the sweep, both sides measured one right after the other, "
+        "every other round in reverse order): the limit's batch-1 p50 and one keep-alive "
+        "client's p50 through Dynoserve; siege at the sweep's best step's clients and at its "
+        "most clients",
+        "",
+        "| round | limit p50 ms | Dynoserve p50 ms | difference ms |",
+        "|---|---|---|---|",
+    ]
+    for index, row in enumerate(one["rounds"], 1):
+        lines.append(
+            f"| {index} | {row['limit_p50_ms']} | {row['dynoserve_p50_ms']} "
+            f"| {row['difference_ms']} |"
+        )
+    if not over["rounds"]:
+        return [
+            *lines,
+            "",
+            f"The sweep's best step was its most clients' ({over['most_clients']}).",
+        ]
+    lines += [
+        "",
+        f"| round | ok/s at {over['best_clients']} clients | ok/s at {over['most_clients']} "
+        "| ratio | failed |",
+        "|---|---|---|---|---|",
+    ]
+    for index, row in enumerate(over["rounds"], 1):
+        lines.append(
+            f"| {index} | {row['best_ok_per_s']} | {row['most_ok_per_s']} | {row['ratio']} "
+            f"| {row['failed']} |"
+        )
+    return lines
+
+
 def target_lines(targets: Sequence[dict[str, Any]]) -> list[str]:
     verdict = {True: "met", False: "**missed**", None: "not measured"}
     lines = ["| target | measured | bound | measured / bound | |", "|---|---|---|---|---|"]
@@ -162,6 +199,8 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("limit"):
         out += ["**limit**: the SavedModel in-process, no server", ""]
         out += [*limit_lines(results["limit"]), ""]
+    if results.get("paired"):
+        out += [*paired_lines(results["paired"]), ""]
     if results.get("internet"):
         out += [*internet_lines(results["internet"]), ""]
     if results.get("flood"):

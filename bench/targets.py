@@ -111,6 +111,34 @@ def throughput_targets(dyno: Sequence[Step], base: Sequence[Step], limit: Step) 
     ]
 
 
+def paired_targets(found: dict[str, Any]) -> list[Step]:
+    """The same two comparisons measured in turns (bench/paired.py): medians over rounds."""
+    if not found:
+        return []
+    one, over = found["one_client"], found["overload"]
+    most, best = over["most_clients"], over["best_clients"]
+    share = OVERLOAD_SHARE.get(most, OVERLOAD_SHARE[100])
+    noisy = bool(over.get("warning"))
+    return [
+        target(
+            f"paired rounds: 1 client p50 - limit batch-1 p50 (ms), median of "
+            f"{len(one['rounds'])} <= {ONE_CLIENT_OVERHEAD_MS} ms",
+            one["median_difference_ms"],
+            ONE_CLIENT_OVERHEAD_MS,
+            at_most=True,
+        ),
+        target(
+            f"paired rounds: ok/s at {most} clients / at {best} (the best step), median of "
+            f"{len(over['rounds'])} >= {share}",
+            over["median_ratio"],
+            share,
+            at_most=False,
+            noisy=noisy,
+        ),
+        target("paired rounds: failed requests", over["failed"], 0, at_most=True, noisy=noisy),
+    ]
+
+
 # Issue 16's bounds (images from the internet, hostile clients, large uploads).
 INTERNET_FAR_MS = 500
 INTERNET_RATIO = 0.9
@@ -205,6 +233,7 @@ def evaluate(results: dict[str, Any]) -> list[Step]:
                 limit,
             ),
             *throughput_targets(dyno["steps"], base.get("steps", []), limit),
+            *paired_targets(results.get("paired", {})),
         ]
     return [
         *found,
