@@ -36,9 +36,10 @@ Step = dict[str, Any]
 class Plan:
     step_seconds: float = 10.0
     """Each siege step of the overload rounds (the sweep's step length)."""
-    one_client_rounds: int = 6
-    one_client_seconds: float = 2.0
-    """Per side and round: long enough for ~80 calls at MobileNet's speed here."""
+    one_client_rounds: int = 10
+    one_client_seconds: float = 1.5
+    """Per side and round: ~50 calls at MobileNet's speed here; short, so the two sides of a
+    round are seconds apart (the first run's 6 rounds of 2 s differed by -4 to +8 ms)."""
     overload_rounds: int = 2
 
 
