@@ -96,6 +96,52 @@ def test_a_siege_that_never_stops_is_killed_and_its_lines_counted(
     assert record["ok_per_s"] == 1.0
 
 
+_REPORT = (
+    "Lifting the server siege...\n"
+    "Transactions:\t\t{hits} hits\n"
+    "Elapsed time:\t\t{elapsed} secs\n"
+    "Successful transactions:\t{hits}\n"
+)
+
+
+def test_a_siege_that_ends_as_it_begins_is_run_again_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fake siege: the real one ends at once only rarely (0 hits in 0.02 s, seen in CI). The
+    # first call reports exactly that, every later call one answer in 0.9 s; calls are counted.
+    calls = tmp_path / "calls"
+    at_once, answered = _REPORT.format(hits=0, elapsed=0.02), _REPORT.format(hits=1, elapsed=0.9)
+    fake = tmp_path / "bin" / "siege"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        f"echo x >> {calls}\n"
+        f"if [ $(wc -l < {calls}) -eq 1 ]; then printf '{at_once}' >&2; exit 0; fi\n"
+        "echo 'HTTP/1.1 200     0.10 secs:     353 bytes ==> POST http://h/p'\n"
+        f"printf '{answered}' >&2\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    result = siege.run(tmp_path / "urls.txt", clients=2, seconds=1, workdir=tmp_path)
+    assert calls.read_text().count("x") == 2
+    assert (result.ok, result.elapsed_s) == (1, 0.9)
+    # once only: a siege that keeps ending at once is reported as it is
+    calls.write_text("")
+    fake.write_text(f"#!/bin/sh\necho x >> {calls}\nprintf '{at_once}' >&2\n")
+    result = siege.run(tmp_path / "urls.txt", clients=2, seconds=1, workdir=tmp_path)
+    assert calls.read_text().count("x") == 2
+    assert (result.ok, result.elapsed_s) == (0, 0.02)
+
+
+def test_only_a_run_that_measured_nothing_counts_as_ended_at_once() -> None:
+    nothing_at_once = siege.parse("", _REPORT.format(hits=0, elapsed=0.02))
+    assert siege.ended_at_once(nothing_at_once, 1.0)
+    # a server that never answered within the whole step is a result, not a siege fault
+    assert not siege.ended_at_once(siege.parse("", _REPORT.format(hits=0, elapsed=0.98)), 1.0)
+    line = "HTTP/1.1 200     0.01 secs:     353 bytes ==> POST http://h/p\n"
+    assert not siege.ended_at_once(siege.parse(line, _REPORT.format(hits=1, elapsed=0.02)), 1.0)
+
+
 def test_stack_sets_every_variable_supervisord_conf_needs(tmp_path: Path) -> None:
     import re
 

@@ -27,7 +27,15 @@ class Look:
 
 
 def look(dyno: Dyno) -> Look:
+    # The status file first: a version's arrival is this look's `at`, and a 404 from a request
+    # started after it counts as a failure. Read after the model server and a label request
+    # (tens of ms under load), it dated an arrival before the file held it.
     at = time.monotonic()
+    try:
+        sync = json.loads(dyno.status_file.read_text())
+        configured = frozenset(sync["models"][MODEL]["served"])
+    except (OSError, ValueError, KeyError):
+        configured = frozenset()
     states: dict[int, str] = {}
     try:
         status, _, body = http_json(f"{dyno.base}/v1/models/{MODEL}")
@@ -36,11 +44,6 @@ def look(dyno: Dyno) -> Look:
     if status == 200:
         states = {int(v["version"]): v["state"] for v in body.get("versions", [])}
     shot = shoot(dyno.port, "label", LABEL)
-    try:
-        sync = json.loads(dyno.status_file.read_text())
-        configured = frozenset(sync["models"][MODEL]["served"])
-    except (OSError, ValueError, KeyError):
-        configured = frozenset()
     return Look(at, states, shot.served, configured)
 
 
