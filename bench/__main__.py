@@ -160,11 +160,7 @@ def run_system(
     roles = procstat.roles_under({proc.pid: name, **roots}, rules)
     results = []
     for clients in args.clients:
-        # siege abandons one request per client at a step's end; the system still answers the
-        # ones it has admitted, and that work would otherwise fall into the next step.
-        settled_s = settle()
-        record = steps.run_step(urls, clients, args.seconds, procstat.Sampler(roles), work)
-        record["settled_s"] = settled_s
+        record = steps.settled_step(urls, clients, args.seconds, roles, work, settle)
         results.append(record)
         print(
             f"{name}: {clients:3d} clients  {record['ok_per_s']:7.1f} ok/s  "

@@ -16,13 +16,14 @@ The sweep's single-step targets stay in the report beside these.
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 from bench import procstat, siege, steps
 from bench.stack import MODEL, ROLES, wait_idle
@@ -66,10 +67,8 @@ def measure(stack: Stack, version: Path, photo: Path, sweep: Sequence[Step], pla
     roles = procstat.roles_under({stack.pid: "dynoserve", **stack.roots}, ROLES)
 
     def step(clients: int) -> Step:
-        settled_s = wait_idle(stack.base)
-        sampler = procstat.Sampler(roles)
-        record = steps.run_step(urls, clients, plan.step_seconds, sampler, stack.work)
-        return {**record, "settled_s": settled_s}
+        settle = functools.partial(wait_idle, stack.base)
+        return steps.settled_step(urls, clients, plan.step_seconds, roles, stack.work, settle)
 
     def one_client_p50() -> float:
         url, seconds = stack.image_urls[0], plan.one_client_seconds
@@ -156,34 +155,30 @@ class LimitProcess:
                 text=True,
                 env=python_env(),
             )
+        assert self.proc.stdin is not None  # both are PIPE
+        assert self.proc.stdout is not None
+        self._requests, self._answers = self.proc.stdin, self.proc.stdout
         self._read()  # {"ready": true} once the model is loaded and warm
 
     def batch1_p50_ms(self, seconds: float) -> float:
-        self._pipe(self.proc.stdin).write(f"{seconds}\n")
-        self._pipe(self.proc.stdin).flush()
+        self._requests.write(f"{seconds}\n")
+        self._requests.flush()
         return float(self._read()["p50_ms"])
 
     def _read(self) -> dict[str, Any]:
-        line = self._pipe(self.proc.stdout).readline()
+        line = self._answers.readline()
         if not line:
             self.close()
             tail = self.log.read_text()[-2000:]
             raise RuntimeError(f"bench.limit --serve ended ({self.proc.returncode}):\n{tail}")
         return dict(json.loads(line))
 
-    @staticmethod
-    def _pipe(pipe: IO[str] | None) -> IO[str]:
-        assert pipe is not None  # both are PIPE
-        return pipe
-
     def close(self) -> None:
         """End of input ends the process; killed if it does not end within 30 s."""
-        if self.proc.stdin:
-            self.proc.stdin.close()
+        self._requests.close()
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        self._answers.close()

@@ -9,7 +9,7 @@ import resource
 import statistics
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,22 @@ def run_step(
         "bench runner": _rusage(resource.RUSAGE_SELF) - runner0,
     }
     return step_record(clients, result, usage, wall)
+
+
+def settled_step(
+    urls: Path,
+    clients: int,
+    seconds: float,
+    roles: procstat.Roles,
+    workdir: Path,
+    settle: Callable[[], float],
+) -> dict[str, Any]:
+    """run_step once `settle` returns, its seconds kept as "settled_s": siege abandons one
+    request per client at a step's end, the system still answers the ones it admitted, and
+    that work would otherwise fall into the next step."""
+    settled_s = settle()
+    record = run_step(urls, clients, seconds, procstat.Sampler(roles), workdir)
+    return {**record, "settled_s": settled_s}
 
 
 def step_record(
